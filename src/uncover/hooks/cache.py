@@ -104,9 +104,10 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         ``0_attn_out``, ``0_mlp_out``, ...).
         """
         n = self.model.cfg.n_layers if layer is None else layer
-        parts, labels = [self["hook_embed"]], ["embed"]
+        embed = self["hook_embed"]
+        parts, labels = [embed], ["embed"]
         if "hook_pos_embed" in self.model.hook_names():
-            parts.append(self["hook_pos_embed"])
+            parts.append(self["hook_pos_embed"].expand_as(embed))  # [1, pos, d] broadcasts over the batch
             labels.append("pos_embed")
         for i in range(n):
             for kind in ("attn_out", "mlp_out"):

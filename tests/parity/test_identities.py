@@ -1,0 +1,126 @@
+"""Parity gate: per family, uncover's hooks against the plain HF model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import KINDS, tiny, tiny_hf, tokens
+from uncover import HookedModel
+
+
+def _identity_hooks(m: HookedModel):
+    return [(n, lambda v, hp: v) for n in m.hook_names()]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_noop_hooks_bit_identical(kind):
+    m = tiny(kind)
+    toks = tokens()
+    plain = m.model(toks).logits
+    with m.hooks(_identity_hooks(m)):
+        hooked = m(toks)
+    assert torch.equal(plain, hooked)
+    logits, cache = m.run_with_cache(toks)
+    assert torch.equal(plain, logits)
+    assert len(cache) == len(m.hook_names())
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_residual_identities(kind, dtype, tol):
+    m = tiny(kind, dtype=dtype)
+    toks = tokens()
+    logits, cache = m.run_with_cache(toks)
+    hs = m.model(toks, output_hidden_states=True).hidden_states
+    n = m.cfg.n_layers
+    for layer in range(n):
+        torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_pre"], hs[layer], rtol=0, atol=0)
+    torch.testing.assert_close(cache["ln_final.hook_normalized"], hs[n], rtol=0, atol=0)
+    # embed + sum of attention and MLP outputs is the final residual
+    comps, labels = cache.decompose_resid()
+    assert labels[0] == "embed" and len(labels) == 2 * n + (2 if kind == "gpt2" else 1)
+    torch.testing.assert_close(comps.sum(0), cache.final_resid(), rtol=tol, atol=tol)
+    # heads sum (plus output bias) to hook_attn_out; Gemma's norms compute in float32 even in
+    # a float64 model, so post-norm families cannot do better than float32 rounding there
+    head_tol = max(tol, 1e-6) if m.adapter.family.attn_post_norm else tol
+    for layer in range(n):
+        heads = cache.head_results(layer).sum(-2)
+        b = m.adapter.b_O(layer)
+        if b is not None:
+            heads = heads + b
+        torch.testing.assert_close(heads, cache[f"blocks.{layer}.hook_attn_out"], rtol=head_tol, atol=head_tol)
+        res = cache[f"blocks.{layer}.attn.hook_result"].sum(-2) + (0 if b is None else b)
+        o_in = cache[f"blocks.{layer}.attn.hook_z"].flatten(-2)
+        torch.testing.assert_close(res, m.adapter.attn_part(layer, m.adapter.family.o)(o_in), rtol=tol, atol=tol)
+        if not m.cfg.parallel_attn_mlp:
+            torch.testing.assert_close(
+                cache[f"blocks.{layer}.hook_resid_mid"],
+                cache[f"blocks.{layer}.hook_resid_pre"] + cache[f"blocks.{layer}.hook_attn_out"],
+                rtol=0, atol=0,
+            )
+    # final norm + unembed of the cached final residual reproduces the logits
+    out = cache["ln_final.hook_normalized"] @ m.W_U
+    if m.adapter.b_U is not None:
+        out = out + m.adapter.b_U
+    cap = m.adapter.final_softcap
+    if cap:
+        out = torch.tanh(out / cap) * cap
+    torch.testing.assert_close(out, logits, rtol=tol, atol=tol)
+    torch.testing.assert_close(m.adapter.final_norm()(cache.final_resid()), cache["ln_final.hook_normalized"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_patterns_match_eager(kind):
+    m = tiny(kind)
+    eager = tiny_hf(kind, attn="eager")
+    toks = tokens()
+    _, cache = m.run_with_cache(toks, names=lambda n: "hook_pattern" in n or "attn_scores" in n)
+    ref = eager(toks, output_attentions=True).attentions
+    for layer in range(m.cfg.n_layers):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"]
+        assert p.shape == (2, m.cfg.n_heads, 8, 8)
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+        torch.testing.assert_close(p, ref[layer], rtol=1e-5, atol=1e-6)
+        s = cache[f"blocks.{layer}.attn.hook_attn_scores"]
+        assert torch.isinf(s[0, 0, 0, 1])  # causal mask is -inf
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weights_reproduce_activations(kind):
+    m = tiny(kind, dtype=torch.float64)
+    toks = tokens()
+    _, cache = m.run_with_cache(toks)
+    f = m.adapter.family
+    for layer in range(m.cfg.n_layers):
+        x = cache[f"blocks.{layer}.ln1.hook_normalized"]
+        bq, bk, bv = m.adapter.b_QKV(layer)
+        v = torch.einsum("bpm,hmd->bphd", x, m.W_V(layer)) + (0 if bv is None else bv)
+        torch.testing.assert_close(v, cache[f"blocks.{layer}.attn.hook_v"])
+        if f.q_norm is None:
+            q = torch.einsum("bpm,hmd->bphd", x, m.W_Q(layer)) + (0 if bq is None else bq)
+            torch.testing.assert_close(q, cache[f"blocks.{layer}.attn.hook_q"])
+            k = torch.einsum("bpm,hmd->bphd", x, m.W_K(layer)) + (0 if bk is None else bk)
+            torch.testing.assert_close(k, cache[f"blocks.{layer}.attn.hook_k"])
+        x2 = cache[f"blocks.{layer}.ln2.hook_normalized"]
+        pre = cache[f"blocks.{layer}.mlp.hook_pre"]
+        w = m.W_gate(layer) if m.W_gate(layer) is not None else m.W_in(layer)
+        b_in = getattr(m.adapter.mlp_part(layer, f.mlp_gate or f.mlp_in), "bias", None)
+        torch.testing.assert_close(x2 @ w + (0 if b_in is None else b_in), pre)
+        post = cache[f"blocks.{layer}.mlp.hook_post"]
+        b_out = m.adapter.b_out(layer)
+        mlp_out = post @ m.W_out(layer) + (0 if b_out is None else b_out)
+        if f.mlp_post_norm is None:
+            torch.testing.assert_close(mlp_out, cache[f"blocks.{layer}.hook_mlp_out"])
+    assert m.W_E.shape == (m.cfg.d_vocab, m.cfg.d_model)
+    assert m.W_U.data_ptr() == m.model.lm_head.weight.data_ptr()  # a view, not a copy
+
+
+def test_float64_separates_rounding_from_bugs():
+    """The same identity is ~1e-7 off in float32 and ~1e-15 in float64: rounding, not a bug."""
+    errs = {}
+    for dtype in (torch.float32, torch.float64):
+        m = tiny("llama-gqa", dtype=dtype)
+        _, cache = m.run_with_cache(tokens())
+        errs[dtype] = (cache.decompose_resid().tensor.sum(0) - cache.final_resid()).abs().max().item()
+    assert errs[torch.float64] < 1e-12 < errs[torch.float32] < 1e-4
