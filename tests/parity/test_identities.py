@@ -123,4 +123,4 @@ def test_float64_separates_rounding_from_bugs():
         m = tiny("llama-gqa", dtype=dtype)
         _, cache = m.run_with_cache(tokens())
         errs[dtype] = (cache.decompose_resid().tensor.sum(0) - cache.final_resid()).abs().max().item()
-    assert errs[torch.float64] < 1e-12 < errs[torch.float32] < 1e-4
+    assert errs[torch.float64] < 1e-12 < errs[torch.float32] < 1e-5

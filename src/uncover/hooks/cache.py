@@ -33,7 +33,7 @@ def norm_scale(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
 
     RMSNorm: ``sqrt(mean(x²) + eps)``; LayerNorm: ``sqrt(var(x) + eps)``.
     """
-    x = x.float()
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
     if kind == "layer":
         x = x - x.mean(-1, keepdim=True)
     return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
@@ -174,7 +174,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         scale = norm_scale(x, m.cfg.norm_kind, eps)  # [batch, pos, 1]
         if pos_slice is not None:
             scale = scale[:, pos_slice]
-        s = stack.float()
+        s = stack.to(torch.promote_types(stack.dtype, torch.float32))
         if m.cfg.norm_kind == "layer":
             s = s - s.mean(-1, keepdim=True)
         return s / scale
