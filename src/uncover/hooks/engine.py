@@ -18,7 +18,6 @@ from torch import nn
 
 from uncover.core.names import HookName
 from uncover.hooks import attention
-from uncover.hooks.sites import Site
 from uncover.hooks.tokens import Positions, position_columns
 
 if TYPE_CHECKING:

@@ -139,7 +139,18 @@ class HookedModel(nn.Module):
         return [self._strs(r[m.bool()].tolist()) for r, m in zip(b.input_ids, b.attention_mask)]
 
     def _strs(self, ids: list[int]) -> list[str]:
+        if self.tokenizer is None:
+            return [f"<{i}>" for i in ids]
         return [self.tokenizer.decode([i]) for i in ids]
+
+    def prompt_texts(self, inputs: Inputs) -> list[str]:
+        """Display text of each prompt (decoded when ``inputs`` are token ids)."""
+        if isinstance(inputs, str):
+            return [inputs]
+        if isinstance(inputs, (torch.Tensor, Batch)):
+            b = self.tokenize(inputs)
+            return ["".join(self._strs(r[m.bool()].tolist())) for r, m in zip(b.input_ids, b.attention_mask)]
+        return list(inputs)
 
     def to_single_token(self, text: str) -> int:
         """The id of ``text`` if it is exactly one token; else ``TokenError`` with its split.

@@ -11,14 +11,13 @@ Kinds: :class:`Zero`, :class:`Mean`, :class:`Replace`, :class:`Add`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 
 from uncover.core.errors import UncoverError
-
 
 Selector = Callable[[torch.Tensor], torch.Tensor]
 

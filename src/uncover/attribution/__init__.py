@@ -1,0 +1,1 @@
+"""Attribution: how much each component writes towards an answer."""

@@ -1,0 +1,66 @@
+"""Result base class: every technique returns one.
+
+A result is a dataclass with documented fields and four views: ``to_frame()`` (a
+pandas table), ``plot()`` (a plotly figure), ``to_html()`` (a self-contained page that
+works offline: plotly.js is inlined, no CDN) and ``to_json()``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+
+@dataclass
+class Result:
+    """Base class of technique results; subclasses implement ``to_frame`` and ``plot``."""
+
+    @property
+    def title(self) -> str:
+        """A one-line title for reports."""
+        return type(self).__name__
+
+    def summary(self) -> str:
+        """A short plain-text description shown above the figure in reports."""
+        return ""
+
+    def to_frame(self) -> pd.DataFrame:
+        """The result as a tidy table (one row per observation)."""
+        raise NotImplementedError
+
+    def plot(self) -> go.Figure:
+        """The result as a plotly figure."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the kind, title, summary and the table's records."""
+        return {
+            "kind": type(self).__name__,
+            "title": self.title,
+            "summary": self.summary(),
+            "records": json.loads(self.to_frame().to_json(orient="records")),
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        """``to_dict()`` as a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_html(self, path: str | Path | None = None) -> str:
+        """A self-contained HTML page (figure + table); written to ``path`` when given."""
+        from uncover.report.html import Section, render_page
+
+        page = render_page(self.title, [Section.from_result(self)])
+        if path is not None:
+            Path(path).write_text(page, encoding="utf-8")
+        return page
+
+    def _repr_html_(self) -> str:  # notebooks
+        from uncover.report.html import Section
+
+        return Section.from_result(self, include_js=True).body

@@ -1,0 +1,1 @@
+"""Lenses: decode the residual stream at every layer (logit lens, tuned lens)."""
