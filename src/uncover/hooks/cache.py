@@ -57,7 +57,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         except KeyError:
             if name in self.model.hook_names():
                 raise UnknownHookName(f"{name!r} was not cached; pass it in names= to run_with_cache") from None
-            raise UnknownHookName(did_you_mean(name, list(self.store) or self.model.hook_names(), "hook name")) from None
+            valid = list(self.store) or self.model.hook_names()
+            raise UnknownHookName(did_you_mean(name, valid, "hook name")) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.store)
@@ -153,13 +154,6 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                 parts.append(r[..., h, :])
                 labels.append(f"L{i}H{h}")
         return Stack(torch.stack(parts), labels)
-
-    def attn_bias(self, layer: int) -> torch.Tensor | None:
-        """The part of ``hook_attn_out`` not written by any head (output bias): ``[batch, pos, d_model]``."""
-        out = self[f"blocks.{layer}.hook_attn_out"]
-        heads = self.head_results(layer).sum(-2)
-        rest = out - heads
-        return None if self.model.adapter.b_O(layer) is None and self.model.adapter.family.attn_post_norm is None else rest
 
     def apply_ln_to_stack(self, stack: torch.Tensor, pos_slice: slice | None = None) -> torch.Tensor:
         """Apply the final norm's (frozen) scale to each component of ``stack``.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
 p.summary{color:#444;white-space:pre-wrap}
 table{border-collapse:collapse;font-size:.85rem;margin:.8rem 0}

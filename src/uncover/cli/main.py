@@ -1,0 +1,39 @@
+"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``tour``.
+
+Usage errors (unknown hook name, model path, a token that is not one token) exit with
+code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
+stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from uncover.cli import dla, lens, models, tour
+from uncover.core.errors import UncoverError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="uncover: see how a language model works inside, and use it to change the model.",
+)
+app.command("models")(models.models)
+app.command("lens")(lens.lens)
+app.command("dla")(dla.dla)
+app.command("tour")(tour.tour)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except UncoverError as e:
+        print(f"uncover: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The tour: one self-contained HTML report of the main techniques on a model.
+
+Each section is a function ``(model) -> list[Result]`` in :data:`SECTIONS`; later
+techniques add theirs. The default prompts are a factual recall prompt and an
+indirect-object-identification (IOI) prompt.
+"""
+
+from __future__ import annotations
+
+import html
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from uncover.attribution.dla import direct_logit_attribution
+from uncover.core.results import Result
+from uncover.lenses.logit_lens import logit_lens
+from uncover.report.html import Section, render_page
+
+if TYPE_CHECKING:
+    from uncover.hooks.hooked import HookedModel
+
+FACT_PROMPT = "The Eiffel Tower is in the city of"
+FACT_ANSWER, FACT_WRONG = " Paris", " London"
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+IOI_ANSWER, IOI_WRONG = " Mary", " John"
+
+
+def lens_section(model: HookedModel) -> list[Result]:
+    """Logit lens on the factual and the IOI prompt, all positions."""
+    return [
+        logit_lens(model, FACT_PROMPT, positions=None, targets=[FACT_ANSWER]),
+        logit_lens(model, IOI_PROMPT, positions=None, targets=[IOI_ANSWER, IOI_WRONG]),
+    ]
+
+
+def dla_section(model: HookedModel) -> list[Result]:
+    """Direct logit attribution of the factual and the IOI answer."""
+    return [
+        direct_logit_attribution(model, FACT_PROMPT, FACT_ANSWER, FACT_WRONG),
+        direct_logit_attribution(model, IOI_PROMPT, IOI_ANSWER, IOI_WRONG),
+    ]
+
+
+SECTIONS: list[tuple[str, Callable[[HookedModel], list[Result]]]] = [
+    ("Logit lens", lens_section),
+    ("Direct logit attribution", dla_section),
+]
+
+
+def run_tour(model: HookedModel, out: str | Path = "uncover-tour.html", progress: bool = True) -> Path:
+    """Run every tour section on ``model`` and write one self-contained HTML page; returns its path.
+
+    >>> path = run_tour(model, "tour.html")  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    sections: list[Section] = []
+    t0 = time.perf_counter()
+    for title, fn in tqdm(SECTIONS, desc="tour", disable=not progress):
+        for r in fn(model):
+            s = Section.from_result(r)
+            s.title = f"{title}: {r.title}" if r.title != title else title
+            sections.append(s)
+    intro = (
+        f"Model <b>{html.escape(model.name)}</b> ({model.cfg.family}, {model.cfg.n_layers} layers, "
+        f"{model.cfg.n_heads} heads, d_model {model.cfg.d_model}); {time.perf_counter() - t0:.1f} s on "
+        f"{html.escape(platform.machine())} / {model.device}."
+    )
+    path = Path(out)
+    path.write_text(render_page("uncover tour", sections, intro), encoding="utf-8")
+    return path.resolve()
