@@ -1,0 +1,56 @@
+"""The command line, run as a user would (subprocess), on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+EXE = [sys.executable, "-m", "uncover.cli.main"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_models_json():
+    p = run("models", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert "llama" in info["families"] and info["default_model"] == "SmolLM2-135M-Instruct"
+
+
+def test_lens_json_is_the_only_stdout(tmp_path):
+    html = tmp_path / "lens.html"
+    p = run("lens", "The Eiffel Tower is in the city of", "--target", " Paris", "--json", "--html", str(html))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)  # would fail if anything else were printed
+    final = [r for r in doc["records"] if r["kind"] == "target" and r["layer"] == 30]
+    assert final[0]["token"] == " Paris" and final[0]["rank"] == 0
+    page = html.read_text()
+    assert "<script" in page and "<script src" not in page and "Plotly" in page  # plotly.js inlined, no CDN
+
+
+def test_dla_text_and_usage_errors():
+    p = run("dla", "When Mary and John went to the store, John gave a drink to", "--answer", " Mary",
+            "--wrong", " John")
+    assert p.returncode == 0, p.stderr
+    assert "logit diff" in p.stdout
+    bad = run("dla", "x", "--answer", " Parisian", "--wrong", " John")
+    assert bad.returncode == 2 and "not one" in bad.stderr and len(bad.stderr.strip().splitlines()[-1]) < 300
+    missing = run("lens", "x", "--model", "/no/such/model")
+    assert missing.returncode == 2 and "no model at" in missing.stderr
+
+
+def test_tour_writes_report(tmp_path):
+    p = run("tour", "--out", str(tmp_path / "t.html"))
+    assert p.returncode == 0, p.stderr
+    path = Path(p.stdout.strip())
+    page = path.read_text()
+    assert path.exists() and "Logit lens" in page and "Direct logit attribution" in page
+    assert "<script src" not in page and len(page) > 3_000_000  # plotly.js inlined
