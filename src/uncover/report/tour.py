@@ -62,7 +62,7 @@ def run_tour(model: HookedModel, out: str | Path = "uncover-tour.html", progress
     for title, fn in tqdm(SECTIONS, desc="tour", disable=not progress):
         for r in fn(model):
             s = Section.from_result(r)
-            s.title = f"{title}: {r.title}" if r.title != title else title
+            s.title = r.title if r.title.lower().startswith(title.lower()) else f"{title}: {r.title}"
             sections.append(s)
     intro = (
         f"Model <b>{html.escape(model.name)}</b> ({model.cfg.family}, {model.cfg.n_layers} layers, "
