@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 RESID_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 LN_POINTS = ("ln1.hook_normalized", "ln2.hook_normalized")
-ATTN_POINTS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_attn_scores", "hook_result")
+ATTN_POINTS = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
 MLP_POINTS = ("hook_pre", "hook_pre_linear", "hook_post")
 GLOBAL_POINTS = ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "logits")
 PER_HEAD = frozenset({"hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_attn_scores", "hook_result"})

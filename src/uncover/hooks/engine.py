@@ -9,6 +9,7 @@ means "no change", so reading hooks leave the computation bit-identical.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -96,18 +97,17 @@ class Attachment:
             groups.setdefault(key, (site.module, []))[1].append((site.order, order_i, name, site, fn))
             if site.kind == "mid":
                 mid_layers.add(HookName.parse(name).layer)  # type: ignore[arg-type]
-        for layer in mid_layers:
-            key = (id(a.block(layer)), "in")
-            groups.setdefault(key, (a.block(layer), []))
-        block_layer = {id(a.block(i)): i for i in range(a.cfg.n_layers)}
-        for (mid, direction), (module, items) in groups.items():
+        for layer in sorted(mid_layers):
+            # resid_mid = resid_pre + attention output; resid_pre is read where the block really
+            # uses it (the input of ln1), after every hook on the block input, whichever
+            # attachment registered it
+            ln1 = a.sub(layer, a.family.ln1)
+            self.handles.append(ln1.register_forward_pre_hook(_stash_hook(state, layer), with_kwargs=True))
+        for (_, direction), (module, items) in groups.items():
             items.sort(key=lambda x: (x[0], x[1]))
             entries = [(n, s, f, HookPoint(n, state)) for _, _, n, s, f in items]
             if direction == "in":
-                stash = block_layer.get(mid) if block_layer.get(mid) in mid_layers else None
-                self.handles.append(
-                    module.register_forward_pre_hook(_pre_hook(entries, state, stash), with_kwargs=True)
-                )
+                self.handles.append(module.register_forward_pre_hook(_pre_hook(entries), with_kwargs=True))
             elif direction == "out":
                 self.handles.append(module.register_forward_hook(_fwd_hook(entries, state, a)))
             else:
@@ -146,7 +146,9 @@ class Attachment:
 
     def _root_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         st = self.hm.state
-        ids = kwargs.get("input_ids", args[0] if args else None)
+        if args:  # positional arguments follow each model's own signature (GPT-2 puts the cache second)
+            kwargs = {**dict(zip(_positional_names(module), args)), **kwargs}
+        ids = kwargs.get("input_ids")
         if ids is None:
             ids = kwargs.get("inputs_embeds")
         st.batch, st.q_len = int(ids.shape[0]), int(ids.shape[1])
@@ -157,7 +159,20 @@ class Attachment:
         st.stash.clear()
 
 
-def _pre_hook(entries: list, state: ForwardState, stash_layer: int | None) -> Callable:
+def _positional_names(module: nn.Module) -> list[str]:
+    """Names of ``module.forward``'s positional parameters, in order."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind in kinds]
+
+
+def _stash_hook(state: ForwardState, layer: int) -> Callable:
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        state.stash[layer] = args[0] if args else kwargs["hidden_states"]
+
+    return hook
+
+
+def _pre_hook(entries: list) -> Callable:
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         positional = bool(args)
         t = args[0] if positional else kwargs["hidden_states"]
@@ -167,8 +182,6 @@ def _pre_hook(entries: list, state: ForwardState, stash_layer: int | None) -> Ca
             new = fn(v, hp)
             if _changed(new, v):
                 t = site.insert(t, new)
-        if stash_layer is not None:
-            state.stash[stash_layer] = t
         if t is t0:
             return None
         if positional:
@@ -183,7 +196,8 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
         is_tuple = isinstance(output, tuple)
         t = output[0] if is_tuple else output
         t0 = t
-        for name, site, fn, hp in entries:
+        result: torch.Tensor | None = None
+        for _, site, fn, hp in entries:
             if site.kind == "out":
                 v = site.extract(t)
                 new = fn(v, hp)
@@ -195,14 +209,18 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
                 new = fn(mid, hp)
                 if _changed(new, mid):
                     t = new - pre
-            else:  # result: per-head outputs in the residual basis
+            else:  # result: per-head outputs in the residual basis, [batch, pos, head, d_model]
                 layer = hp.layer
-                z = args[0]
-                w_o = adapter.W_O(layer)  # [head, d_head, d_model]
-                zh = z.view(*z.shape[:-1], w_o.shape[0], w_o.shape[1])
-                result = torch.einsum("bphd,hdm->bphm", zh, w_o.to(z.dtype))
+                if result is None:  # computed once, so that several hooks on it compose
+                    z = args[0]
+                    w_o = adapter.W_O(layer)  # [head, d_head, d_model]
+                    zh = z.view(*z.shape[:-1], w_o.shape[0], w_o.shape[1])
+                    result = torch.einsum("bphd,hdm->bphm", zh, w_o.to(z.dtype))
                 new = fn(result, hp)
                 if _changed(new, result):
+                    if new.shape != result.shape:
+                        raise ValueError(f"hook returned shape {tuple(new.shape)}, expected {tuple(result.shape)}")
+                    result = new
                     b = adapter.b_O(layer)
                     t = new.sum(-2) if b is None else new.sum(-2) + b
         if t is t0:
@@ -219,13 +237,13 @@ def _attn_callable(entries: list) -> Callable:
             if site.order == 0:
                 new = fn(scores, hp)
                 if _changed(new, scores):
-                    scores, changed = new, True
+                    scores, changed = site.insert(scores, new), True
         pattern = attention.pattern_from_scores(scores)
         for _, site, fn, hp in entries:
             if site.order == 1:
                 new = fn(pattern, hp)
                 if _changed(new, pattern):
-                    pattern, changed = new, True
+                    pattern, changed = site.insert(pattern, new), True
         return pattern, changed
 
     return run

@@ -165,10 +165,9 @@ class HookedModel(nn.Module):
 
     # ---- running -------------------------------------------------------------------------
     def forward(self, inputs: Inputs) -> torch.Tensor:
-        """Logits ``[batch, pos, d_vocab]``."""
+        """Logits ``[batch, pos, d_vocab]`` (gradients flow when enabled and asked for)."""
         b = self.tokenize(inputs)
-        with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
-            return self.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+        return self.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
 
     @contextlib.contextmanager
     def hooks(self, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedModel]:

@@ -11,24 +11,60 @@ Kinds: :class:`Zero`, :class:`Mean`, :class:`Replace`, :class:`Add`,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import HookName
 
-Selector = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    from uncover.hooks.apply import Selection
 
 
-def _tensor_field(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float32)
+def _tensor_field(x: Any, what: str) -> torch.Tensor:
+    """A private float copy of ``x`` (lists become float32), so the value cannot change under us."""
+    if isinstance(x, dict) and "data" in x:  # to_dict form of a non-float32 tensor
+        return torch.tensor(x["data"], dtype=getattr(torch, x.get("dtype", "float32")))
+    try:
+        t = x.detach().clone() if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UncoverError(f"{what} must be a tensor or a (nested) list of numbers, got {type(x).__name__}") from e
+    if not t.is_floating_point():
+        t = t.float()
+    return t
+
+
+def _int_tuple(v: Any, what: str) -> tuple[int, ...] | None:
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        v = v.flatten().tolist()
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v,)
+    if isinstance(v, Sequence) and not isinstance(v, str) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in v
+    ):
+        if not v:
+            raise UncoverError(f"{what}=[] selects nothing; use None for all")
+        return tuple(v)
+    raise UncoverError(f"{what} must be an int, a sequence of ints or None, got {v!r}")
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return ("tensor", tuple(t.shape), tuple(t.flatten().tolist()))
 
 
 @dataclass(frozen=True, eq=False)
 class Intervention:
-    """Base class: a change to the value at ``hook`` (at ``positions`` and ``heads``)."""
+    """Base class: a change to the value at ``hook`` (at ``positions`` and ``heads``).
+
+    ``positions`` are real-token positions (``-1``: each prompt's last real token, whatever
+    the padding), ``heads`` index the head axis of per-head hooks (``attn.hook_q/k/v`` index
+    key/value heads under grouped-query attention).
+    """
 
     hook: str
     positions: tuple[int, ...] | None = field(default=None, kw_only=True)
@@ -36,24 +72,30 @@ class Intervention:
     kind: ClassVar[str] = "intervention"
 
     def __post_init__(self) -> None:
-        for name in ("positions", "heads"):
-            v = getattr(self, name)
-            if isinstance(v, int):
-                object.__setattr__(self, name, (v,))
-            elif v is not None:
-                object.__setattr__(self, name, tuple(int(i) for i in v))
+        if not isinstance(self.hook, str):
+            raise UncoverError(f"hook must be a hook name string, got {type(self.hook).__name__}")
+        object.__setattr__(self, "positions", _int_tuple(self.positions, "positions"))
+        object.__setattr__(self, "heads", _int_tuple(self.heads, "heads"))
+        if self.heads is not None and not HookName.parse(self.hook).per_head:
+            raise UncoverError(
+                f"{type(self).__name__} on {self.hook!r} names heads, but that hook has no head axis; "
+                "use an attn.hook_q/k/v/z/pattern/attn_scores/result hook"
+            )
 
-    def new_value(self, value: torch.Tensor, full: torch.Tensor, select: Selector) -> torch.Tensor:
-        """The replacement for ``value``, the part of ``full`` at this intervention's
-        positions/heads; ``select`` restricts any tensor shaped like ``full`` the same way."""
+    def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
+        """The replacement for ``value``: the part of the hook value at this intervention's
+        positions/heads (``[batch, pos, ...]`` or, with positions, ``[n, ...]``).
+
+        ``sel.select(t)`` restricts a tensor broadcastable to the hook value the same way;
+        ``sel.mean()`` is the (restricted) mean over the batch and real positions."""
         raise NotImplementedError
 
     # equality and hashing that understand tensors
     def _key(self) -> tuple:
-        out = [type(self).__name__]
+        out: list[Any] = [type(self).__name__]
         for f in fields(self):
             v = getattr(self, f.name)
-            out.append(tuple(v.flatten().tolist()) + tuple(v.shape) if isinstance(v, torch.Tensor) else v)
+            out.append(_tensor_key(v) if isinstance(v, torch.Tensor) else v)
         return tuple(out)
 
     def __eq__(self, other: object) -> bool:
@@ -63,7 +105,7 @@ class Intervention:
         return hash(self._key())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tensors become nested lists).
+        """JSON-ready dict (float32 tensors become nested lists, others ``{"dtype", "data"}``).
 
         >>> Zero("blocks.0.hook_mlp_out", positions=[-1]).to_dict()
         {'kind': 'Zero', 'hook': 'blocks.0.hook_mlp_out', 'positions': [-1], 'heads': None}
@@ -72,7 +114,7 @@ class Intervention:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
-                v = v.tolist()
+                v = v.tolist() if v.dtype == torch.float32 else {"dtype": str(v.dtype)[6:], "data": v.tolist()}
             elif isinstance(v, tuple):
                 v = list(v)
             d[f.name] = v
@@ -87,11 +129,36 @@ class Intervention:
         True
         """
         d = dict(d)
-        kinds = {c.__name__: c for c in (Zero, Mean, Replace, Add, Project, Ablate)}
-        kind = d.pop("kind")
+        kinds = {c.__name__: c for c in KINDS}
+        kind = d.pop("kind", None)
         if kind not in kinds:
             raise UncoverError(f"unknown intervention kind {kind!r}; valid: {', '.join(kinds)}")
-        return kinds[kind](**d)
+        cls = kinds[kind]
+        names = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - names)
+        if extra:
+            raise UncoverError(f"{kind} has no field(s) {', '.join(extra)}; valid: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def _direction(x: Any, kind: str) -> torch.Tensor:
+    u = _tensor_field(x, "direction")
+    if u.dim() != 1:
+        raise UncoverError(f"{kind} direction must be one vector [d], got shape {tuple(u.shape)}")
+    if not bool(torch.isfinite(u).all()) or float(u.norm()) == 0.0:
+        raise UncoverError(f"{kind} direction must be finite and non-zero")
+    return u
+
+
+def _along(iv: Project | Ablate, value: torch.Tensor) -> torch.Tensor:
+    """The component of ``value`` (``[..., d]``) along ``iv.direction``: ``(v·u) u``."""
+    u = iv.direction.to(value)
+    if u.shape[0] != value.shape[-1]:
+        raise UncoverError(
+            f"{type(iv).__name__} direction has {u.shape[0]} entries but {iv.hook!r} values have {value.shape[-1]}"
+        )
+    u = u / u.norm()
+    return (value @ u).unsqueeze(-1) * u
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +169,7 @@ class Zero(Intervention):
     Zero(hook='blocks.0.attn.hook_z', positions=None, heads=(1,))
     """
 
-    def new_value(self, value: torch.Tensor, full: torch.Tensor, select: Selector) -> torch.Tensor:
+    def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
         return torch.zeros_like(value)
 
 
@@ -110,7 +177,8 @@ class Zero(Intervention):
 class Mean(Intervention):
     """Replace by a mean value (mean ablation); ``mean`` broadcasts against the value.
 
-    Without ``mean`` the mean over the batch and positions of the current input is used.
+    Without ``mean`` the mean over the batch and the real (non-padding) positions of the
+    current input is used (per head for per-head hooks).
     """
 
     mean: torch.Tensor | None = None
@@ -118,12 +186,10 @@ class Mean(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mean is not None:
-            object.__setattr__(self, "mean", _tensor_field(self.mean))
+            object.__setattr__(self, "mean", _tensor_field(self.mean, "mean"))
 
-    def new_value(self, value: torch.Tensor, full: torch.Tensor, select: Selector) -> torch.Tensor:
-        if self.mean is None:
-            return full.mean(dim=(0, 1)).expand_as(value)
-        return self.mean.to(value).expand_as(value)
+    def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
+        return sel.mean() if self.mean is None else sel.select(self.mean)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +197,8 @@ class Replace(Intervention):
     """Replace by ``source`` (activation patching): a tensor broadcastable to the value.
 
     ``source`` is usually a cached activation of another run at the same hook,
-    ``[batch, pos, ...]``; it is restricted to the same positions/heads as the value.
+    ``[batch, pos, ...]`` (it broadcasts against the hook value, in the hook's layout); it
+    is restricted to the same positions/heads as the value.
     """
 
     source: torch.Tensor = None  # type: ignore[assignment]
@@ -140,18 +207,19 @@ class Replace(Intervention):
         super().__post_init__()
         if self.source is None:
             raise UncoverError("Replace needs a source tensor (for example a cached activation)")
-        object.__setattr__(self, "source", _tensor_field(self.source))
+        object.__setattr__(self, "source", _tensor_field(self.source, "source"))
 
-    def new_value(self, value: torch.Tensor, full: torch.Tensor, select: Selector) -> torch.Tensor:
-        src = self.source.to(value)
-        if src.shape == full.shape:
-            src = select(src)
-        return src.expand_as(value)
+    def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
+        return sel.select(self.source)
 
 
 @dataclass(frozen=True, eq=False)
 class Add(Intervention):
-    """Add ``scale * vector`` (activation addition / steering), ``vector`` is ``[d]``."""
+    """Add ``scale * vector`` (activation addition / steering).
+
+    ``vector`` is usually ``[d]``; anything that broadcasts against the hook value works
+    (``[head, d_head]`` for per-head hooks, ``[pos, d]`` ...).
+    """
 
     vector: torch.Tensor = None  # type: ignore[assignment]
     scale: float = 1.0
@@ -160,10 +228,12 @@ class Add(Intervention):
         super().__post_init__()
         if self.vector is None:
             raise UncoverError("Add needs a vector")
-        object.__setattr__(self, "vector", _tensor_field(self.vector))
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float):
+            raise UncoverError(f"scale must be a number, got {self.scale!r}")
+        object.__setattr__(self, "vector", _tensor_field(self.vector, "vector"))
 
-    def new_value(self, value: torch.Tensor, full: torch.Tensor, select: Selector) -> torch.Tensor:
-        return value + self.scale * self.vector.to(value)
+    def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
+        return value + self.scale * sel.select(self.vector)
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,12 +246,10 @@ class Project(Intervention):
         super().__post_init__()
         if self.direction is None:
             raise UncoverError("Project needs a direction")
-        object.__setattr__(self, "direction", _tensor_field(self.direction))
+        object.__setattr__(self, "direction", _direction(self.direction, "Project"))
 
-    def new_value(self, value: torch.Tensor, full: torch.Tensor, select: Selector) -> torch.Tensor:
-        u = self.direction.to(value)
-        u = u / u.norm()
-        return (value @ u).unsqueeze(-1) * u
+    def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
+        return _along(self, value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,9 +262,11 @@ class Ablate(Intervention):
         super().__post_init__()
         if self.direction is None:
             raise UncoverError("Ablate needs a direction")
-        object.__setattr__(self, "direction", _tensor_field(self.direction))
+        object.__setattr__(self, "direction", _direction(self.direction, "Ablate"))
 
-    def new_value(self, value: torch.Tensor, full: torch.Tensor, select: Selector) -> torch.Tensor:
-        u = self.direction.to(value)
-        u = u / u.norm()
-        return value - (value @ u).unsqueeze(-1) * u
+    def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
+        return value - _along(self, value)
+
+
+KINDS: tuple[type[Intervention], ...] = (Zero, Mean, Replace, Add, Project, Ablate)
+"""Every intervention kind, for ``from_dict``."""

