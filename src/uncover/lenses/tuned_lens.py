@@ -1,0 +1,380 @@
+"""Tuned lens (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with the Tuned Lens").
+
+The logit lens decodes the residual stream after layer ``l`` with the model's own final
+norm and unembedding, which assumes that intermediate layers already speak the final
+layer's "language". The tuned lens learns one affine *translator* per layer boundary,
+``h ↦ h + A_l h + b_l`` (initialised to the identity, ``A_l = 0, b_l = 0``), applied before
+the final norm and unembedding, trained to minimise ``KL(final output ‖ lens output)``
+on ordinary text with the model frozen. Decoding then reuses the logit lens machinery
+(:func:`uncover.lenses.logit_lens.run_lens`), so results have the same shape and views.
+
+The paper trains from the identity with SGD + Nesterov, 250 steps of 2^18 tokens. On a
+CPU the cost is the full-vocabulary softmax (``n_layers × positions × d_model × d_vocab``
+per step), so :func:`train_tuned_lens` first solves for each translator in closed form:
+a ridge least-squares fit of the final residual's direction from the layer's residual
+(both divided by their RMS, since the final norm ignores scale; ridge towards the
+identity). That fit alone removes most of the logit lens's KL in a second or two; a few
+dozen Adam steps on the paper's KL objective then refine it. ``init="identity"`` (with
+more steps and a larger learning rate) trains on the KL alone, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from uncover.core.errors import UncoverError
+from uncover.lenses.common import decode_resid
+from uncover.lenses.logit_lens import LensResult, run_lens
+
+if TYPE_CHECKING:
+    from uncover.hooks.hooked import HookedModel
+
+FORMAT = "uncover-tuned-lens"
+
+
+class TunedLens(nn.Module):
+    """One affine translator per layer boundary ``0 .. n_layers - 1`` (``0`` = the embeddings).
+
+    ``translate(layer, h) = h + h @ A[layer].T + b[layer]`` for ``h [..., d_model]``; a new lens
+    is the identity, so it decodes exactly like the logit lens until it is trained.
+
+    >>> lens = TunedLens(n_layers=3, d_model=8, model_name="tiny")
+    >>> h = torch.randn(2, 8)
+    >>> torch.equal(lens.translate(1, h), h)
+    True
+    >>> lens
+    TunedLens('tiny', n_layers=3, d_model=8)
+    """
+
+    def __init__(self, n_layers: int, d_model: int, model_name: str = ""):
+        super().__init__()
+        if n_layers < 1 or d_model < 1:
+            raise UncoverError(f"a tuned lens needs n_layers >= 1 and d_model >= 1, got {n_layers}, {d_model}")
+        self.model_name = model_name
+        self.n_layers = n_layers
+        self.d_model = d_model
+        self.translators = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(n_layers))
+        with torch.no_grad():
+            for t in self.translators:
+                t.weight.zero_()
+                t.bias.zero_()
+        self.info: dict = {}  # facts saved with the lens: training settings and losses
+
+    @classmethod
+    def for_model(cls, model: HookedModel) -> TunedLens:
+        """An identity lens shaped for ``model``.
+
+        >>> lens = TunedLens.for_model(model)  # doctest: +SKIP
+        """
+        return cls(model.cfg.n_layers, model.cfg.d_model, model.name).to(model.device)
+
+    def translate(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """The residual after ``layer`` layers, ``h [..., d_model]``, mapped for decoding.
+
+        Computed in the lens's dtype; returned on ``h``'s device.
+
+        >>> lens = TunedLens(n_layers=2, d_model=4)
+        >>> lens.translate(0, torch.ones(4)).tolist()
+        [1.0, 1.0, 1.0, 1.0]
+        """
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} has no translator; valid: 0 .. {self.n_layers - 1}")
+        t = self.translators[layer]
+        x = h.to(t.weight)
+        return (x + t(x)).to(h.device)
+
+    def forward(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`translate`."""
+        return self.translate(layer, h)
+
+    def check(self, model: HookedModel) -> None:
+        """Raise ``UncoverError`` if ``model`` is not shaped like the model this lens was made for.
+
+        >>> TunedLens(2, 4, "a").check(model)  # doctest: +SKIP
+        Traceback (most recent call last):
+        uncover.core.errors.UncoverError: this tuned lens was made for 'a' (n_layers=2, d_model=4) ...
+        """
+        c = model.cfg
+        if (c.n_layers, c.d_model) != (self.n_layers, self.d_model):
+            raise UncoverError(
+                f"this tuned lens was made for {self.model_name!r} (n_layers={self.n_layers}, "
+                f"d_model={self.d_model}), but model {model.name!r} has n_layers={c.n_layers}, "
+                f"d_model={c.d_model}; train one for this model with train_tuned_lens(model)"
+            )
+        if self.model_name and model.name != self.model_name:
+            warnings.warn(f"tuned lens trained on {self.model_name!r} used with {model.name!r} (same shape)",
+                          stacklevel=3)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the weights and metadata (model name, shape, training info) as safetensors.
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "lens.safetensors")
+        >>> _ = TunedLens(2, 4, "tiny").save(path)
+        >>> TunedLens.load(path).n_layers
+        2
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {"format": FORMAT, "version": "1", "model_name": self.model_name, "n_layers": str(self.n_layers),
+                "d_model": str(self.d_model), "info": json.dumps(self.info)}
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: HookedModel | None = None) -> TunedLens:
+        """Read a lens written by :meth:`save`; with ``model``, check its shape and move it there.
+
+        >>> lens = TunedLens.load("smollm2.lens.safetensors", model)  # doctest: +SKIP
+        """
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise UncoverError(f"{path}: no such tuned lens file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise UncoverError(f"{path}: not a safetensors file ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise UncoverError(f"{path}: not a tuned lens saved by uncover (format={meta.get('format')!r})")
+        lens = cls(int(meta["n_layers"]), int(meta["d_model"]), meta.get("model_name", ""))
+        lens.info = json.loads(meta.get("info") or "{}")
+        lens.load_state_dict(load_file(str(path)))
+        if model is not None:
+            lens.check(model)
+            lens.to(model.device)
+        return lens
+
+    def __repr__(self) -> str:
+        return f"TunedLens({self.model_name!r}, n_layers={self.n_layers}, d_model={self.d_model})"
+
+
+INITS = ("lstsq", "identity")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train_tuned_lens` (defaults: a useful lens in a minute or two on two CPU cores)."""
+
+    steps: int = 30
+    """Adam steps on the KL objective after the initial fit (0: the fit alone)."""
+    lr: float = 1e-4
+    """Adam learning rate, cosine-decayed to zero (about 2e-3 suits ``init="identity"``)."""
+    batch_size: int = 8
+    """Token positions per step; every layer's translator sees the same positions."""
+    init: str = "lstsq"
+    """``lstsq``: start from the closed-form ridge fit; ``identity``: from the identity, as in the paper."""
+    ridge: float = 1e-2
+    """Ridge penalty of the fit, relative to the mean diagonal of the Gram matrix."""
+    n_blocks: int = 32
+    """Corpus blocks whose residuals are collected (when ``blocks`` is not given)."""
+    block_len: int = 64
+    """Tokens per corpus block (when ``blocks`` is not given)."""
+    seed: int = 0
+    """Seed of the position sampling and of the choice of corpus blocks."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("steps", 0), ("batch_size", 1), ("n_blocks", 1), ("block_len", 1)):
+            if getattr(self, name) < low:
+                raise UncoverError(f"TrainConfig.{name} must be >= {low}, not {getattr(self, name)}")
+        for name in ("lr", "ridge"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise UncoverError(f"TrainConfig.{name} must be a positive number, not {v}")
+        if self.init not in INITS:
+            raise UncoverError(f"TrainConfig.init must be one of {', '.join(INITS)}, not {self.init!r}")
+
+
+def collect_resid(model: HookedModel, blocks: torch.Tensor, chunk: int = 8, progress: bool = False) -> torch.Tensor:
+    """Residual before every layer and the final one, ``[n_layers + 1, n_blocks * block_len, d_model]``.
+
+    Row ``l < n_layers`` is ``blocks.{l}.hook_resid_pre``; row ``n_layers`` is the final
+    residual. Float32 on the CPU, whatever the model's dtype and device.
+
+    >>> collect_resid(model, torch.tensor([[1, 2, 3]])).shape  # doctest: +SKIP
+    torch.Size([31, 3, 576])
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype not in (torch.int64, torch.int32):
+        got = f"{blocks.dtype} {tuple(blocks.shape)}" if isinstance(blocks, torch.Tensor) else type(blocks).__name__
+        raise UncoverError(f"blocks must be token ids, a LongTensor [n_blocks, block_len]; got {got}")
+    n = model.cfg.n_layers
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    parts = []
+    for i in tqdm(range(0, len(blocks), chunk), desc="residuals", disable=not progress, leave=False):
+        _, cache = model.run_with_cache(blocks[i : i + chunk], names=names)
+        parts.append(cache.accumulated_resid().tensor.flatten(1, 2).float().cpu())  # [layer+1, tokens, d]
+    return torch.cat(parts, dim=1)
+
+
+def _layer_kl(model: HookedModel, resid: torch.Tensor, lens: TunedLens | None) -> torch.Tensor:
+    """KL(final ‖ lens) per layer and position for ``resid [n_layers + 1, pos, d_model]`` → ``[n_layers, pos]``."""
+    n = resid.shape[0] - 1
+    dev = model.device
+    with torch.no_grad():
+        target = torch.log_softmax(decode_resid(model, resid[n].to(dev)).float(), -1)  # [pos, vocab]
+    h = resid[:n].to(dev)
+    if lens is not None:
+        h = torch.stack([lens.translate(layer, h[layer]) for layer in range(n)])
+    logq = torch.log_softmax(decode_resid(model, h).float(), -1)  # [layer, pos, vocab]
+    return (target.exp() * (target - logq)).sum(-1)
+
+
+def _fit_lstsq(lens: TunedLens, resid: torch.Tensor, ridge: float) -> None:
+    """Set each translator to the ridge least-squares map from ``h_l`` to the final residual's direction.
+
+    Scale-free: ``h_l`` and the final residual are divided by their RMS (the final norm
+    ignores scale), so that the fit is not dominated by a few positions of huge norm. The
+    bias feature is ``1 / rms(h_l)``, which keeps ``h ↦ h + A h + b`` exact. The features are
+    RMS-normalised, so float32 products are accurate; the solve is in float64.
+    """
+    n = lens.n_layers
+
+    def rms(x: torch.Tensor) -> torch.Tensor:
+        return x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+
+    target = resid[n] / rms(resid[n])
+    eye = torch.eye(lens.d_model + 1, dtype=torch.float64)
+    for layer in range(n):
+        h = resid[layer]
+        r = rms(h)
+        feats = torch.cat([h / r, 1 / r], dim=-1)  # [pos, d_model + 1]
+        gram = (feats.T @ feats).double()
+        gram += ridge * gram.diagonal().mean() * eye
+        sol = torch.linalg.solve(gram, (feats.T @ (target - h / r)).double())  # [d_model + 1, d_model]
+        t = lens.translators[layer]
+        with torch.no_grad():
+            t.weight.copy_(sol[:-1].T)
+            t.bias.copy_(sol[-1])
+
+
+def lens_kl(
+    model: HookedModel, blocks: torch.Tensor, lens: TunedLens | None = None, *, chunk: int = 32
+) -> torch.Tensor:
+    """Mean KL(final ‖ lens) in nats at each layer boundary ``0 .. n_layers - 1`` over all positions of ``blocks``.
+
+    ``lens=None`` measures the logit lens. Use held-out blocks to compare lenses fairly.
+
+    >>> held = token_blocks(model, block_len=32, split="heldout")[:4]  # doctest: +SKIP
+    >>> lens_kl(model, held).mean() > lens_kl(model, held, lens).mean()  # doctest: +SKIP
+    tensor(True)
+    """
+    if lens is not None:
+        lens.check(model)
+    resid = collect_resid(model, blocks)
+    total = torch.zeros(resid.shape[0] - 1, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, resid.shape[1], chunk):
+            total += _layer_kl(model, resid[:, i : i + chunk], lens).sum(-1).double().cpu()
+    return (total / resid.shape[1]).float()
+
+
+def train_tuned_lens(
+    model: HookedModel,
+    blocks: torch.Tensor | None = None,
+    *,
+    steps: int = TrainConfig.steps,
+    lr: float = TrainConfig.lr,
+    batch_size: int = TrainConfig.batch_size,
+    init: str = TrainConfig.init,
+    ridge: float = TrainConfig.ridge,
+    n_blocks: int = TrainConfig.n_blocks,
+    block_len: int = TrainConfig.block_len,
+    seed: int = TrainConfig.seed,
+    progress: bool = True,
+) -> TunedLens:
+    """Train a tuned lens for ``model`` (which stays frozen and unchanged). Settings: :class:`TrainConfig`.
+
+    ``blocks``: token ids ``[n_blocks, block_len]``; default: ``n_blocks`` random blocks of
+    ``block_len`` tokens from the train split of the embedded corpus. The residuals of all
+    blocks are collected once; the translators start from the closed-form fit (or the
+    identity), then each of ``steps`` Adam steps samples ``batch_size`` positions and lowers
+    the sum over layers of the mean KL(final output ‖ translated lens output). tqdm bars on
+    stderr show the progress (``progress=False`` hides them). The settings and the KL on
+    the training positions before and after (``kl_before``, ``kl_after``: means over
+    layers) are kept in ``lens.info`` and saved with the lens.
+
+    >>> lens = train_tuned_lens(model)  # doctest: +SKIP
+    >>> lens.info["kl_after"] < lens.info["kl_before"]  # doctest: +SKIP
+    True
+    """
+    from tqdm.auto import tqdm
+
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, init=init, ridge=ridge, n_blocks=n_blocks,
+                      block_len=block_len, seed=seed)
+    if blocks is None:
+        from uncover.data.corpus import token_blocks
+
+        blocks = token_blocks(model, block_len=cfg.block_len, split="train")
+        pick = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.n_blocks]
+        blocks = blocks[pick.sort().values]
+    resid = collect_resid(model, blocks, progress=progress)  # [layer + 1, tokens, d_model]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    probe = torch.randperm(resid.shape[1], generator=gen)[:64]  # training positions on which to report the KL
+
+    def probe_kl() -> float:
+        with torch.no_grad():
+            return float(_layer_kl(model, resid[:, probe], lens).mean())
+
+    lens = TunedLens.for_model(model)
+    kl_before = probe_kl()
+    if cfg.init == "lstsq":
+        _fit_lstsq(lens, resid, cfg.ridge)
+    params = list(lens.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(cfg.steps, 1))))
+    bar = tqdm(range(cfg.steps), desc="tuned lens", disable=not progress, leave=False)
+    for _ in bar:
+        idx = torch.randint(resid.shape[1], (cfg.batch_size,), generator=gen)
+        kl = _layer_kl(model, resid[:, idx], lens).mean(-1)  # [layer]
+        # gradients for the lens only: the model's parameters get no .grad and are never updated
+        grads = torch.autograd.grad(kl.sum(), params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        sched.step()
+        bar.set_postfix(kl=f"{kl.detach().mean():.3f}")
+    bar.close()
+    lens.info = {"train": asdict(cfg), "tokens": int(resid.shape[1]), "kl_before": kl_before,
+                 "kl_after": probe_kl()}
+    return lens
+
+
+def tuned_lens(
+    model: HookedModel,
+    prompts: str | Sequence[str] | torch.Tensor,
+    lens: TunedLens,
+    *,
+    positions: int | Sequence[int] | None = -1,
+    targets: Sequence[str | int] | str | int | None = None,
+    k: int = 5,
+) -> LensResult:
+    """Tuned lens: each layer's residual, translated by ``lens``, through the final norm and unembedding.
+
+    Same arguments and result as :func:`uncover.lenses.logit_lens.logit_lens` (with
+    ``lens="tuned"``); the last layer boundary is the model's own output, untranslated.
+
+    >>> lens = TunedLens.load("smollm2.lens.safetensors", model)  # doctest: +SKIP
+    >>> r = tuned_lens(model, "The Eiffel Tower is in the city of", lens, targets=[" Paris"])  # doctest: +SKIP
+    >>> r.target_ranks[0, -1, -1, 0]  # doctest: +SKIP
+    tensor(0)
+    """
+    lens.check(model)
+    return run_lens(model, prompts, positions=positions, targets=targets, k=k, translate=lens.translate,
+                    lens="tuned")
