@@ -1,0 +1,1 @@
+"""Patching: activation patching, its metrics and the fast replay it uses."""

@@ -1,0 +1,82 @@
+"""Run a model from a given layer onwards, starting from a residual stream.
+
+Patching at layer ``l`` never changes layers before ``l``, so a patched run can start
+from the cached residual at ``l``: :func:`capture` records what every block was called
+with (masks, rotary position embeddings, ...) on one forward pass, and :func:`run_from`
+calls blocks ``l ..`` with those arguments on a batch of residual streams, then the
+final norm and unembedding at the positions asked for. Hooks and interventions that
+are active apply as usual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from uncover.lenses.common import decode_resid
+
+if TYPE_CHECKING:
+    from uncover.hooks.hooked import HookedModel
+    from uncover.hooks.tokens import Batch
+
+
+@dataclass
+class BlockCalls:
+    """What each block received in one forward pass (hidden states removed)."""
+
+    args: list[tuple]
+    kwargs: list[dict[str, Any]]
+    batch: Batch
+
+
+def capture(model: HookedModel, batch: Batch) -> tuple[torch.Tensor, BlockCalls]:
+    """Forward ``batch`` once, recording every block's call arguments; returns logits and the calls."""
+    n = model.cfg.n_layers
+    args: list[tuple] = [()] * n
+    kwargs: list[dict[str, Any]] = [{}] * n
+    handles = []
+
+    def rec(i: int):
+        def hook(module: torch.nn.Module, a: tuple, kw: dict) -> None:
+            args[i] = a[1:]
+            kwargs[i] = {k: v for k, v in kw.items() if k != "hidden_states"}
+
+        return hook
+
+    try:
+        for i in range(n):
+            handles.append(model.adapter.block(i).register_forward_pre_hook(rec(i), with_kwargs=True))
+        with torch.no_grad():
+            logits = model.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            ).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, BlockCalls(args, kwargs, batch)
+
+
+def run_from(
+    model: HookedModel, calls: BlockCalls, layer: int, resid: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits after running blocks ``layer ..`` on ``resid`` ``[batch, pos, d_model]``.
+
+    ``calls`` must come from :func:`capture` on a batch of one row (or of ``resid``'s batch size).
+    ``positions``: ``[batch]`` columns whose logits to return (``[batch, d_vocab]``); ``None`` returns all
+    positions ``[batch, pos, d_vocab]``.
+    """
+    st = model.state
+    st.batch, st.q_len, st.offset = resid.shape[0], resid.shape[1], 0
+    mask = calls.batch.attention_mask
+    st.attention_mask = mask.expand(resid.shape[0], -1) if mask.shape[0] == 1 else mask
+    st.stash.clear()
+    x = resid
+    with torch.no_grad():
+        for i in range(layer, model.cfg.n_layers):
+            out = model.adapter.block(i)(x, *calls.args[i], **calls.kwargs[i])
+            x = out[0] if isinstance(out, tuple) else out
+        if positions is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), positions]
+        return decode_resid(model, x)
