@@ -1,4 +1,4 @@
-"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``tour``.
+"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from uncover.cli import dla, lens, models, tour
+from uncover.cli import dla, lens, models, patch, tour
 from uncover.core.errors import UncoverError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
 app.command("models")(models.models)
 app.command("lens")(lens.lens)
 app.command("dla")(dla.dla)
+app.command("patch")(patch.patch)
 app.command("tour")(tour.tour)
 
 
