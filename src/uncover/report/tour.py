@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from uncover.attribution.dla import direct_logit_attribution
 from uncover.core.results import Result
 from uncover.lenses.logit_lens import logit_lens
+from uncover.patching.activation import activation_patching
 from uncover.report.html import Section, render_page
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ FACT_PROMPT = "The Eiffel Tower is in the city of"
 FACT_ANSWER, FACT_WRONG = " Paris", " London"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_ANSWER, IOI_WRONG = " Mary", " John"
+IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 
 
 def lens_section(model: HookedModel) -> list[Result]:
@@ -44,9 +46,15 @@ def dla_section(model: HookedModel) -> list[Result]:
     ]
 
 
+def patching_section(model: HookedModel) -> list[Result]:
+    """Residual-stream activation patching of the IOI pair (S2 name swapped)."""
+    return [activation_patching(model, IOI_PROMPT, IOI_CORRUPT, IOI_ANSWER, IOI_WRONG)]
+
+
 SECTIONS: list[tuple[str, Callable[[HookedModel], list[Result]]]] = [
     ("Logit lens", lens_section),
     ("Direct logit attribution", dla_section),
+    ("Activation patching", patching_section),
 ]
 
 
