@@ -125,3 +125,17 @@ def test_float64_separates_rounding_from_bugs():
         heads = cache.head_results(1).sum(-2) + m.adapter.b_O(1)
         errs[dtype] = (heads - cache["blocks.1.hook_attn_out"]).abs().max().item()
     assert errs[torch.float64] < 1e-12 < errs[torch.float32] < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "gpt2", "gemma3"])
+def test_lazy_hook_result_equals_hooked_read(kind):
+    """run_with_cache computes hook_result on access from hook_z; it must equal the value a hook sees."""
+    m = tiny(kind)
+    toks = tokens()
+    seen = {}
+    name = "blocks.1.attn.hook_result"
+    with m.hooks([(name, lambda v, hp: seen.setdefault("v", v.clone()))]):
+        m(toks)
+    _, cache = m.run_with_cache(toks, names=[name])
+    assert list(cache) == [name] and name in cache
+    assert torch.equal(cache[name], seen["v"])

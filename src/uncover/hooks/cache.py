@@ -46,28 +46,45 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     >>> resid, labels = cache.accumulated_resid()  # doctest: +SKIP
     """
 
-    def __init__(self, store: dict[str, torch.Tensor], model: HookedModel, batch: Batch):
+    def __init__(
+        self,
+        store: dict[str, torch.Tensor],
+        model: HookedModel,
+        batch: Batch,
+        pending: dict[str, torch.Tensor] | None = None,
+    ):
         self.store = store
         self.model = model
         self.batch = batch
+        self.pending = pending or {}
+        """``hook_result`` names not computed yet, mapped to the cached ``hook_z`` they come from."""
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
             return self.store[name]
         except KeyError:
+            if name in self.pending:
+                z = self.pending.pop(name)  # [batch, pos, head, d_head]
+                layer = int(name.split(".")[1])
+                w_o = self.model.W_O(layer)
+                self.store[name] = torch.einsum("bphd,hdm->bphm", z, w_o.to(device=z.device, dtype=z.dtype))
+                return self.store[name]
             if name in self.model.hook_names():
                 raise UnknownHookName(f"{name!r} was not cached; pass it in names= to run_with_cache") from None
             valid = list(self.store) or self.model.hook_names()
             raise UnknownHookName(did_you_mean(name, valid, "hook name")) from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.store or name in self.pending
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self.store)
+        return iter([*self.store, *self.pending])
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.store) + len(self.pending)
 
     def __repr__(self) -> str:
-        return f"ActivationCache({len(self.store)} hooks, batch={tuple(self.batch.input_ids.shape)})"
+        return f"ActivationCache({len(self)} hooks, batch={tuple(self.batch.input_ids.shape)})"
 
     # ---- residual stream ------------------------------------------------------------------
     def final_resid(self) -> torch.Tensor:
@@ -125,8 +142,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         """
         m = self.model
         name = f"blocks.{layer}.attn.hook_result"
-        if name in self.store:
-            res = self.store[name]
+        if name in self:
+            res = self[name]
         else:
             z = self[f"blocks.{layer}.attn.hook_z"]  # [batch, pos, head, d_head]
             res = torch.einsum("bphd,hdm->bphm", z, m.W_O(layer).to(z))

@@ -193,10 +193,16 @@ class HookedModel(nn.Module):
 
         ``names``: ``None`` (every hook), a list of names, or a predicate on names.
         ``device``: where cached tensors go (default: stay where computed).
+        ``attn.hook_result`` values are computed on first access from the cached ``hook_z`` and
+        ``W_O`` (as costly as another output projection, so only paid when used).
         """
         batch = self.tokenize(inputs)
         store: dict[str, torch.Tensor] = {}
         wanted = self.select_names(names)
+        lazy = [n for n in wanted if n.endswith(".attn.hook_result")]
+        z_for = {n: n.replace(".attn.hook_result", ".attn.hook_z") for n in lazy}
+        aux = sorted({z for z in z_for.values() if z not in wanted})
+        wanted = [n for n in wanted if n not in z_for] + aux
 
         def saver(name: str) -> HookFn:
             def fn(v: torch.Tensor, hp: Any) -> None:
@@ -212,7 +218,9 @@ class HookedModel(nn.Module):
             ).logits
         if "logits" in wanted:
             store["logits"] = logits if device is None else logits.to(device)
-        return logits, ActivationCache(store, self, batch)
+        hidden = {z: store.pop(z) for z in aux}
+        pending = {n: store.get(z, hidden.get(z)) for n, z in z_for.items()}
+        return logits, ActivationCache(store, self, batch, pending=pending)
 
     def generate(self, inputs: str | Sequence[str], max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
         """Greedy (by default) continuation text; active hooks and interventions apply.
