@@ -55,3 +55,16 @@ def test_tour_writes_report(tmp_path):
     assert path.exists() and "Logit lens" in page and "Direct logit attribution" in page
     assert "Activation patching" in page
     assert "<script src" not in page and len(page) > 3_000_000  # plotly.js inlined
+
+
+def test_train_lens_then_tuned_lens(tmp_path):
+    out = tmp_path / "lens.safetensors"
+    p = run("train-lens", "--out", str(out), "--steps", "3")
+    assert p.returncode == 0, p.stderr
+    assert out.exists() and Path(p.stdout.strip()) == out.resolve()
+    q = run("lens", "The Eiffel Tower is in the city of", "--tuned", str(out), "--target", " Paris", "--json")
+    assert q.returncode == 0, q.stderr
+    doc = json.loads(q.stdout)
+    assert doc["title"] == "Tuned lens"
+    final = [r for r in doc["records"] if r["kind"] == "target" and r["layer"] == 30]
+    assert final[0]["rank"] == 0

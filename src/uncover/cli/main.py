@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.command("models")(models.models)
 app.command("lens")(lens.lens)
+app.command("train-lens")(lens.train_lens)
 app.command("dla")(dla.dla)
 app.command("patch")(patch.patch)
 app.command("tour")(tour.tour)
