@@ -82,3 +82,15 @@ def real():
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return uncover.load()
+
+
+@pytest.fixture
+def one_thread_no_grad():
+    """Tiny models: one thread is fastest, and immune to spin-waiting on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(threads)

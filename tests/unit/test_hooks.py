@@ -12,17 +12,7 @@ from uncover import Add, HookedModel, Mean, Replace, Zero
 from uncover.core.errors import UnknownHookName
 from uncover.hooks import attention
 
-
-@pytest.fixture(autouse=True)
-def _no_grad_one_thread():
-    """Tiny models: one thread is fastest, and immune to spin-waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_no_grad")
 
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",

@@ -20,17 +20,7 @@ from tests.conftest import tiny as _tiny
 from uncover import Ablate, Add, HookedModel, Intervention, Mean, Project, Replace, Zero
 from uncover.core.errors import UncoverError
 
-
-@pytest.fixture(autouse=True)
-def _no_grad_one_thread():
-    """Tiny models: one thread is fastest, and immune to spin-waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_no_grad")
 
 
 def tiny(kind: str) -> HookedModel:

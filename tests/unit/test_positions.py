@@ -10,16 +10,7 @@ from uncover import Add, Mean, Zero
 from uncover.hooks.engine import ForwardState
 from uncover.hooks.tokens import Batch, position_columns
 
-
-@pytest.fixture(autouse=True)
-def _no_grad_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_no_grad")
 
 
 def right_padded(lengths: list[int], seed: int = 1) -> tuple[Batch, list[torch.Tensor]]:
