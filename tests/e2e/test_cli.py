@@ -68,3 +68,13 @@ def test_train_lens_then_tuned_lens(tmp_path):
     assert doc["title"] == "Tuned lens"
     final = [r for r in doc["records"] if r["kind"] == "target" and r["layer"] == 30]
     assert final[0]["rank"] == 0
+
+
+def test_patch_json_and_length_error():
+    p = run("patch", "--task", "ioi", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["kind"] == "PatchResult" and len(doc["records"]) > 100
+    bad = run("patch", "--clean", "The cat sat", "--corrupt", "The big cat sat down", "--answer", " on",
+              "--wrong", " in")
+    assert bad.returncode == 2 and "equal lengths" in bad.stderr
