@@ -82,3 +82,19 @@ def test_errors():
         activation_patching(m, clean, corrupt, 5, 9, hook="resid_mid")
     with pytest.raises(UncoverError, match="valid"):
         activation_patching(m, clean, corrupt, 5, 9, hook="z", per="pos")
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "gpt2", "gemma3"])
+def test_replay_from_any_layer_reproduces_logits(kind):
+    from uncover.patching.replay import capture, run_from, run_staged
+
+    m = tiny(kind)
+    toks = tokens(batch=1, pos=6)
+    logits, calls = capture(m, m.tokenize(toks))
+    _, cache = m.run_with_cache(toks, names=lambda n: n.endswith("hook_resid_pre"))
+    for layer in range(m.cfg.n_layers):
+        out = run_from(m, calls, layer, cache[f"blocks.{layer}.hook_resid_pre"])
+        torch.testing.assert_close(out, logits, rtol=1e-5, atol=1e-5)
+    stages = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for layer in range(m.cfg.n_layers)}
+    staged = run_staged(m, calls, stages, 5)
+    torch.testing.assert_close(staged, logits[:, 5].expand(m.cfg.n_layers, -1), rtol=1e-5, atol=1e-5)

@@ -42,5 +42,5 @@ def patch(
     if missing:
         raise UncoverError(f"missing {', '.join(missing)} (or give --task)")
     result = activation_patching(m, clean, corrupt, answer, wrong, hook=hook, per=per, metric=metric,
-                                 direction=direction, progress=True)
+                                 direction=direction)
     emit(result, as_json, html)

@@ -23,7 +23,7 @@ import torch
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.patching import metrics as M
-from uncover.patching.replay import capture, run_from
+from uncover.patching.replay import capture, run_staged, stage_offsets
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -136,7 +136,6 @@ def activation_patching(
     metric: str = "logit_diff",
     direction: str = "denoise",
     normalise: bool = True,
-    progress: bool = False,
 ) -> PatchResult:
     """Patch every (layer, position), (layer, head) or (layer, head, position) site of one prompt pair.
 
@@ -148,8 +147,6 @@ def activation_patching(
     >>> r.grid.shape  # doctest: +SKIP
     torch.Size([30, 15])
     """
-    from tqdm.auto import tqdm
-
     from uncover.lenses.common import target_ids
 
     if hook not in HOOKS:
@@ -189,24 +186,26 @@ def activation_patching(
         rows = [(h, None) for h in range(cfg.n_heads)] if positions else []
     else:
         rows = [(h, p) for h in range(cfg.n_heads) for p in positions]
-    last = torch.full((len(rows),), n_pos - 1, dtype=torch.long)
-    for layer in tqdm(range(n), desc=f"patching {hook}", disable=not progress or not rows):
-        if not rows:
-            break
-        resid = base_cache[names[layer]].expand(len(rows), -1, -1).clone()
-        src = src_cache[src_names[layer]][0]
-        if hook == "resid_pre":
-            for k, (_, p) in enumerate(rows):
-                resid[k, p] = src[p]
-            hooks = []
-        else:
-            hooks = [(src_names[layer], _row_patch(rows, src, first))]
+    if rows:
+        stages: dict[int, torch.Tensor] = {}
+        hooks = []
+        offsets = stage_offsets({layer: len(rows) for layer in range(n)})
+        for layer in range(n):
+            resid = base_cache[names[layer]].expand(len(rows), -1, -1).clone()
+            src = src_cache[src_names[layer]][0]
+            if hook == "resid_pre":
+                for k, (_, p) in enumerate(rows):
+                    resid[k, p] = src[p]
+            else:
+                hooks.append((src_names[layer], _row_patch(rows, src, first, offsets[layer])))
+            stages[layer] = resid
         with model.hooks(hooks):
-            logits = run_from(model, calls, layer, resid, last)
-        values = fn(logits).float().cpu()
-        for k, (h, p) in enumerate(rows):
-            idx = (layer, p) if per == "pos" else (layer, h) if per == "head" else (layer, h, p)
-            grid[idx] = values[k]
+            logits = run_staged(model, calls, stages, n_pos - 1)
+        values = fn(logits).float().cpu().view(n, len(rows))
+        for layer in range(n):
+            for k, (h, p) in enumerate(rows):
+                idx = (layer, p) if per == "pos" else (layer, h) if per == "head" else (layer, h, p)
+                grid[idx] = values[layer, k]
     if normalise:
         grid = M.normalise(grid, clean_value, corrupt_value)
     return PatchResult(
@@ -215,12 +214,14 @@ def activation_patching(
     )
 
 
-def _row_patch(rows: list[tuple[int | None, int | None]], src: torch.Tensor, first: int):
-    """Hook fn: row ``k`` gets ``src`` at its (head, position); ``None`` means all heads / positions ≥ first."""
+def _row_patch(rows: list[tuple[int | None, int | None]], src: torch.Tensor, first: int, offset: int):
+    """Hook fn: batch row ``offset + k`` gets ``src`` at row ``k``'s (head, position); ``None`` means all heads /
+    positions ≥ first."""
 
     def fn(value: torch.Tensor, hp: object) -> torch.Tensor:
         out = value.clone()
-        for k, (h, p) in enumerate(rows):
+        for j, (h, p) in enumerate(rows):
+            k = offset + j
             pos = slice(first, None) if p is None else p
             if h is None:
                 out[k, pos] = src[pos]

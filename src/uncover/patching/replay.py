@@ -80,3 +80,43 @@ def run_from(
         if positions is not None:
             x = x[torch.arange(x.shape[0], device=x.device), positions]
         return decode_resid(model, x)
+
+
+def run_staged(
+    model: HookedModel, calls: BlockCalls, stages: dict[int, torch.Tensor], position: int
+) -> torch.Tensor:
+    """One pass through the blocks where the rows of ``stages[l]`` join the batch at layer ``l``.
+
+    ``stages`` maps a layer to residual streams ``[rows, pos, d_model]`` entering that layer; rows
+    are appended in layer order, so row ``k`` of stage ``l`` is batch row ``offset(l) + k`` from
+    layer ``l`` on (see :func:`stage_offsets`). Returns the logits at column ``position`` of every
+    row, ``[total_rows, d_vocab]``, in the same order. Each block runs once, on all rows that have
+    joined, instead of once per stage.
+    """
+    layers = sorted(stages)
+    x: torch.Tensor | None = None
+    st = model.state
+    mask = calls.batch.attention_mask
+    with torch.no_grad():
+        for i in range(layers[0], model.cfg.n_layers):
+            if i in stages:
+                x = stages[i] if x is None else torch.cat([x, stages[i]])
+            st.batch, st.q_len, st.offset = x.shape[0], x.shape[1], 0
+            st.attention_mask = mask.expand(x.shape[0], -1)
+            st.stash.clear()
+            out = model.adapter.block(i)(x, *calls.args[i], **calls.kwargs[i])
+            x = out[0] if isinstance(out, tuple) else out
+        return decode_resid(model, x[:, position])
+
+
+def stage_offsets(stages: dict[int, int]) -> dict[int, int]:
+    """First batch row of each stage, given the number of rows per stage.
+
+    >>> stage_offsets({0: 3, 2: 2, 5: 4})
+    {0: 0, 2: 3, 5: 5}
+    """
+    out, total = {}, 0
+    for layer in sorted(stages):
+        out[layer] = total
+        total += stages[layer]
+    return out
