@@ -122,7 +122,7 @@ class Attachment:
         lst.extend(entries)
         self.attn_lists.append((module, entries))
         if not self.saved_impl:
-            attn_modules = [a for a in (self.hm.adapter.attn(i) for i in range(self.hm.cfg.n_layers))]
+            attn_modules = [self.hm.adapter.attn(i) for i in range(self.hm.cfg.n_layers)]
             for cfg in attention.configs_of(self.hm.model, attn_modules):
                 impl = cfg._attn_implementation or "eager"
                 self.saved_impl.append((cfg, cfg._attn_implementation_internal))

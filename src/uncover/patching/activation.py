@@ -109,14 +109,8 @@ class PatchResult(Result):
         return fig
 
 
-def _ids(model: HookedModel, x: str | torch.Tensor) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return (x if x.dim() == 2 else x.unsqueeze(0)).to(model.device)
-    return model.to_tokens(x)
-
-
 def _check_pair(model: HookedModel, clean: str | torch.Tensor, corrupt: str | torch.Tensor):
-    a, b = _ids(model, clean), _ids(model, corrupt)
+    a, b = model.tokenize(clean).input_ids, model.tokenize(corrupt).input_ids
     if a.shape != b.shape:
         raise UncoverError(
             f"clean has {a.shape[1]} tokens but corrupt has {b.shape[1]}; activation patching needs equal lengths"

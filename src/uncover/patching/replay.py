@@ -58,6 +58,15 @@ def capture(model: HookedModel, batch: Batch) -> tuple[torch.Tensor, BlockCalls]
     return logits, BlockCalls(args, kwargs, batch)
 
 
+def _set_state(model: HookedModel, calls: BlockCalls, x: torch.Tensor) -> None:
+    """Describe the forward pass to position-addressing hooks, as the root pre-hook would."""
+    st = model.state
+    st.batch, st.q_len, st.offset = x.shape[0], x.shape[1], 0
+    mask = calls.batch.attention_mask
+    st.attention_mask = mask.expand(x.shape[0], -1) if mask.shape[0] == 1 else mask
+    st.stash.clear()
+
+
 def run_from(
     model: HookedModel, calls: BlockCalls, layer: int, resid: torch.Tensor, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -67,11 +76,7 @@ def run_from(
     ``positions``: ``[batch]`` columns whose logits to return (``[batch, d_vocab]``); ``None`` returns all
     positions ``[batch, pos, d_vocab]``.
     """
-    st = model.state
-    st.batch, st.q_len, st.offset = resid.shape[0], resid.shape[1], 0
-    mask = calls.batch.attention_mask
-    st.attention_mask = mask.expand(resid.shape[0], -1) if mask.shape[0] == 1 else mask
-    st.stash.clear()
+    _set_state(model, calls, resid)
     x = resid
     with torch.no_grad():
         for i in range(layer, model.cfg.n_layers):
@@ -95,15 +100,11 @@ def run_staged(
     """
     layers = sorted(stages)
     x: torch.Tensor | None = None
-    st = model.state
-    mask = calls.batch.attention_mask
     with torch.no_grad():
         for i in range(layers[0], model.cfg.n_layers):
             if i in stages:
                 x = stages[i] if x is None else torch.cat([x, stages[i]])
-            st.batch, st.q_len, st.offset = x.shape[0], x.shape[1], 0
-            st.attention_mask = mask.expand(x.shape[0], -1)
-            st.stash.clear()
+            _set_state(model, calls, x)
             out = model.adapter.block(i)(x, *calls.args[i], **calls.kwargs[i])
             x = out[0] if isinstance(out, tuple) else out
         return decode_resid(model, x[:, position])
