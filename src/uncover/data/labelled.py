@@ -1,0 +1,345 @@
+"""Labelled text sets and contrast pairs for probing, CCS and representation engineering.
+
+Owns two containers, :class:`Labelled` (texts with integer labels, and optional *groups*
+used by control tasks, Hewitt & Liang 2019) and :class:`ContrastPairs` (a positive and a
+negative text per item, Burns et al. 2022; Zou et al. 2023), the built-in sets the
+project generates, and loaders for users' files:
+
+- :func:`truth_statements`: true and false factual statements built from
+  :data:`uncover.data.tasks.FACTS` plus a list of capitals, optionally kept to the facts a
+  model knows (its next-token prediction prefers the true object over the false one);
+- :func:`truth_pairs`: the same statements as yes/no question pairs for CCS;
+- :func:`sentiment_pairs`, :func:`sentiment_texts`: positive/negative sentence pairs;
+- :func:`honesty_pairs`: honest/dishonest instructions before the same statement (RepE);
+- :func:`from_file` (CSV or JSONL ``text,label``) and :func:`pairs_from_file`
+  (``positive,negative[,label]``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from uncover.core.errors import UncoverError
+from uncover.data.tasks import FACTS
+
+if TYPE_CHECKING:
+    from uncover.hooks.hooked import HookedModel
+
+CAPITALS = (
+    ("France", " Paris"), ("Japan", " Tokyo"), ("Italy", " Rome"), ("Germany", " Berlin"), ("Spain", " Madrid"),
+    ("Russia", " Moscow"), ("Egypt", " Cairo"), ("China", " Beijing"), ("England", " London"),
+    ("Greece", " Athens"), ("Austria", " Vienna"), ("Portugal", " Lisbon"), ("Ireland", " Dublin"),
+    ("Norway", " Oslo"), ("Sweden", " Stockholm"), ("Poland", " Warsaw"), ("Hungary", " Budapest"),
+    ("Thailand", " Bangkok"), ("Kenya", " Nairobi"), ("Peru", " Lima"), ("Cuba", " Havana"),
+    ("Finland", " Helsinki"), ("Denmark", " Copenhagen"), ("Belgium", " Brussels"), ("Turkey", " Ankara"),
+    ("Iran", " Tehran"), ("Iraq", " Baghdad"), ("Canada", " Ottawa"), ("Australia", " Canberra"),
+    ("Argentina", " Buenos Aires"), ("Mexico", " Mexico City"), ("India", " New Delhi"), ("South Korea", " Seoul"),
+    ("Indonesia", " Jakarta"), ("the Philippines", " Manila"), ("Vietnam", " Hanoi"), ("Chile", " Santiago"),
+    ("Colombia", " Bogota"), ("Ukraine", " Kyiv"), ("Romania", " Bucharest"), ("the Czech Republic", " Prague"),
+    ("Switzerland", " Bern"), ("the Netherlands", " Amsterdam"), ("Scotland", " Edinburgh"),
+)
+"""Country and capital, for true/false statements."""
+
+SENTIMENT_SUBJECTS = (
+    "The movie", "The food at this restaurant", "The hotel room", "The concert last night", "My new phone",
+    "The book I just finished", "The service at the store", "Our holiday in the mountains", "The weather today",
+    "The new album", "The customer support", "This coffee", "The game last weekend", "The trip to the city",
+    "The show on television", "Her performance on stage", "The design of the car", "The lecture this morning",
+    "The party on Saturday", "The museum exhibition",
+)
+SENTIMENT_WORDS = (
+    ("wonderful", "terrible"), ("amazing", "awful"), ("excellent", "horrible"), ("fantastic", "dreadful"),
+    ("delightful", "disgusting"), ("great", "bad"), ("lovely", "miserable"), ("brilliant", "pathetic"),
+)
+"""(positive, negative) adjectives; one pair per sentence."""
+
+HONESTY_PERSONAS = (
+    ("an honest", "a dishonest"), ("a truthful", "a lying"), ("a sincere", "a deceitful"),
+)
+
+
+@dataclass
+class Labelled:
+    """Texts with integer labels.
+
+    Attributes:
+        name: what the set is (shown in results).
+        texts: one text per example.
+        labels: ``0 .. n_classes - 1`` per example.
+        groups: the "type" of each example for control tasks (examples of a group share a
+            random control label); ``None``: every example is its own group.
+        label_names: a name per label value.
+    """
+
+    name: str
+    texts: list[str]
+    labels: list[int]
+    groups: list[str] | None = None
+    label_names: tuple[str, ...] = ("0", "1")
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise UncoverError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels")
+        if self.groups is not None and len(self.groups) != len(self.texts):
+            raise UncoverError(f"{self.name}: {len(self.texts)} texts but {len(self.groups)} groups")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def y(self) -> torch.Tensor:
+        """``[n]`` labels as a long tensor."""
+        return torch.tensor(self.labels, dtype=torch.long)
+
+    def subset(self, idx: Sequence[int]) -> Labelled:
+        """The examples at ``idx``, in that order."""
+        g = None if self.groups is None else [self.groups[i] for i in idx]
+        return Labelled(self.name, [self.texts[i] for i in idx], [self.labels[i] for i in idx], g, self.label_names)
+
+    def check(self, min_per_class: int = 2) -> Labelled:
+        """Raise ``UncoverError`` unless there are at least two classes with ``min_per_class`` examples each."""
+        if not self.texts:
+            raise UncoverError(f"{self.name}: empty dataset (no texts)")
+        counts = {c: self.labels.count(c) for c in set(self.labels)}
+        if len(counts) < 2 or min(counts.values()) < min_per_class:
+            raise UncoverError(f"{self.name}: need at least 2 classes with {min_per_class} examples each, "
+                               f"got counts {dict(sorted(counts.items()))}")
+        return self
+
+
+@dataclass
+class ContrastPairs:
+    """Pairs of texts that differ in one property (``positive`` has it, ``negative`` not).
+
+    Attributes:
+        name: what the set is.
+        positive, negative: the two texts of each pair.
+        labels: for CCS-style pairs, which answer is correct (1: the positive text is the true
+            one); used only to report accuracy, never for training. ``None`` when not known.
+        groups: a type per pair (as in :class:`Labelled`).
+    """
+
+    name: str
+    positive: list[str]
+    negative: list[str]
+    labels: list[int] | None = None
+    groups: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if len(self.positive) != len(self.negative):
+            raise UncoverError(f"{self.name}: {len(self.positive)} positive but {len(self.negative)} negative texts")
+        if self.labels is not None and len(self.labels) != len(self.positive):
+            raise UncoverError(f"{self.name}: {len(self.positive)} pairs but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.positive)
+
+    def subset(self, idx: Sequence[int]) -> ContrastPairs:
+        """The pairs at ``idx``, in that order."""
+        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+        return ContrastPairs(self.name, pick(self.positive), pick(self.negative), pick(self.labels),
+                             pick(self.groups))
+
+    def check(self) -> ContrastPairs:
+        """Raise ``UncoverError`` for an empty set."""
+        if not self.positive:
+            raise UncoverError(f"{self.name}: empty dataset (no pairs)")
+        return self
+
+    def as_labelled(self) -> Labelled:
+        """Every text once, labelled 1 (positive) or 0 (negative), grouped by pair."""
+        n = len(self)
+        g = self.groups or [str(i) for i in range(n)]
+        return Labelled(self.name, self.positive + self.negative, [1] * n + [0] * n, g + g, ("negative", "positive"))
+
+
+def _fact_triples() -> list[tuple[str, str, str]]:
+    """(subject, template, true object) from the task facts plus the capitals list."""
+    out = [(s, t, o) for s, t, o in FACTS if o not in (" the", " New", " South")]
+    seen = {t.format(s) for s, t, _ in out}
+    for country, city in CAPITALS:
+        s = f"The capital of {country}"
+        if f"{s} is" not in seen:
+            out.append((s, "{} is", city))
+    return out
+
+
+def _statements(model: HookedModel | None, seed: int) -> list[tuple[str, str, str, str]]:
+    """(prompt, true object, false object, subject) per fact; kept to known facts if ``model``."""
+    rng = random.Random(seed)
+    triples = _fact_triples()
+    rows = []
+    for s, t, o in triples:
+        others = sorted({o2 for _, t2, o2 in triples if t2 == t and o2 != o})
+        if not others:
+            continue
+        rows.append((t.format(s), o, rng.choice(others), s))
+    if model is None:
+        return rows
+    logits = model([r[0] for r in rows])
+    last = model.tokenize([r[0] for r in rows]).columns(-1)[:, 0]
+    keep = []
+    for i, (prompt, o, f, s) in enumerate(rows):
+        tok = model.tokenizer
+        ti, fi = tok(o, add_special_tokens=False)["input_ids"][0], tok(f, add_special_tokens=False)["input_ids"][0]
+        if logits[i, last[i], ti] > logits[i, last[i], fi]:
+            keep.append((prompt, o, f, s))
+    return keep
+
+
+def truth_statements(model: HookedModel | None = None, *, seed: int = 0) -> Labelled:
+    """True (label 1) and false (label 0) factual statements, one of each per fact.
+
+    The false statement swaps in the object of another fact with the same template; with a
+    ``model``, only facts whose true object it prefers are kept. Groups are the subjects.
+
+    >>> s = truth_statements()
+    >>> s.texts[0], s.labels[0], s.labels[1]
+    ('The Eiffel Tower is in the city of Paris.', 1, 0)
+    """
+    texts, labels, groups = [], [], []
+    for prompt, o, f, s in _statements(model, seed):
+        for obj, lab in ((o, 1), (f, 0)):
+            texts.append(f"{prompt}{obj}.")
+            labels.append(lab)
+            groups.append(s)
+    return Labelled("truth", texts, labels, groups, ("false", "true"))
+
+
+def truth_pairs(model: HookedModel | None = None, *, seed: int = 0) -> ContrastPairs:
+    """Each statement as a yes/no question pair for CCS (Burns et al. 2022).
+
+    ``positive`` answers "Yes", ``negative`` "No"; ``labels`` say whether the statement is
+    true (so "Yes" is right). Statements alternate between true and false.
+
+    >>> p = truth_pairs()
+    >>> p.positive[0]
+    'Is the following statement true? The Eiffel Tower is in the city of Paris. Answer: Yes'
+    >>> p.labels[:2]
+    [1, 0]
+    """
+    s = truth_statements(model, seed=seed)
+    q = "Is the following statement true? {} Answer:"
+    return ContrastPairs("truth-qa", [q.format(t) + " Yes" for t in s.texts], [q.format(t) + " No" for t in s.texts],
+                         list(s.labels), list(s.groups or []))
+
+
+def sentiment_pairs(n: int | None = None, *, seed: int = 0) -> ContrastPairs:
+    """Positive/negative sentence pairs that differ in one adjective ("... was wonderful." / "... terrible.").
+
+    Groups are the subjects, so that held-out splits can keep subjects apart.
+
+    >>> p = sentiment_pairs(2)
+    >>> p.positive[0], p.negative[0]
+    ('The movie was lovely.', 'The movie was miserable.')
+    """
+    rng = random.Random(seed)
+    pos, neg, groups = [], [], []
+    for subj in SENTIMENT_SUBJECTS:
+        verb = "was"
+        for good, bad in rng.sample(SENTIMENT_WORDS, 2):
+            pos.append(f"{subj} {verb} {good}.")
+            neg.append(f"{subj} {verb} {bad}.")
+            groups.append(subj)
+    n = len(pos) if n is None else n
+    return ContrastPairs("sentiment", pos[:n], neg[:n], None, groups[:n])
+
+
+def sentiment_texts(n: int | None = None, *, seed: int = 0) -> Labelled:
+    """The sentences of :func:`sentiment_pairs`, labelled 1 (positive) or 0 (negative).
+
+    >>> s = sentiment_texts(2)
+    >>> len(s), s.label_names
+    (4, ('negative', 'positive'))
+    """
+    return sentiment_pairs(n, seed=seed).as_labelled()
+
+
+def honesty_pairs(model: HookedModel | None = None, *, seed: int = 0) -> ContrastPairs:
+    """Honest vs dishonest instructions before the same true statement (RepE, Zou et al. 2023).
+
+    >>> p = honesty_pairs()
+    >>> p.positive[0]
+    'Pretend you are an honest person making statements about the world. The Eiffel Tower is in the city of Paris.'
+    """
+    s = truth_statements(model, seed=seed)
+    tmpl = "Pretend you are {} person making statements about the world. {}"
+    pos, neg, groups = [], [], []
+    for k, (t, lab, g) in enumerate(zip(s.texts, s.labels, s.groups or [])):
+        if lab != 1:
+            continue
+        good, bad = HONESTY_PERSONAS[k // 2 % len(HONESTY_PERSONAS)]
+        pos.append(tmpl.format(good, t))
+        neg.append(tmpl.format(bad, t))
+        groups.append(g)
+    return ContrastPairs("honesty", pos, neg, None, groups)
+
+
+def _rows(path: str | Path) -> list[dict]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UncoverError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        with open(p, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        with open(p, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise UncoverError(f"{p}:{i}: not JSON ({e.msg})") from None
+        return rows
+    raise UncoverError(f"{p}: unknown format {p.suffix!r}; valid: .csv, .jsonl")
+
+
+def _need(rows: list[dict], keys: Sequence[str], path: str | Path) -> None:
+    if not rows:
+        raise UncoverError(f"{path}: empty dataset (no rows)")
+    for i, r in enumerate(rows, 1):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise UncoverError(f"{path}: row {i} lacks {', '.join(missing)}; columns needed: {', '.join(keys)}")
+
+
+def from_file(path: str | Path) -> Labelled:
+    """Labelled texts from a CSV (header ``text,label``) or JSONL file (``{"text", "label"}``).
+
+    Labels may be integers or names (names are numbered in sorted order); an optional
+    ``group`` column gives control-task groups.
+    """
+    rows = _rows(path)
+    _need(rows, ("text", "label"), path)
+    raw = [str(r["label"]).strip() for r in rows]
+    if all(x.lstrip("-").isdigit() for x in raw):
+        labels = [int(x) for x in raw]
+        names = tuple(str(i) for i in range(max(labels) + 1))
+    else:
+        names = tuple(sorted(set(raw)))
+        labels = [names.index(x) for x in raw]
+    groups = [str(r["group"]) for r in rows] if all("group" in r for r in rows) else None
+    return Labelled(Path(path).stem, [str(r["text"]) for r in rows], labels, groups, names)
+
+
+def pairs_from_file(path: str | Path) -> ContrastPairs:
+    """Contrast pairs from CSV/JSONL with ``positive``, ``negative`` and an optional 0/1 ``label``."""
+    rows = _rows(path)
+    _need(rows, ("positive", "negative"), path)
+    labels = [int(r["label"]) for r in rows] if all(r.get("label") not in (None, "") for r in rows) else None
+    return ContrastPairs(Path(path).stem, [str(r["positive"]) for r in rows], [str(r["negative"]) for r in rows],
+                         labels)
+
+
+BUILTIN = ("truth", "sentiment", "honesty", "truth-qa")
+"""Names of the built-in sets (for the CLI)."""
