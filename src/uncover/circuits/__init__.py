@@ -1,0 +1,1 @@
+"""Circuit discovery: the graph of heads and MLPs, EAP / EAP-IG, ACDC, circuits and faithfulness."""

@@ -1,0 +1,174 @@
+"""The :class:`Circuit` result: a set of kept edges of the circuit graph, with their scores.
+
+A circuit keeps the graph (:class:`~uncover.circuits.graph.Graph`), a score for every
+edge (EAP's attribution, or ACDC's measured effect) and which edges are kept. It prunes
+by count (:meth:`Circuit.top`) or by score (:meth:`Circuit.threshold`), lists its edges and
+nodes, plots the graph with layers on the x axis, and saves to / loads from JSON
+(:meth:`Circuit.save`, :meth:`Circuit.load`), all scores included so a loaded circuit
+can be pruned again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from uncover.circuits.graph import Graph
+from uncover.core.errors import UncoverError
+from uncover.core.results import Result
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+
+@dataclass
+class Circuit(Result):
+    """Kept edges of a graph, with scores.
+
+    Attributes:
+        graph: the model's circuit graph.
+        scores: ``[n_senders, n_receivers]`` score of each edge (0 where no edge exists).
+        kept: ``[n_senders, n_receivers]`` bool, the edges in the circuit.
+        method: how the scores were made (``eap``, ``eap-ig``, ``acdc``).
+        metric: the metric they refer to.
+        meta: model name, number of prompts, steps, threshold ...
+
+    >>> g = Graph(2, 2, 1)
+    >>> c = Circuit(g, torch.arange(g.n_senders * g.n_receivers, dtype=torch.float).view(g.n_senders, -1)
+    ...             * g.valid, g.valid.clone(), "demo", "logit_diff")
+    >>> c.top(3).edges()[0]
+    ('MLP1', 'logits', 76.0)
+    """
+
+    graph: Graph
+    scores: torch.Tensor
+    kept: torch.Tensor
+    method: str
+    metric: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ---- pruning -------------------------------------------------------------------------
+    @property
+    def n_edges(self) -> int:
+        return int(self.kept.sum())
+
+    def _with(self, kept: torch.Tensor, **meta: Any) -> Circuit:
+        return Circuit(self.graph, self.scores, kept & self.graph.valid, self.method, self.metric,
+                       {**self.meta, **meta})
+
+    def top(self, n: int) -> Circuit:
+        """The ``n`` edges (among the kept ones) with the largest ``|score|``."""
+        if n < 0:
+            raise UncoverError(f"number of edges must be ≥ 0 (got {n})")
+        flat = torch.where(self.kept, self.scores.abs(), torch.full_like(self.scores, -1.0)).flatten()
+        n = min(n, self.n_edges)
+        kept = torch.zeros_like(flat, dtype=torch.bool)
+        kept[flat.topk(n).indices] = True
+        return self._with(kept.view_as(self.kept), pruned=f"top {n}")
+
+    def threshold(self, t: float) -> Circuit:
+        """The kept edges with ``|score| ≥ t``."""
+        return self._with(self.kept & (self.scores.abs() >= t), pruned=f"|score| >= {t:g}")
+
+    def removed(self) -> torch.Tensor:
+        """``[n_senders, n_receivers]`` bool: edges of the graph outside the circuit."""
+        return self.graph.valid & ~self.kept
+
+    # ---- views ---------------------------------------------------------------------------
+    def edges(self) -> list[tuple[str, str, float]]:
+        """Kept edges ``(sender, receiver, score)``, largest ``|score|`` first."""
+        u, r = self.kept.nonzero(as_tuple=True)
+        s = self.scores[u, r]
+        order = s.abs().argsort(descending=True, stable=True)
+        g = self.graph
+        return [(g.senders[int(u[i])], g.receivers[int(r[i])], float(s[i])) for i in order]
+
+    def node_scores(self) -> dict[str, float]:
+        """Each node of the circuit with the summed ``|score|`` of its kept edges (in and out), largest first."""
+        g = self.graph
+        a = torch.where(self.kept, self.scores.abs(), torch.zeros_like(self.scores))
+        out: dict[str, float] = {}
+        for u, v in enumerate(a.sum(1).tolist()):
+            if v > 0 or self.kept[u].any():
+                out[g.senders[u]] = out.get(g.senders[u], 0.0) + v
+        for r, v in enumerate(a.sum(0).tolist()):
+            if v > 0 or self.kept[:, r].any():
+                node = g.receiver_node(r)
+                out[node] = out.get(node, 0.0) + v
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def nodes(self) -> list[str]:
+        """Nodes touched by a kept edge, most important first."""
+        return list(self.node_scores())
+
+    @property
+    def title(self) -> str:
+        return f"Circuit ({self.method}, {self.metric}): {self.n_edges} of {self.graph.n_edges} edges"
+
+    def summary(self) -> str:
+        e = self.edges()[:8]
+        nodes = list(self.node_scores().items())[:10]
+        return (
+            f"{self.title}, {len(self.node_scores())} nodes\n"
+            "top edges: " + ", ".join(f"{a}→{b} {s:+.3g}" for a, b, s in e) + "\n"
+            "top nodes: " + ", ".join(f"{n} {v:.3g}" for n, v in nodes)
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        g = self.graph
+        s_layer, r_layer = g.sender_layer.tolist(), g.receiver_layer.tolist()
+        rows = []
+        for rank, (a, b, s) in enumerate(self.edges()):
+            rows.append({"rank": rank, "sender": a, "receiver": b, "score": s,
+                         "sender_layer": s_layer[g.senders.index(a)], "receiver_layer": r_layer[g.receivers.index(b)]})
+        return pd.DataFrame(rows, columns=["rank", "sender", "receiver", "score", "sender_layer", "receiver_layer"])
+
+    def plot(self, max_edges: int = 300) -> go.Figure:
+        """The circuit drawn with layers on the x axis and heads on the y axis (the ``max_edges`` strongest edges)."""
+        from uncover.circuits.figures import circuit_figure
+
+        return circuit_figure(self, max_edges)
+
+    # ---- JSON ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the base fields plus the graph, method, metric, meta, the kept edges
+        (as sender/receiver indices) and every valid edge's score in :attr:`Graph.valid` order."""
+        d = super().to_dict()
+        valid = self.graph.valid
+        u, r = self.kept.nonzero(as_tuple=True)
+        d.update(graph=self.graph.to_dict(), method=self.method, metric=self.metric, meta=self.meta,
+                 kept=[[int(a), int(b)] for a, b in zip(u, r)],
+                 scores=[float(x) for x in self.scores[valid].tolist()])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Circuit:
+        """Inverse of :meth:`to_dict`."""
+        if d.get("kind") != "Circuit" or "graph" not in d:
+            raise UncoverError("not a saved circuit (expected kind 'Circuit' with a graph)")
+        g = Graph(**d["graph"])
+        scores = torch.zeros(g.n_senders, g.n_receivers)
+        scores[g.valid] = torch.tensor(d["scores"], dtype=torch.float32)
+        kept = torch.zeros_like(scores, dtype=torch.bool)
+        if d["kept"]:
+            idx = torch.tensor(d["kept"])
+            kept[idx[:, 0], idx[:, 1]] = True
+        return cls(g, scores, kept & g.valid, d["method"], d["metric"], d.get("meta", {}))
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_dict` as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        """Read a circuit written by :meth:`save`."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UncoverError(f"cannot read circuit {path}: {e}") from None
+        return cls.from_dict(d)
