@@ -1,4 +1,4 @@
-"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``.
+"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``, ``grok``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -12,6 +12,7 @@ import sys
 import typer
 
 from uncover.cli import dla, lens, models, patch, tour
+from uncover.cli import grok as grok_cli
 from uncover.core.errors import UncoverError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("train-lens")(lens.train_lens)
 app.command("dla")(dla.dla)
 app.command("patch")(patch.patch)
 app.command("tour")(tour.tour)
+app.command("grok")(grok_cli.grok)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@
 >>> progress_measures(run).to_html("grok.html")  # doctest: +SKIP
 """
 
+from uncover.dynamics.grokking.compare import GrokSweepResult, fraction_sweep, weight_decay_comparison
 from uncover.dynamics.grokking.config import OPS, GrokConfig, GrokConfigError
 from uncover.dynamics.grokking.data import ModularData, apply_op, make_data
 from uncover.dynamics.grokking.measures import phases, progress_measures
@@ -15,4 +16,5 @@ from uncover.dynamics.grokking.train import GrokRun, evaluate, latest_checkpoint
 __all__ = [
     "OPS", "GrokConfig", "GrokConfigError", "ModularData", "apply_op", "make_data", "phases", "progress_measures",
     "build_model", "hooked", "GrokkingResult", "GrokRun", "evaluate", "latest_checkpoint", "load_run", "train",
+    "GrokSweepResult", "fraction_sweep", "weight_decay_comparison",
 ]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from uncover.dynamics.grokking.fourier import (
+    FOURIER_OPS,
     embed_freq_norms,
     embed_gini,
     excluded_logits,
@@ -90,7 +91,8 @@ def progress_measures(run: GrokRun, key_freqs: list[int] | None = None, max_snap
                       ) -> GrokkingResult:
     """Progress measures over every weight snapshot of ``run`` (see the module docstring).
 
-    ``key_freqs`` default to :func:`~uncover.dynamics.grokking.fourier.key_frequencies` of the
+    For ``*`` and ``/`` (no Fourier structure over the token index) only the training curves
+    and phases are returned. ``key_freqs`` default to :func:`~uncover.dynamics.grokking.fourier.key_frequencies` of the
     final model; ``max_snapshots`` thins the snapshots evenly (first and last kept).
 
     >>> from uncover.dynamics.grokking import GrokConfig, train
@@ -100,6 +102,8 @@ def progress_measures(run: GrokRun, key_freqs: list[int] | None = None, max_snap
     [0, 20]
     """
     cfg = run.cfg
+    if cfg.op not in FOURIER_OPS:  # no Fourier structure over token indices: curves and phases only
+        return GrokkingResult(cfg, run.metrics, pd.DataFrame({"step": []}), [], [], phases(run.metrics))
     keys = key_frequencies(run.model, cfg) if key_freqs is None else list(key_freqs)
     directions = key_directions(cfg.p, keys, cfg.op)
     steps = run.snapshot_steps()

@@ -32,7 +32,7 @@ def build_model(cfg: GrokConfig) -> T.GPT2LMHeadModel:
     hf = T.GPT2Config(
         vocab_size=cfg.p + 1, n_positions=3, n_embd=cfg.d_model, n_layer=1, n_head=cfg.n_heads,
         n_inner=cfg.d_mlp, activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        tie_word_embeddings=False, bos_token_id=cfg.p, eos_token_id=cfg.p, pad_token_id=cfg.p,
+        tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
     hf._attn_implementation = "eager"  # fastest for 3 positions, and patterns are plain tensors
     with torch.random.fork_rng(devices=[]):
