@@ -1,0 +1,1 @@
+"""Attention-head analysis: detectors, QK/OV circuits, composition scores, pattern views."""
