@@ -8,7 +8,7 @@ project generates, and loaders for users' files:
 - :func:`truth_statements`: true and false factual statements built from
   :data:`uncover.data.tasks.FACTS` plus a list of capitals, optionally kept to the facts a
   model knows (its next-token prediction prefers the true object over the false one);
-- :func:`truth_pairs`: the same statements as yes/no question pairs for CCS;
+- :func:`truth_pairs`: the true and false completion of each fact as a contrast pair (CCS);
 - :func:`sentiment_pairs`, :func:`sentiment_texts`: positive/negative sentence pairs;
 - :func:`honesty_pairs`: honest/dishonest instructions before the same statement (RepE);
 - :func:`from_file` (CSV or JSONL ``text,label``) and :func:`pairs_from_file`
@@ -215,21 +215,29 @@ def truth_statements(model: HookedModel | None = None, *, seed: int = 0) -> Labe
 
 
 def truth_pairs(model: HookedModel | None = None, *, seed: int = 0) -> ContrastPairs:
-    """Each statement as a yes/no question pair for CCS (Burns et al. 2022).
+    """Each fact as a contrast pair of two candidate answers for CCS (Burns et al. 2022).
 
-    ``positive`` answers "Yes", ``negative`` "No"; ``labels`` say whether the statement is
-    true (so "Yes" is right). Statements alternate between true and false.
+    The pair completes the same prompt with the true and with the false object, in an order
+    that alternates; ``labels`` say whether the ``positive`` text is the true one (never used
+    for training). The truth value thus flips between the two sides of every pair, which is
+    what CCS's consistency loss looks for.
 
     >>> p = truth_pairs()
-    >>> p.positive[0]
-    'Is the following statement true? The Eiffel Tower is in the city of Paris. Answer: Yes'
-    >>> p.labels[:2]
-    [1, 0]
+    >>> p.positive[0], p.negative[0], p.labels[0]
+    ('The Eiffel Tower is in the city of Paris.', 'The Eiffel Tower is in the city of Moscow.', 1)
+    >>> p.positive[1], p.labels[1]
+    ('The Colosseum is in the city of Moscow.', 0)
     """
     s = truth_statements(model, seed=seed)
-    q = "Is the following statement true? {} Answer:"
-    return ContrastPairs("truth-qa", [q.format(t) + " Yes" for t in s.texts], [q.format(t) + " No" for t in s.texts],
-                         list(s.labels), list(s.groups or []))
+    pos, neg, labels, groups = [], [], [], []
+    for k in range(0, len(s), 2):
+        true, false = s.texts[k], s.texts[k + 1]
+        first = (k // 2) % 2 == 0
+        pos.append(true if first else false)
+        neg.append(false if first else true)
+        labels.append(1 if first else 0)
+        groups.append((s.groups or [])[k])
+    return ContrastPairs("truth-pairs", pos, neg, labels, groups)
 
 
 def sentiment_pairs(n: int | None = None, *, seed: int = 0) -> ContrastPairs:
@@ -341,5 +349,5 @@ def pairs_from_file(path: str | Path) -> ContrastPairs:
                          labels)
 
 
-BUILTIN = ("truth", "sentiment", "honesty", "truth-qa")
+BUILTIN = ("truth", "sentiment", "honesty", "truth-pairs")
 """Names of the built-in sets (for the CLI)."""
