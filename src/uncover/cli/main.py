@@ -1,4 +1,4 @@
-"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``, ``grok``.
+"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``, ``grok``, ``heads``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -13,6 +13,7 @@ import typer
 
 from uncover.cli import dla, lens, models, patch, tour
 from uncover.cli import grok as grok_cli
+from uncover.cli import heads as heads_cli
 from uncover.core.errors import UncoverError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command("dla")(dla.dla)
 app.command("patch")(patch.patch)
 app.command("tour")(tour.tour)
 app.command("grok")(grok_cli.grok)
+app.command("heads")(heads_cli.heads)
 
 
 def main(argv: list[str] | None = None) -> None:
