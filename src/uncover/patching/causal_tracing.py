@@ -186,6 +186,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
+@torch.no_grad()
 def causal_trace(
     model: HookedModel,
     prompt: str | torch.Tensor,
