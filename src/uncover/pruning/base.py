@@ -1,0 +1,357 @@
+"""Shared base of the pruning methods: which weights, argument checks, masks and the revert record.
+
+Pruning applies to every linear layer inside the decoder blocks (attention q/k/v/o or a fused
+qkv, and the MLP's in/gate/out projections), never to embeddings or the unembedding. Weights
+are handled "output rows first" (``[d_out, d_in]``, as ``nn.Linear`` stores them; GPT-2's
+``Conv1D`` is transposed on the fly), so "per output row" means one row here.
+
+Every pruning returns a :class:`Pruning`: it keeps the original tensors of everything it
+touched, reverts them bit-exactly, saves the pruned tensors as safetensors and re-applies
+them. Arguments are validated before any weight changes, and a failure half-way restores
+what was already changed (:func:`edit_weights`), so a model is never left half-pruned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from uncover.core.errors import UncoverError
+from uncover.core.results import Result
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from uncover.hooks.hooked import HookedModel
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+PATTERN_EXAMPLES = "2:4, 4:8"
+
+
+class PruningError(UncoverError):
+    """Bad pruning arguments (sparsity, N:M pattern, method) or a record that does not fit the model."""
+
+
+# ---- arguments -----------------------------------------------------------------------------
+def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float in ``[0, 1)``, else :class:`PruningError`.
+
+    >>> check_sparsity(0.5)
+    0.5
+    >>> check_sparsity(1.0)
+    Traceback (most recent call last):
+    ...
+    uncover.pruning.base.PruningError: sparsity must be in [0, 1) (the fraction of weights set to zero), not 1.0
+    """
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise PruningError(f"sparsity must be a number in [0, 1), not {sparsity!r}") from None
+    if not 0.0 <= s < 1.0:
+        raise PruningError(f"sparsity must be in [0, 1) (the fraction of weights set to zero), not {sparsity}")
+    return s
+
+
+def parse_pattern(pattern: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"N:M"`` → ``(N, M)``: keep at most N nonzero weights in each M consecutive inputs of a row.
+
+    >>> parse_pattern("2:4")
+    (2, 4)
+    >>> parse_pattern("4:2")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    uncover.pruning.base.PruningError: bad N:M pattern '4:2': need 0 < N < M ...
+    """
+    if pattern is None:
+        return None
+    if isinstance(pattern, tuple):
+        n, m = pattern
+    else:
+        g = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+        if g is None:
+            raise PruningError(f"bad N:M pattern {pattern!r}; valid: {PATTERN_EXAMPLES} (any N:M with 0 < N < M)")
+        n, m = int(g.group(1)), int(g.group(2))
+    if not 0 < n < m:
+        raise PruningError(f"bad N:M pattern '{n}:{m}': need 0 < N < M (N weights kept of every M); "
+                           f"valid: {PATTERN_EXAMPLES} (any N:M with 0 < N < M)")
+    return n, m
+
+
+def resolve_target(
+    sparsity: float | None, pattern: str | tuple[int, int] | None
+) -> tuple[float, tuple[int, int] | None]:
+    """Check ``sparsity``/``pattern`` together; with a pattern the sparsity is ``1 - N/M``.
+
+    >>> resolve_target(None, "2:4")
+    (0.5, (2, 4))
+    >>> resolve_target(0.3, None)
+    (0.3, None)
+    """
+    nm = parse_pattern(pattern)
+    if nm is None:
+        if sparsity is None:
+            raise PruningError("give a sparsity in [0, 1) or an N:M pattern (valid: 2:4, 4:8)")
+        return check_sparsity(sparsity), None
+    implied = 1.0 - nm[0] / nm[1]
+    if sparsity is not None and abs(check_sparsity(sparsity) - implied) > 1e-9:
+        raise PruningError(f"sparsity {sparsity} disagrees with pattern {nm[0]}:{nm[1]} (which means {implied:g}); "
+                           "give one of them, or the sparsity the pattern implies")
+    return implied, nm
+
+
+# ---- which weights ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinearSite:
+    """One linear layer inside a block."""
+
+    layer: int
+    """Block index."""
+    name: str
+    """Path inside the block (``self_attn.q_proj``)."""
+    path: str
+    """Path from the HF model root (``model.layers.0.self_attn.q_proj``)."""
+    module: nn.Module = field(compare=False, repr=False)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The weight as ``[d_out, d_in]`` (a view: writing it writes the model)."""
+        return self.module.weight.T if _is_conv1d(self.module) else self.module.weight
+
+    @property
+    def kind(self) -> str:
+        """``attn`` or ``mlp`` (by the block's own module names)."""
+        return "mlp" if ("mlp" in self.name or "ffn" in self.name) else "attn"
+
+
+def _is_conv1d(mod: nn.Module) -> bool:
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
+
+
+def linear_sites(model: HookedModel) -> list[LinearSite]:
+    """Every linear layer of the blocks, in forward order (no embedding/unembedding).
+
+    >>> [s.name for s in linear_sites(model)][:3]  # doctest: +SKIP
+    ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']
+    """
+    root = model.adapter.family.layers
+    out = []
+    for i in range(model.cfg.n_layers):
+        for name, mod in model.adapter.block(i).named_modules():
+            if isinstance(mod, nn.Linear) or _is_conv1d(mod):
+                out.append(LinearSite(i, name, f"{root}.{i}.{name}", mod))
+    if not out:
+        raise PruningError(f"{model.name}: found no linear layers in the blocks")
+    return out
+
+
+def check_pattern_fits(sites: list[LinearSite], nm: tuple[int, int] | None) -> None:
+    """N:M groups need every ``d_in`` to be a multiple of M."""
+    if nm is None:
+        return
+    bad = sorted({s.rows.shape[1] for s in sites if s.rows.shape[1] % nm[1]})
+    if bad:
+        raise PruningError(f"pattern {nm[0]}:{nm[1]} needs input widths divisible by {nm[1]}; this model has {bad}")
+
+
+# ---- masks (True = pruned) -------------------------------------------------------------------
+def n_pruned(n: int, sparsity: float) -> int:
+    """How many of ``n`` weights a sparsity removes: ``round(sparsity * n)``.
+
+    >>> n_pruned(10, 0.25)
+    2
+    """
+    return int(round(sparsity * n))
+
+
+def lowest_mask(score: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    """Boolean mask of the ``k`` lowest scores along ``dim`` (ties broken by position).
+
+    >>> lowest_mask(torch.tensor([[3., 1., 2.]]), 1)
+    tensor([[False,  True, False]])
+    """
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if k > 0:
+        idx = torch.sort(score, dim=dim, stable=True).indices.narrow(dim, 0, k)
+        mask.scatter_(dim, idx, True)
+    return mask
+
+
+def row_mask(score: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """Mask ``[d_out, d_in]`` pruning the lowest scores of each row: a fraction, or M-N of every M.
+
+    >>> row_mask(torch.tensor([[4., 1., 3., 2.]]), 0.0, (2, 4))
+    tensor([[False,  True, False,  True]])
+    """
+    if nm is None:
+        return lowest_mask(score, n_pruned(score.shape[1], sparsity))
+    n, m = nm
+    groups = score.reshape(score.shape[0], -1, m)
+    return lowest_mask(groups, m - n).reshape(score.shape)
+
+
+def matrix_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Mask pruning the lowest ``round(sparsity * numel)`` scores of the whole matrix.
+
+    >>> matrix_mask(torch.tensor([[4., 1.], [3., 2.]]), 0.5)
+    tensor([[False,  True],
+            [False,  True]])
+    """
+    return lowest_mask(score.flatten(), n_pruned(score.numel(), sparsity)).view(score.shape)
+
+
+# ---- editing and reverting ------------------------------------------------------------------
+@contextlib.contextmanager
+def edit_weights(model: HookedModel) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield a dict to fill with ``{param path: original clone}`` *before* each write.
+
+    If the block raises, every recorded parameter is restored and the error propagates, so a
+    failed pruning leaves the model untouched.
+    """
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        yield originals
+    except BaseException:
+        _restore(model, originals)
+        raise
+
+
+def _restore(model: HookedModel, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.model.named_parameters())
+    with torch.no_grad():
+        for k, v in tensors.items():
+            params[k].copy_(v)
+
+
+def remember(originals: dict[str, torch.Tensor], site: LinearSite, what: str = "weight") -> None:
+    """Record the original of ``site``'s ``weight`` (or ``bias``) once, before it is written."""
+    key = f"{site.path}.{what}"
+    if key not in originals:
+        originals[key] = getattr(site.module, what).detach().clone()
+
+
+@dataclass
+class Pruning(Result):
+    """A pruning applied to a model: what was done, actual sparsity per module, and a bit-exact revert.
+
+    ``to_frame()`` has one row per pruned linear (layer, module, weights, zeros, sparsity).
+    """
+
+    method: str
+    """``magnitude``, ``wanda``, ``sparsegpt``, ``heads`` or ``neurons`` (structured)."""
+    sparsity: float
+    """Target fraction of weights (or of heads/neurons) removed."""
+    pattern: str | None
+    """N:M pattern (``"2:4"``) or ``None`` for unstructured."""
+    options: dict[str, Any]
+    """Method options (calibration size, dampening, scorer ...)."""
+    rows: list[dict[str, Any]]
+    """Measured sparsity per pruned module."""
+    seconds: float = 0.0
+    """Wall time of the pruning."""
+    model: Any = field(default=None, repr=False)
+    originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    applied: bool = True
+
+    @property
+    def title(self) -> str:
+        pat = f" {self.pattern}" if self.pattern else ""
+        return f"Pruning: {self.method}{pat} at sparsity {self.sparsity:g}"
+
+    def overall_sparsity(self) -> float:
+        """Fraction of zeros over all pruned modules (measured)."""
+        n = sum(r["weights"] for r in self.rows)
+        return sum(r["zeros"] for r in self.rows) / max(n, 1)
+
+    def summary(self) -> str:
+        state = "applied" if self.applied else "reverted"
+        return (f"{self.method} pruning ({state}): {len(self.rows)} modules, measured sparsity "
+                f"{self.overall_sparsity():.4f} (target {self.sparsity:g}{', ' + self.pattern if self.pattern else ''})"
+                f", {self.seconds:.1f} s")
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["layer", "module", "kind", "weights", "zeros", "sparsity"])
+
+    def plot(self) -> go.Figure:
+        from uncover.pruning.evaluate import sparsity_figure
+
+        return sparsity_figure(self.to_frame(), self.title)
+
+    # ---- revert / save / load ----
+    def revert(self) -> None:
+        """Put every touched tensor back, bit-exactly. Idempotent."""
+        if self.applied:
+            _restore(self.model, self.originals)
+            self.applied = False
+
+    def reapply(self, pruned: dict[str, torch.Tensor]) -> None:
+        """Write ``pruned`` tensors (``{param path: tensor}``) into the model, keeping the originals."""
+        params = dict(self.model.model.named_parameters())
+        missing = [k for k in pruned if k not in params]
+        if missing:
+            raise PruningError(f"this record names parameters the model lacks: {missing[:3]}")
+        bad = [k for k, v in pruned.items() if v.shape != params[k].shape]
+        if bad:
+            raise PruningError(f"shape mismatch for {bad[:3]}: the record was made for another model")
+        with torch.no_grad():
+            for k, v in pruned.items():
+                self.originals.setdefault(k, params[k].detach().clone())
+                params[k].copy_(v)
+        self.applied = True
+
+    def pruned_tensors(self) -> dict[str, torch.Tensor]:
+        """The current (pruned) values of every touched parameter."""
+        if not self.applied:
+            raise PruningError("this pruning has been reverted; nothing to save (re-apply it first)")
+        params = dict(self.model.model.named_parameters())
+        return {k: params[k].detach().contiguous() for k in self.originals}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the pruned tensors and the description to one ``.safetensors`` file."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {"method": self.method, "sparsity": repr(self.sparsity), "pattern": self.pattern or "",
+                "options": json.dumps(self.options), "rows": json.dumps(self.rows), "seconds": repr(self.seconds)}
+        save_file(self.pruned_tensors(), str(path), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: HookedModel) -> Pruning:
+        """Apply a saved pruning to ``model``; the returned record reverts it.
+
+        >>> p = Pruning.load("wanda.safetensors", model)  # doctest: +SKIP
+        >>> p.revert()  # doctest: +SKIP
+        """
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if "method" not in meta:
+            raise PruningError(f"{path}: not a saved uncover pruning (no 'method' metadata)")
+        rec = cls(meta["method"], float(meta["sparsity"]), meta["pattern"] or None, json.loads(meta["options"]),
+                  json.loads(meta["rows"]), float(meta.get("seconds", 0.0)), model=model, applied=False)
+        rec.reapply(tensors)
+        return rec
+
+
+def measured_rows(sites: list[LinearSite]) -> list[dict[str, Any]]:
+    """Measured zeros per linear: ``[{layer, module, kind, weights, zeros, sparsity}, ...]``."""
+    out = []
+    for s in sites:
+        w = s.module.weight
+        zeros = int((w == 0).sum())
+        out.append({"layer": s.layer, "module": s.name, "kind": s.kind, "weights": w.numel(), "zeros": zeros,
+                    "sparsity": zeros / w.numel()})
+    return out
