@@ -1,4 +1,5 @@
-"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``, ``grok``, ``heads``.
+"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``, ``grok``, ``heads``,
+``trace``, ``attribute``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -11,9 +12,11 @@ import sys
 
 import typer
 
+from uncover.cli import attribute as attribute_cli
 from uncover.cli import dla, lens, models, patch, tour
 from uncover.cli import grok as grok_cli
 from uncover.cli import heads as heads_cli
+from uncover.cli import trace as trace_cli
 from uncover.core.errors import UncoverError
 
 app = typer.Typer(
@@ -30,6 +33,8 @@ app.command("patch")(patch.patch)
 app.command("tour")(tour.tour)
 app.command("grok")(grok_cli.grok)
 app.command("heads")(heads_cli.heads)
+app.command("trace")(trace_cli.trace)
+app.command("attribute")(attribute_cli.attribute)
 
 
 def main(argv: list[str] | None = None) -> None:
