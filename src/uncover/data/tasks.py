@@ -154,10 +154,20 @@ class Task:
                                     "wrong": p.wrong, **({"meta": p.meta} if p.meta else {})}) + "\n")
 
 
-def ioi(n: int = 16, *, order: str = "both", seed: int = 0, names: tuple[str, ...] | list[str] = NAMES) -> Task:
+def ioi(
+    n: int = 16,
+    *,
+    order: str = "both",
+    corrupt: str = "swap",
+    seed: int = 0,
+    names: tuple[str, ...] | list[str] = NAMES,
+) -> Task:
     """Indirect-object-identification pairs.
 
     ``order``: ``ABBA`` (IO first), ``BABA`` (subject first) or ``both`` (alternating).
+    ``corrupt``: ``swap`` (the second subject mention becomes the indirect object, which flips
+    the answer) or ``abc`` (all three names replaced by three other names, Wang et al.'s ABC
+    distribution for path patching: no name in the corrupt prompt points to the answer).
 
     >>> t = ioi(2, seed=1)
     >>> len(t), t.pairs[0].answer != t.pairs[0].wrong
@@ -165,6 +175,8 @@ def ioi(n: int = 16, *, order: str = "both", seed: int = 0, names: tuple[str, ..
     """
     if order not in ("ABBA", "BABA", "both"):
         raise UncoverError(f"unknown IOI order {order!r}; valid: ABBA, BABA, both")
+    if corrupt not in ("swap", "abc"):
+        raise UncoverError(f"unknown IOI corruption {corrupt!r}; valid: swap, abc")
     rng = random.Random(seed)
     pairs = []
     for i in range(n):
@@ -173,8 +185,12 @@ def ioi(n: int = 16, *, order: str = "both", seed: int = 0, names: tuple[str, ..
         kind = order if order != "both" else ("ABBA" if i % 2 == 0 else "BABA")
         a, b = (io, s) if kind == "ABBA" else (s, io)
         clean = tmpl.format(A=a, B=b, S=s)
-        corrupt = tmpl.format(A=a, B=b, S=io)
-        pairs.append(PromptPair(clean, corrupt, " " + io, " " + s, {"template": tmpl, "order": kind,
+        if corrupt == "swap":
+            bad = tmpl.format(A=a, B=b, S=io)
+        else:
+            x, y, z = rng.sample([nm for nm in names if nm not in (io, s)], 3)
+            bad = tmpl.format(A=x, B=y, S=z)
+        pairs.append(PromptPair(clean, bad, " " + io, " " + s, {"template": tmpl, "order": kind,
                                                                      "io": io, "s": s}))
     return Task("ioi", pairs)
 

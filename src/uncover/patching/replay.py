@@ -98,16 +98,29 @@ def run_staged(
     row, ``[total_rows, d_vocab]``, in the same order. Each block runs once, on all rows that have
     joined, instead of once per stage.
     """
+    x = run_staged_resid(model, calls, stages, model.cfg.n_layers)
+    with torch.no_grad():
+        return decode_resid(model, x[:, position])
+
+
+def run_staged_resid(
+    model: HookedModel, calls: BlockCalls, stages: dict[int, torch.Tensor], stop: int
+) -> torch.Tensor:
+    """Like :func:`run_staged`, but stop before block ``stop`` and return the residual ``[rows, pos, d_model]``.
+
+    Stages at layers ``>= stop`` are appended unchanged (they have not run any block).
+    """
     layers = sorted(stages)
     x: torch.Tensor | None = None
     with torch.no_grad():
-        for i in range(layers[0], model.cfg.n_layers):
+        for i in range(layers[0], stop):
             if i in stages:
                 x = stages[i] if x is None else torch.cat([x, stages[i]])
             _set_state(model, calls, x)
             out = model.adapter.block(i)(x, *calls.args[i], **calls.kwargs[i])
             x = out[0] if isinstance(out, tuple) else out
-        return decode_resid(model, x[:, position])
+        late = [stages[i] for i in layers if i >= stop]
+        return torch.cat(([x] if x is not None else []) + late)
 
 
 def stage_offsets(stages: dict[int, int]) -> dict[int, int]:
