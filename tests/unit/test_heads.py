@@ -217,6 +217,9 @@ def test_composition_equals_direct_formula_on_dense_matrices(kind, comp):
                     WA = OV[a][b]
                     want = float((WA @ WB).norm() / (WA.norm() * WB.norm()))
                     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    part = composition_scores(m, comp, dtype=torch.float64, baseline_samples=8, readers=[L - 1])
+    torch.testing.assert_close(part.scores[:, :, L - 1], r.scores[:, :, L - 1], equal_nan=True)
+    assert part.scores[:, :, : L - 1].isnan().all()
     frame = r.to_frame()
     assert len(frame) == L * (L - 1) // 2 * H * H and frame["score"].is_monotonic_decreasing
     assert r.top(1)[0][4] == pytest.approx(float(frame["score"].iloc[0]))

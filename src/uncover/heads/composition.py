@@ -16,6 +16,7 @@ Random matrices already compose a little: the baseline is the mean score of Gaus
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -154,8 +155,10 @@ class CompositionScores(Result):
 
 
 def composition_scores(model: HookedModel, kind: str = "q", dtype: torch.dtype = torch.float32,
-                       baseline_samples: int = 64) -> CompositionScores:
+                       baseline_samples: int = 64, readers: Sequence[int] | None = None) -> CompositionScores:
     """Q-, K- or V-composition scores of every (earlier head, later head) pair.
+
+    ``readers``: only these reader layers (the others stay NaN); default all.
 
     >>> r = composition_scores(uncover.load(), "k")  # doctest: +SKIP
     >>> r.top(3)  # doctest: +SKIP
@@ -166,13 +169,17 @@ def composition_scores(model: HookedModel, kind: str = "q", dtype: torch.dtype =
     scores = torch.full((c.n_layers, c.n_heads, c.n_layers, c.n_heads), float("nan"))
     if c.n_layers < 2:
         raise UncoverError("composition needs at least two layers")
+    dsts = sorted({int(x) for x in (range(1, c.n_layers) if readers is None else readers)})
+    bad = [x for x in dsts if not 1 <= x < c.n_layers]
+    if bad or not dsts:
+        raise UncoverError(f"reader layers {bad or '[]'} out of range; valid: 1 .. {c.n_layers - 1}")
     with torch.no_grad():
-        sides = [_sides(*_factors(model, li, kind, dtype)[0], writer=True) for li in range(c.n_layers - 1)]
+        sides = [_sides(*_factors(model, li, kind, dtype)[0], writer=True) for li in range(max(dsts))]
         g1 = torch.cat([g for g, _ in sides])  # [(n_layers - 1) * head, d_model (d_model + 1) / 2]
         n1 = torch.cat([n for _, n in sides])
         del sides
         H = c.n_heads
-        for dst in range(1, c.n_layers):
+        for dst in dsts:
             g2, n2 = _sides(*_factors(model, dst, kind, dtype)[1], writer=False)
             s = (g1[: dst * H] @ g2.T).clamp_min(0).sqrt() / (n1[: dst * H, None] * n2[None, :])
             scores[:dst, :, dst, :] = s.reshape(dst, H, H).float().cpu()
