@@ -178,6 +178,7 @@ def ioi(
     if corrupt not in ("swap", "abc"):
         raise UncoverError(f"unknown IOI corruption {corrupt!r}; valid: swap, abc")
     rng = random.Random(seed)
+    other = random.Random(seed + 1_000_003)  # ABC names: a stream of their own keeps the clean prompts
     pairs = []
     for i in range(n):
         io, s = rng.sample(list(names), 2)
@@ -188,7 +189,7 @@ def ioi(
         if corrupt == "swap":
             bad = tmpl.format(A=a, B=b, S=io)
         else:
-            x, y, z = rng.sample([nm for nm in names if nm not in (io, s)], 3)
+            x, y, z = other.sample([nm for nm in names if nm not in (io, s)], 3)
             bad = tmpl.format(A=x, B=y, S=z)
         pairs.append(PromptPair(clean, bad, " " + io, " " + s, {"template": tmpl, "order": kind,
                                                                      "io": io, "s": s}))
