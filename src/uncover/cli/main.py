@@ -1,4 +1,4 @@
-"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``tour``, ``grok``, ``heads``,
+"""The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``path``, ``tour``, ``grok``, ``heads``,
 ``trace``, ``attribute``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
@@ -16,6 +16,7 @@ from uncover.cli import attribute as attribute_cli
 from uncover.cli import dla, lens, models, patch, tour
 from uncover.cli import grok as grok_cli
 from uncover.cli import heads as heads_cli
+from uncover.cli import path as path_cli
 from uncover.cli import trace as trace_cli
 from uncover.core.errors import UncoverError
 
@@ -30,6 +31,7 @@ app.command("lens")(lens.lens)
 app.command("train-lens")(lens.train_lens)
 app.command("dla")(dla.dla)
 app.command("patch")(patch.patch)
+app.command("path")(path_cli.path)
 app.command("tour")(tour.tour)
 app.command("grok")(grok_cli.grok)
 app.command("heads")(heads_cli.heads)
