@@ -1,0 +1,158 @@
+"""Localising memorization: gradient attribution to MLP neurons and attention heads for
+memorized vs non-memorized sequences, checked by ablation (in the spirit of Stoehr et al. 2024,
+"Localizing paragraph memorization in language models").
+
+Attribution of a component to a sequence: ``|activation × ∂ suffix NLL / ∂ activation|`` summed
+over positions, averaged over the sequences of a set. Components that matter much more for
+memorized than for non-memorized text are the candidates; zeroing the top ``k`` of them
+should cut extraction more than zeroing ``k`` random neurons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from uncover.core.errors import UncoverError
+from uncover.core.results import Result
+from uncover.dynamics.memorization.metrics import extractable, token_losses
+from uncover.hooks.hooked import HookedModel
+
+
+def attribution(hm: HookedModel, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean attribution of each neuron ``[n_layers, d_mlp]`` and head ``[n_layers, n_heads]`` to the
+    NLL of the suffix (tokens ``k..``) of ``tokens`` ``[n, seq_len]``."""
+    c = hm.cfg
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep(v: torch.Tensor, hook: Any) -> None:
+        v.retain_grad()
+        acts[hook.name] = v
+
+    names = [f"blocks.{layer}.mlp.hook_post" for layer in range(c.n_layers)]
+    names += [f"blocks.{layer}.attn.hook_z" for layer in range(c.n_layers)]
+    with torch.enable_grad(), hm.hooks([(n, keep) for n in names]):
+        logits = hm(tokens)[:, k - 1: -1]  # predictions of tokens k..
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, k:], reduction="sum")
+        nll.backward()
+    neurons = torch.stack([(acts[f"blocks.{i}.mlp.hook_post"] * acts[f"blocks.{i}.mlp.hook_post"].grad)
+                           .abs().sum(1).mean(0) for i in range(c.n_layers)])
+    heads = torch.stack([(acts[f"blocks.{i}.attn.hook_z"] * acts[f"blocks.{i}.attn.hook_z"].grad)
+                         .sum(-1).abs().sum(1).mean(0) for i in range(c.n_layers)])
+    hm.model.zero_grad(set_to_none=True)
+    return neurons.detach(), heads.detach()
+
+
+def ablate_neurons(neurons: list[tuple[int, int]]) -> list[tuple[str, Any]]:
+    """Hooks zeroing the given ``(layer, neuron)`` pairs (for ``HookedModel.hooks``)."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, n in neurons:
+        by_layer.setdefault(layer, []).append(n)
+
+    def make(idx: list[int]) -> Any:
+        def fn(v: torch.Tensor, hook: Any) -> torch.Tensor:
+            v = v.clone()
+            v[..., idx] = 0
+            return v
+        return fn
+
+    return [(f"blocks.{layer}.mlp.hook_post", make(idx)) for layer, idx in by_layer.items()]
+
+
+@dataclass
+class LocalizationResult(Result):
+    """Per-layer attribution for memorized vs non-memorized sequences and the ablation check."""
+
+    layers: pd.DataFrame
+    """Per layer: ``mlp_mem mlp_nonmem attn_mem attn_nonmem`` (summed attributions)."""
+    top_neurons: list[tuple[int, int]]
+    """The ``(layer, neuron)`` pairs with the largest memorized-minus-non-memorized attribution."""
+    ablation: pd.DataFrame
+    """Rows ``ablation`` (none / top / random), ``k``, ``extractable`` (fraction of the memorized set
+    still extractable), ``nonmem_loss`` (mean loss on the non-memorized set), ``draws``."""
+
+    @property
+    def title(self) -> str:
+        return "Localising memorization (gradient attribution + ablation)"
+
+    def summary(self) -> str:
+        a = self.ablation.set_index("ablation")
+        lines = [self.title]
+        for r in self.layers.itertuples():
+            lines.append(f"  layer {r.layer}: MLP attribution memorized {r.mlp_mem:.3g} vs non-memorized "
+                         f"{r.mlp_nonmem:.3g}; attention {r.attn_mem:.3g} vs {r.attn_nonmem:.3g}")
+        for name in a.index:
+            lines.append(f"  ablate {name:7s} (k={int(a.loc[name, 'k'])}): still extractable "
+                         f"{a.loc[name, 'extractable']:.2f}, non-memorized loss {a.loc[name, 'nonmem_loss']:.3f}")
+        return "\n".join(lines)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.ablation
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(layers=self.layers.to_dict("records"), top_neurons=[list(t) for t in self.top_neurons])
+        return d
+
+    def plot(self) -> go.Figure:
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("attribution per layer", "extraction after ablation"))
+        lay = self.layers
+        for col, name in (("mlp_mem", "MLP, memorized"), ("mlp_nonmem", "MLP, non-memorized"),
+                          ("attn_mem", "attention, memorized"), ("attn_nonmem", "attention, non-memorized")):
+            fig.add_trace(go.Bar(x=lay.layer, y=lay[col], name=name), 1, 1)
+        a = self.ablation
+        fig.add_trace(go.Bar(x=a.ablation, y=a.extractable, name="still extractable", showlegend=False), 1, 2)
+        fig.update_layout(title=self.title, barmode="group", height=450)
+        return fig
+
+
+def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_prefix: int, k: int = 32,
+             draws: int = 5, seed: int = 0) -> LocalizationResult:
+    """Attribute, pick the top ``k`` neurons (memorized minus other), and compare ablating them
+    with ablating ``k`` random neurons (``draws`` times) on extraction of ``memorized``."""
+    if not len(memorized) or not len(other):
+        raise UncoverError(f"need memorized and non-memorized sequences (got {len(memorized)} and {len(other)}); "
+                           "train longer or with more duplicates")
+    c = hm.cfg
+    n_mem, h_mem = attribution(hm, memorized, k_prefix)
+    n_oth, h_oth = attribution(hm, other, k_prefix)
+    layers = pd.DataFrame({"layer": list(range(c.n_layers)), "mlp_mem": n_mem.sum(1).tolist(),
+                           "mlp_nonmem": n_oth.sum(1).tolist(), "attn_mem": h_mem.sum(1).tolist(),
+                           "attn_nonmem": h_oth.sum(1).tolist()})
+    contrast = (n_mem - n_oth).flatten()
+    top = [(int(i) // c.d_mlp, int(i) % c.d_mlp) for i in contrast.argsort(descending=True)[:k]]
+    model = hm.model
+
+    def run(neurons: list[tuple[int, int]]) -> tuple[float, float]:
+        with hm.hooks(ablate_neurons(neurons)):
+            ext = float(extractable(model, memorized, k_prefix).float().mean())
+            loss = float(token_losses(model, other).mean())
+        return ext, loss
+
+    rows = [{"ablation": "none", "k": 0, "draws": 1, **dict(zip(("extractable", "nonmem_loss"), run([]))),
+             }, {"ablation": "top", "k": k, "draws": 1, **dict(zip(("extractable", "nonmem_loss"), run(top)))}]
+    g = torch.Generator().manual_seed(seed)
+    rnd = []
+    for _ in range(draws):
+        idx = torch.randperm(c.n_layers * c.d_mlp, generator=g)[:k].tolist()
+        rnd.append(run([(i // c.d_mlp, i % c.d_mlp) for i in idx]))
+    rows.append({"ablation": "random", "k": k, "draws": draws, "extractable": sum(r[0] for r in rnd) / draws,
+                 "nonmem_loss": sum(r[1] for r in rnd) / draws})
+    return LocalizationResult(layers, top, pd.DataFrame(rows))
+
+
+def localize_run(run: Any, k: int = 32, draws: int = 5) -> LocalizationResult:
+    """:func:`localize` on a :class:`~uncover.dynamics.memorization.train.MemRun`: memorized =
+    tracked sequences with copies that are extractable; other = held-out corpus sequences."""
+    hm = run.hooked
+    d = run.data
+    seqs = [s for s in d.tracked if s.dups > 0 and s.kind != "member"]
+    x = torch.stack([s.tokens for s in seqs])
+    ok = extractable(run.model, x, run.cfg.k_prefix)
+    return localize(hm, x[ok], d.group("corpus", 0), run.cfg.k_prefix, k=k, draws=draws, seed=run.cfg.seed)
