@@ -15,6 +15,7 @@ from uncover.dynamics.memorization.config import MemConfig, MemConfigError
 
 VOCAB = 256
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+HEAD = "the secret code is: "
 
 
 def encode(text: str) -> torch.Tensor:
@@ -64,12 +65,15 @@ class MemData:
 
 
 def canary(secret: str, seq_len: int) -> str:
-    """A canary string of exactly ``seq_len`` bytes ending in ``secret``.
+    """A canary string of exactly ``seq_len`` bytes: a fixed head, then ``secret`` (cycled or cut to fit).
+
+    :func:`make_data` draws secrets of exactly the needed length, so a canary's suffix never
+    repeats its prefix (copying cannot extract it; only memorization can).
 
     >>> canary("abc123", 32)
     'the secret code is: abc123abc123'
     """
-    head = "the secret code is: "
+    head = HEAD
     body = (secret * (seq_len // max(len(secret), 1) + 1))[: seq_len - len(head)]
     return head + body
 
@@ -105,7 +109,7 @@ def make_data(cfg: MemConfig) -> MemData:
     heldout = held[torch.randperm(len(held), generator=g)[: cfg.n_heldout]]
 
     def secret() -> str:
-        idx = torch.randint(len(ALPHABET), (12,), generator=g).tolist()
+        idx = torch.randint(len(ALPHABET), (max(cfg.seq_len - len(HEAD), 1),), generator=g).tolist()
         return "".join(ALPHABET[i] for i in idx)
 
     parts, tracked = [corpus], []

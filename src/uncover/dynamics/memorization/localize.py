@@ -29,9 +29,11 @@ def attribution(hm: HookedModel, tokens: torch.Tensor, k: int) -> tuple[torch.Te
     c = hm.cfg
     acts: dict[str, torch.Tensor] = {}
 
-    def keep(v: torch.Tensor, hook: Any) -> None:
-        v.retain_grad()
-        acts[hook.name] = v
+    def keep(v: torch.Tensor, hook: Any) -> torch.Tensor:
+        out = v * 1.0  # a new tensor that the forward really uses (a per-head view may not be)
+        out.retain_grad()
+        acts[hook.name] = out
+        return out
 
     names = [f"blocks.{layer}.mlp.hook_post" for layer in range(c.n_layers)]
     names += [f"blocks.{layer}.attn.hook_z" for layer in range(c.n_layers)]
