@@ -1,5 +1,5 @@
 """The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``path``, ``tour``, ``grok``, ``heads``,
-``trace``, ``attribute``.
+``trace``, ``attribute``, ``memorization``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -16,6 +16,7 @@ from uncover.cli import attribute as attribute_cli
 from uncover.cli import dla, lens, models, patch, tour
 from uncover.cli import grok as grok_cli
 from uncover.cli import heads as heads_cli
+from uncover.cli import memorization as memorization_cli
 from uncover.cli import path as path_cli
 from uncover.cli import trace as trace_cli
 from uncover.core.errors import UncoverError
@@ -34,6 +35,7 @@ app.command("patch")(patch.patch)
 app.command("path")(path_cli.path)
 app.command("tour")(tour.tour)
 app.command("grok")(grok_cli.grok)
+app.add_typer(memorization_cli.app, name="memorization")
 app.command("heads")(heads_cli.heads)
 app.command("trace")(trace_cli.trace)
 app.command("attribute")(attribute_cli.attribute)
