@@ -53,7 +53,7 @@ def test_tour_writes_report(tmp_path):
     path = Path(p.stdout.strip())
     page = path.read_text()
     assert path.exists() and "Logit lens" in page and "Direct logit attribution" in page
-    assert "Activation patching" in page
+    assert "Activation patching" in page and "Path patching" in page
     assert "<script src" not in page and len(page) > 3_000_000  # plotly.js inlined
 
 
@@ -78,3 +78,16 @@ def test_patch_json_and_length_error():
     bad = run("patch", "--clean", "The cat sat", "--corrupt", "The big cat sat down", "--answer", " on",
               "--wrong", " in")
     assert bad.returncode == 2 and "equal lengths" in bad.stderr
+
+
+def test_path_json_and_receiver_error():
+    p = run("path", "--clean", "When Mary and John went to the store, John gave a drink to",
+            "--corrupt", "When Alice and Bob went to the store, Sam gave a drink to", "-a", " Mary", "-w", " John",
+            "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["kind"] == "PathPatchResult" and len(doc["records"]) == 30 * 9
+    top = min(doc["records"], key=lambda r: r["effect"])
+    assert (top["layer"], top["head"]) == (23, 3)
+    bad = run("path", "--task", "ioi", "--receivers", "L23.q")
+    assert bad.returncode == 2 and "L9H6.q" in bad.stderr

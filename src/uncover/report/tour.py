@@ -18,6 +18,7 @@ from uncover.attribution.dla import direct_logit_attribution
 from uncover.core.results import Result
 from uncover.lenses.logit_lens import logit_lens
 from uncover.patching.activation import activation_patching
+from uncover.patching.path import path_patching
 from uncover.report.html import Section, render_page
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ FACT_ANSWER, FACT_WRONG = " Paris", " London"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_ANSWER, IOI_WRONG = " Mary", " John"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+IOI_ABC = "When Alice and Bob went to the store, Sam gave a drink to"
 
 
 def lens_section(model: HookedModel) -> list[Result]:
@@ -51,10 +53,16 @@ def patching_section(model: HookedModel) -> list[Result]:
     return [activation_patching(model, IOI_PROMPT, IOI_CORRUPT, IOI_ANSWER, IOI_WRONG)]
 
 
+def path_section(model: HookedModel) -> list[Result]:
+    """Path patching of every head into the logits, against the ABC corruption (Wang et al.)."""
+    return [path_patching(model, IOI_PROMPT, IOI_ABC, IOI_ANSWER, IOI_WRONG)]
+
+
 SECTIONS: list[tuple[str, Callable[[HookedModel], list[Result]]]] = [
     ("Logit lens", lens_section),
     ("Direct logit attribution", dla_section),
     ("Activation patching", patching_section),
+    ("Path patching", path_section),
 ]
 
 
