@@ -1,0 +1,22 @@
+"""Steering: reading vectors (RepE), ActAdd, CAA, ITI, directional ablation, sweeps, vector files."""
+
+from uncover.steering.iti import ITI, fit_iti
+from uncover.steering.methods import (
+    CAA,
+    ActAdd,
+    Control,
+    DirectionalAblation,
+    Steering,
+    actadd,
+    caa,
+    generate,
+    mean_difference,
+    steering,
+)
+from uncover.steering.reading import ReadingResult, lat_direction, mean_direction, reading_vectors
+from uncover.steering.sweep import SweepResult, lexicon_sentiment, sweep
+from uncover.steering.vectors import SteeringVector
+
+__all__ = ["CAA", "ITI", "ActAdd", "Control", "DirectionalAblation", "ReadingResult", "Steering", "SteeringVector",
+           "SweepResult", "actadd", "caa", "fit_iti", "generate", "lat_direction", "lexicon_sentiment",
+           "mean_difference", "mean_direction", "reading_vectors", "steering", "sweep"]
