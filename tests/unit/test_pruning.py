@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import tiny, tokens
 
+from tests.conftest import tiny, tokens
 from uncover import Zero
 from uncover.pruning import PruningError, magnitude_prune, prune, sparsegpt_prune, wanda_prune
 from uncover.pruning.base import Pruning, linear_sites, parse_pattern

@@ -18,6 +18,7 @@ of the second half (the last 20 layers, stepping by 2, for models deeper than 40
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,13 +134,16 @@ def _layer_logits(
         return fn
 
     ids, mask = inputs
+    kw: dict[str, Any] = {"use_cache": past is not None}
+    if past is not None:  # the cache object is updated in place; transformers >= 5.x names the argument `cache`
+        kw["cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"] = past
     with torch.no_grad(), model.hooks([(f"blocks.{li}.hook_resid_pre", saver(li)) for li in cand]):
-        out = model.model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None)
+        out = model.model(input_ids=ids, attention_mask=mask, **kw)
     rows = torch.arange(ids.shape[0], device=ids.device)
     col = torch.full_like(rows, ids.shape[1] - 1) if positions is None else positions
     with torch.no_grad():
         prem = torch.stack([decode_resid(model, store[li][rows, col]) for li in cand])
-    return out.logits[rows, col], prem, out.past_key_values if past is not None else None
+    return out.logits[rows, col], prem, past
 
 
 def dola_scores(
