@@ -58,11 +58,25 @@ def path_section(model: HookedModel) -> list[Result]:
     return [path_patching(model, IOI_PROMPT, IOI_ABC, IOI_ANSWER, IOI_WRONG)]
 
 
+def heads_section(model: HookedModel) -> list[Result]:
+    """Induction: loss on repeated random tokens, head detectors, and the patterns of the top heads."""
+    from uncover.heads.detectors import detect
+    from uncover.heads.induction import induction_loss
+    from uncover.heads.patterns import attention_patterns
+
+    scores = detect(model, n=4)
+    top = [scores["induction"].top(1)[0], scores["previous"].top(1)[0]]
+    heads = [f"{t[0]}.{t[1]}" for t in top]
+    return [induction_loss(model, n=4), scores["induction"], scores["previous"],
+            attention_patterns(model, "The cat sat on the mat. The cat sat on the", heads)]
+
+
 SECTIONS: list[tuple[str, Callable[[HookedModel], list[Result]]]] = [
     ("Logit lens", lens_section),
     ("Direct logit attribution", dla_section),
     ("Activation patching", patching_section),
     ("Path patching", path_section),
+    ("Attention heads", heads_section),
 ]
 
 
