@@ -201,7 +201,7 @@ def receiver_grads(
         out[sl.start : sl.start + n_attn] = g.movedim(-2, 0)
         out[sl.stop - 1] = pull_back_mlp(model, layer, cap.mlp_in[layer], grads["n2"][layer])
     out[-1] = grads["final"][0]
-    return out
+    return out.detach()
 
 
 def point_list(points: dict[str, list[torch.Tensor]]) -> list[torch.Tensor]:
