@@ -1,5 +1,5 @@
 """The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``path``, ``tour``, ``grok``, ``heads``,
-``trace``, ``attribute``, ``memorization``.
+``trace``, ``attribute``, ``memorization``, ``prune``, ``dola``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -14,10 +14,12 @@ import typer
 
 from uncover.cli import attribute as attribute_cli
 from uncover.cli import dla, lens, models, patch, tour
+from uncover.cli import dola as dola_cli
 from uncover.cli import grok as grok_cli
 from uncover.cli import heads as heads_cli
 from uncover.cli import memorization as memorization_cli
 from uncover.cli import path as path_cli
+from uncover.cli import prune as prune_cli
 from uncover.cli import trace as trace_cli
 from uncover.core.errors import UncoverError
 
@@ -39,6 +41,8 @@ app.add_typer(memorization_cli.app, name="memorization")
 app.command("heads")(heads_cli.heads)
 app.command("trace")(trace_cli.trace)
 app.command("attribute")(attribute_cli.attribute)
+app.command("prune")(prune_cli.prune)
+app.command("dola")(dola_cli.dola)
 
 
 def main(argv: list[str] | None = None) -> None:

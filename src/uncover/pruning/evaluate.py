@@ -206,3 +206,40 @@ def save_pretrained(model: HookedModel, out: str | Path) -> Path:
     if not any(out.glob("*.safetensors")):
         raise UncoverError(f"{out}: transformers wrote no .safetensors file")
     return out
+
+
+@dataclass
+class PruneReport(Result):
+    """A pruning together with its evaluation and where the model was saved (what ``uncover prune`` shows).
+
+    ``to_frame()`` is the measured sparsity per module; ``to_dict()`` adds the evaluation rows.
+    """
+
+    pruning: Pruning
+    evaluation: PruneEval | None = None
+    saved_to: str | None = None
+
+    @property
+    def title(self) -> str:
+        return self.pruning.title
+
+    def summary(self) -> str:
+        parts = [self.pruning.summary()]
+        if self.evaluation is not None:
+            parts.append(self.evaluation.summary())
+        if self.saved_to:
+            parts.append(f"saved to {self.saved_to} (AutoModelForCausalLM.from_pretrained loads it)")
+        return "\n".join(parts)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.pruning.to_frame()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update({"method": self.pruning.method, "target": self.pruning.sparsity, "pattern": self.pruning.pattern,
+                  "sparsity": self.pruning.overall_sparsity(), "options": self.pruning.options,
+                  "evaluation": [] if self.evaluation is None else self.evaluation.rows, "saved_to": self.saved_to})
+        return d
+
+    def plot(self) -> go.Figure:
+        return self.pruning.plot()
