@@ -113,10 +113,13 @@ class Circuit(Result):
     def summary(self) -> str:
         e = self.edges()[:8]
         nodes = list(self.node_scores().items())[:10]
+        faith = self.meta.get("faithfulness")
+        how = self.meta.get("ablation", "corrupt")
+        extra = f"\nfaithfulness ({how} ablation): {faith:.3f}" if faith is not None else ""
         return (
             f"{self.title}, {len(self.node_scores())} nodes\n"
             "top edges: " + ", ".join(f"{a}→{b} {s:+.3g}" for a, b, s in e) + "\n"
-            "top nodes: " + ", ".join(f"{n} {v:.3g}" for n, v in nodes)
+            "top nodes: " + ", ".join(f"{n} {v:.3g}" for n, v in nodes) + extra
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -135,34 +138,38 @@ class Circuit(Result):
         return circuit_figure(self, max_edges)
 
     # ---- JSON ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: the base fields plus the graph, method, metric, meta, the kept edges
-        (as sender/receiver indices) and every valid edge's score in :attr:`Graph.valid` order."""
+    def to_dict(self, all_scores: bool = False) -> dict[str, Any]:
+        """JSON-ready dict: the base fields plus the graph, method, metric, meta and the kept edges
+        (sender/receiver indices and scores); ``all_scores`` adds every valid edge's score in
+        :attr:`Graph.valid` order, so that a loaded circuit can be pruned again."""
         d = super().to_dict()
-        valid = self.graph.valid
         u, r = self.kept.nonzero(as_tuple=True)
         d.update(graph=self.graph.to_dict(), method=self.method, metric=self.metric, meta=self.meta,
                  kept=[[int(a), int(b)] for a, b in zip(u, r)],
-                 scores=[float(x) for x in self.scores[valid].tolist()])
+                 kept_scores=[float(x) for x in self.scores[u, r].tolist()])
+        if all_scores:
+            d["scores"] = [float(x) for x in self.scores[self.graph.valid].tolist()]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Circuit:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (scores of edges outside the circuit are 0 unless saved)."""
         if d.get("kind") != "Circuit" or "graph" not in d:
             raise UncoverError("not a saved circuit (expected kind 'Circuit' with a graph)")
         g = Graph(**d["graph"])
         scores = torch.zeros(g.n_senders, g.n_receivers)
-        scores[g.valid] = torch.tensor(d["scores"], dtype=torch.float32)
         kept = torch.zeros_like(scores, dtype=torch.bool)
+        if "scores" in d:
+            scores[g.valid] = torch.tensor(d["scores"], dtype=torch.float32)
         if d["kept"]:
             idx = torch.tensor(d["kept"])
             kept[idx[:, 0], idx[:, 1]] = True
+            scores[idx[:, 0], idx[:, 1]] = torch.tensor(d["kept_scores"], dtype=torch.float32)
         return cls(g, scores, kept & g.valid, d["method"], d["metric"], d.get("meta", {}))
 
     def save(self, path: str | Path) -> None:
-        """Write :meth:`to_dict` as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        """Write :meth:`to_dict` with every edge's score as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(all_scores=True)), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:

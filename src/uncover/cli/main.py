@@ -1,5 +1,5 @@
 """The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``path``, ``tour``, ``grok``, ``heads``,
-``trace``, ``attribute``, ``memorization``, ``prune``, ``dola``.
+``trace``, ``attribute``, ``memorization``, ``prune``, ``dola``, ``circuit``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -13,6 +13,7 @@ import sys
 import typer
 
 from uncover.cli import attribute as attribute_cli
+from uncover.cli import circuit as circuit_cli
 from uncover.cli import dla, lens, models, patch, tour
 from uncover.cli import dola as dola_cli
 from uncover.cli import grok as grok_cli
@@ -33,6 +34,7 @@ app.command("models")(models.models)
 app.command("lens")(lens.lens)
 app.command("train-lens")(lens.train_lens)
 app.command("dla")(dla.dla)
+app.command("circuit")(circuit_cli.circuit)
 app.command("patch")(patch.patch)
 app.command("path")(path_cli.path)
 app.command("tour")(tour.tour)
