@@ -1,5 +1,6 @@
 """The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``path``, ``tour``, ``grok``, ``heads``,
-``trace``, ``attribute``, ``memorization``, ``prune``, ``dola``, ``circuit``.
+``trace``, ``attribute``, ``memorization``, ``prune``, ``dola``, ``circuit``, ``probe``, ``ccs``,
+``read``, ``steer``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -20,7 +21,9 @@ from uncover.cli import grok as grok_cli
 from uncover.cli import heads as heads_cli
 from uncover.cli import memorization as memorization_cli
 from uncover.cli import path as path_cli
+from uncover.cli import probe as probe_cli
 from uncover.cli import prune as prune_cli
+from uncover.cli import steer as steer_cli
 from uncover.cli import trace as trace_cli
 from uncover.core.errors import UncoverError
 
@@ -38,6 +41,10 @@ app.command("circuit")(circuit_cli.circuit)
 app.command("patch")(patch.patch)
 app.command("path")(path_cli.path)
 app.command("tour")(tour.tour)
+app.command("probe")(probe_cli.probe)
+app.command("ccs")(probe_cli.ccs)
+app.command("read")(probe_cli.read)
+app.command("steer")(steer_cli.steer)
 app.command("grok")(grok_cli.grok)
 app.add_typer(memorization_cli.app, name="memorization")
 app.command("heads")(heads_cli.heads)
