@@ -112,9 +112,10 @@ class EdgePatcher:
         u0 = self._shared(start)
         shape = self.diff0.shape[1:]  # [batch, pos, d_model]
         d0 = self.diff0[:u0].reshape(u0, -1)  # [U0, X]
-        d1 = torch.zeros(g.n_senders - u0, n_var, d0.shape[1], dtype=d0.dtype, device=d0.device)
+        # later senders' differences, variant-major so that each Δ is one batched matmul
+        d1 = torch.zeros(n_var, g.n_senders - u0, d0.shape[1], dtype=d0.dtype, device=d0.device)
         rm = removed.to(d0.dtype)
-        abl1 = self.ablated[u0:]
+        abl1 = self.ablated[u0:].reshape(g.n_senders - u0, -1)  # [U1, X]
 
         def delta(r: slice, upto: int) -> torch.Tensor | None:
             """``[variant, receivers, batch, pos, d_model]`` Δ for receivers ``r`` from senders ``< upto``."""
@@ -122,7 +123,7 @@ class EdgePatcher:
                 return None
             out = torch.einsum("vur,ux->vrx", rm[:, :u0, r], d0)
             if upto > u0:
-                out = out + torch.einsum("vur,uvx->vrx", rm[:, u0:upto, r], d1[: upto - u0])
+                out = out + torch.bmm(rm[:, u0:upto, r].transpose(1, 2), d1[:, : upto - u0])
             return out.view(n_var, -1, *shape)
 
         def affected(r: slice) -> torch.Tensor:
@@ -136,11 +137,15 @@ class EdgePatcher:
         def on_qkv(layer: int, which: str):
             def fn(v: torch.Tensor, hp: Any) -> torch.Tensor | None:
                 sl = g.layer_receivers(layer)
-                lo = sl.start + {"q": 0, "k": c.n_heads, "v": c.n_heads + c.n_kv_heads}[which]
-                r = slice(lo, lo + (c.n_heads if which == "q" else c.n_kv_heads))
-                dl = delta(r, g.head_sender(layer, 0))
-                if dl is None:
+                if which == "q":  # Δ of all the block's attention receivers at once, used by k and v too
+                    state["attn"] = delta(slice(sl.start, sl.stop - 1), g.head_sender(layer, 0))
+                lo = {"q": 0, "k": c.n_heads, "v": c.n_heads + c.n_kv_heads}[which]
+                hi = lo + (c.n_heads if which == "q" else c.n_kv_heads)
+                r = slice(sl.start + lo, sl.start + hi)
+                dl = state["attn"]
+                if dl is None or not removed[:, :, r].any():
                     return None
+                dl = dl[:, lo:hi]
                 x = state["x"].view(n_var, *shape)  # resid_pre of this block
                 xr = (x.unsqueeze(1) + dl).permute(0, 2, 3, 1, 4)  # [variant, batch, pos, receivers, d_model]
                 new = rows(qkv_from_resid(model, layer, xr, which)).to(v.dtype)
@@ -152,8 +157,8 @@ class EdgePatcher:
         def on_z(layer: int):
             def fn(v: torch.Tensor, hp: Any) -> None:
                 h0 = g.head_sender(layer, 0) - u0
-                cur = head_outputs(model, layer, v).reshape(c.n_heads, n_var, -1)
-                d1[h0 : h0 + c.n_heads] = abl1[h0 : h0 + c.n_heads].reshape(c.n_heads, 1, -1) - cur
+                cur = head_outputs(model, layer, v).reshape(c.n_heads, n_var, -1).transpose(0, 1)
+                d1[:, h0 : h0 + c.n_heads] = abl1[h0 : h0 + c.n_heads] - cur
 
             return fn
 
@@ -181,7 +186,7 @@ class EdgePatcher:
         def on_mlp(layer: int):
             def fn(v: torch.Tensor, hp: Any) -> None:
                 i = g.mlp_sender(layer) - u0
-                d1[i] = abl1[i].reshape(1, -1) - v.reshape(n_var, -1)
+                d1[:, i] = abl1[i] - v.reshape(n_var, -1)
 
             return fn
 
