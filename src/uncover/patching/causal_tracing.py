@@ -49,7 +49,7 @@ KINDS = ("hidden", "mlp", "attn")
 CATEGORIES = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token",
               "further tokens", "last token")
 _SITE = {"mlp": "hook_mlp_out", "attn": "hook_attn_out"}
-_LABEL = {"hidden": "single restored layer", "mlp": "MLP (window)", "attn": "attention (window)"}
+_LABEL = {"hidden": "hidden state", "mlp": "MLP output (window)", "attn": "attention output (window)"}
 _COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
@@ -120,7 +120,7 @@ class CausalTraceResult(Result):
         from plotly.subplots import make_subplots
 
         kinds = list(self.grids)
-        fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.06,
+        fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.08,
                             subplot_titles=[f"restoring {_LABEL[k]}" for k in kinds])
         y = [f"{i}:{t!r}" if self.n_prompts == 1 else t for i, t in enumerate(self.marked_tokens())]
         for c, kind in enumerate(kinds, 1):
@@ -128,7 +128,8 @@ class CausalTraceResult(Result):
             fig.add_trace(go.Heatmap(
                 z=g.numpy(), x=list(range(g.shape[1])), y=y, colorscale=_COLORS[kind], zmin=0,
                 zmax=max(float(torch.nan_to_num(g).max()), 1e-6),
-                colorbar={"title": "IE", "x": c / len(kinds) - 0.01, "len": 0.8, "thickness": 10},
+                colorbar={"title": "IE", "x": fig.layout[f"xaxis{c if c > 1 else ''}"].domain[1] + 0.005,
+                          "len": 0.8, "thickness": 10},
                 hovertemplate="layer %{x}<br>%{y}<br>effect %{z:.3f}<extra>" + kind + "</extra>"), row=1, col=c)
             fig.update_xaxes(title_text=f"center of {self.window}-layer window" if kind != "hidden" else "layer",
                              row=1, col=c)
