@@ -34,6 +34,7 @@ def circuit_figure(circuit: Circuit, max_edges: int = 300) -> go.Figure:
     fig = go.Figure()
     top = max((abs(s) for _, _, s in edges), default=1.0) or 1.0
     for sign, color, name in ((1, "rgba(36,113,163,{a})", "score > 0"), (-1, "rgba(192,57,43,{a})", "score < 0")):
+        legend = True
         for band, (lo, hi) in enumerate(((0.5, 1.01), (0.15, 0.5), (0.0, 0.15))):
             xs: list[float | None] = []
             ys: list[float | None] = []
@@ -44,9 +45,10 @@ def circuit_figure(circuit: Circuit, max_edges: int = 300) -> go.Figure:
                     ys += [y0, y1, None]
             if xs:
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name=name,
-                                         showlegend=band == 0,
+                                         showlegend=legend,
                                          line={"width": (3.5, 1.8, 0.8)[band],
                                                "color": color.format(a=(0.9, 0.6, 0.35)[band])}))
+                legend = False
     ns = circuit.node_scores()
     if ns:
         names = list(ns)
