@@ -51,9 +51,9 @@ def _grads(model: HookedModel, graph: Graph, prompts: Prompts, metric: str, k: i
             return e0 + a * (e1 - e0)
 
     cap = capture(model, graph, batch, senders=False, track=True, embed=fn)
-    m = metric_values(metric, prompts.last_logits(cap.logits), prompts).sum() / prompts.n
-    pts = point_list(cap.points)
-    flat = torch.autograd.grad(m, pts)
+    with torch.enable_grad():  # also under a caller's no_grad
+        m = metric_values(metric, prompts.last_logits(cap.logits), prompts).sum() / prompts.n
+        flat = torch.autograd.grad(m, point_list(cap.points))
     g = receiver_grads(model, graph, cap, unflatten(cap.points, [f.detach() for f in flat]))
     return g.view(g.shape[0], k, prompts.n, *g.shape[2:]).sum(1)
 
