@@ -143,6 +143,10 @@ def qkv_from_resid(model: HookedModel, layer: int, x: torch.Tensor, which: str) 
     ``x``: ``[..., n, d_model]``, one residual per head of the kind (``n_heads`` query heads or
     ``n_kv_heads`` key/value heads). Returns ``[..., n, d_head]``: ln1, that head's projection
     slice and bias, and the per-head q/k norm where the family has one (before rotary).
+
+    >>> x = cache["blocks.3.hook_resid_pre"][:, :, None].expand(-1, -1, 9, -1)  # doctest: +SKIP
+    >>> torch.allclose(qkv_from_resid(model, 3, x, "q"), cache["blocks.3.attn.hook_q"])  # doctest: +SKIP
+    True
     """
     a = model.adapter
     i = "qkv".index(which)
@@ -167,6 +171,9 @@ def pull_back(
     are the gradients at ``hook_q``/``hook_k``/``hook_v``. Returns ``[batch, pos, n_heads + 2 n_kv_heads,
     d_model]`` in receiver order (q heads, k heads, v heads): one vector-Jacobian product through
     the norm and each head's own projection slice.
+
+    >>> pull_back(model, 3, x, g_q, g_k, g_v).shape  # doctest: +SKIP
+    torch.Size([8, 15, 15, 576])
     """
     c = model.cfg
     n_attn = c.n_heads + 2 * c.n_kv_heads
@@ -180,7 +187,11 @@ def pull_back(
 
 
 def pull_back_mlp(model: HookedModel, layer: int, x: torch.Tensor, g_n2: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. the MLP's own copy of its input residual ``x``, from the gradient at ``ln2``'s output."""
+    """Gradient w.r.t. the MLP's own copy of its input residual ``x``, from the gradient at ``ln2``'s output.
+
+    >>> pull_back_mlp(model, 3, cap.mlp_in[3], g_n2).shape  # doctest: +SKIP
+    torch.Size([8, 15, 576])
+    """
     with torch.enable_grad():
         xr = x.detach().clone().requires_grad_(True)
         (g,) = torch.autograd.grad(model.norm(layer, "ln2").forward(xr), xr, g_n2)
@@ -190,7 +201,13 @@ def pull_back_mlp(model: HookedModel, layer: int, x: torch.Tensor, g_n2: torch.T
 def receiver_grads(
     model: HookedModel, graph: Graph, cap: Captured, grads: dict[str, list[torch.Tensor]]
 ) -> torch.Tensor:
-    """``[n_receivers, batch, pos, d_model]`` from the gradients at ``cap.points`` (same structure)."""
+    """``[n_receivers, batch, pos, d_model]`` from the gradients at ``cap.points`` (same structure).
+
+    >>> cap = capture(model, graph, batch, senders=False, track=True)  # doctest: +SKIP
+    >>> flat = torch.autograd.grad(metric(cap.logits), point_list(cap.points))  # doctest: +SKIP
+    >>> receiver_grads(model, graph, cap, unflatten(cap.points, list(flat))).shape  # doctest: +SKIP
+    torch.Size([481, 8, 15, 576])
+    """
     c = model.cfg
     x0 = cap.resid_pre[0]
     out = torch.empty(graph.n_receivers, *x0.shape, dtype=x0.dtype, device=x0.device)
@@ -205,12 +222,20 @@ def receiver_grads(
 
 
 def point_list(points: dict[str, list[torch.Tensor]]) -> list[torch.Tensor]:
-    """The gradient points flattened in a fixed order (``q k v n2`` per block, then ``final``)."""
+    """The gradient points flattened in a fixed order (``q k v n2`` per block, then ``final``).
+
+    >>> point_list({"q": [1], "k": [2], "v": [3], "n2": [4], "final": [5]})
+    [1, 2, 3, 4, 5]
+    """
     return [t for k in ("q", "k", "v", "n2", "final") for t in points[k]]
 
 
 def unflatten(points: dict[str, list[torch.Tensor]], flat: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-    """Inverse of :func:`point_list` for a list of gradients."""
+    """Inverse of :func:`point_list` for a list of gradients.
+
+    >>> unflatten({"q": [0], "k": [0], "v": [0], "n2": [0], "final": [0]}, [1, 2, 3, 4, 5])["n2"]
+    [4]
+    """
     out, i = {}, 0
     for k in ("q", "k", "v", "n2", "final"):
         n = len(points[k])

@@ -85,7 +85,11 @@ class FaithfulnessCurve(Result):
 def circuit_metrics(
     patcher: EdgePatcher, circuits: Sequence[Circuit], metric: str = "logit_diff"
 ) -> list[float]:
-    """Mean metric of each circuit with the edges outside it ablated (one batched run for all)."""
+    """Mean metric of each circuit with the edges outside it ablated (one batched run for all).
+
+    >>> circuit_metrics(EdgePatcher(model, prompts), [c.top(100), c.top(500)])  # doctest: +SKIP
+    [1.57, 2.63]
+    """
     removed = torch.stack([c.removed() for c in circuits]).to(patcher.model.device)
     logits = patcher.run(removed)  # [variant, prompt, d_vocab]
     ref = patcher.clean_logits if metric == "kl" else None

@@ -12,7 +12,16 @@ if TYPE_CHECKING:
 
 
 def node_xy(circuit: Circuit, node: str) -> tuple[float, float]:
-    """Where a node is drawn: x = layer (MLPs half a layer later), y = head (MLPs above the heads)."""
+    """Where a node is drawn: x = layer (MLPs half a layer later), y = head (MLPs above the heads).
+
+    >>> import torch
+    >>> from uncover.circuits.circuit import Circuit
+    >>> from uncover.circuits.graph import Graph
+    >>> g = Graph(2, 4, 2)
+    >>> c = Circuit(g, torch.zeros(g.valid.shape), g.valid.clone(), "demo", "logit_diff")
+    >>> node_xy(c, "L1H2"), node_xy(c, "MLP0"), node_xy(c, "L1KV1")
+    ((1.0, 2.0), (0.5, 4.0), (1.15, 2.5))
+    """
     g = circuit.graph
     mid = (g.n_heads - 1) / 2
     if node == "input":
@@ -29,7 +38,10 @@ def node_xy(circuit: Circuit, node: str) -> tuple[float, float]:
 
 
 def circuit_figure(circuit: Circuit, max_edges: int = 300) -> go.Figure:
-    """Edges as lines (blue: corrupting the edge raises the metric, red: lowers it), nodes as markers."""
+    """Edges as lines (blue: corrupting the edge raises the metric, red: lowers it), nodes as markers.
+
+    >>> circuit_figure(eap(model, prompts).top(100)).show()  # doctest: +SKIP
+    """
     edges = circuit.edges()[:max_edges]
     fig = go.Figure()
     top = max((abs(s) for _, _, s in edges), default=1.0) or 1.0
@@ -70,7 +82,10 @@ def circuit_figure(circuit: Circuit, max_edges: int = 300) -> go.Figure:
 
 
 def faithfulness_figure(r: FaithfulnessCurve) -> go.Figure:
-    """Faithfulness (metric of the circuit / metric of the full model) against edges kept."""
+    """Faithfulness (metric of the circuit / metric of the full model) against edges kept.
+
+    >>> faithfulness_figure(faithfulness_curve(model, circuit, prompts)).show()  # doctest: +SKIP
+    """
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=r.counts, y=r.fraction, mode="lines+markers", name="circuit / full model"))
     fig.add_trace(go.Scatter(x=r.counts, y=r.normalised, mode="lines+markers",
