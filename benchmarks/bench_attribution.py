@@ -3,7 +3,7 @@
 - uncover ``attribution_patching_sites`` over all (layer, position) sites of ``resid_pre``,
   ``attn_out``, ``mlp_out`` and all (layer, head) and (layer, head, position) sites of ``z``,
   timed alternately with one plain forward + backward of the HF model (logit difference at the
-  last position, weight gradients included); goal ≤ 3×.
+  last position, back to the input embeddings: ``uncover.load()`` freezes the weights); goal ≤ 3×.
 - Exact activation patching of the same (layer, position) and (layer, head) grids next to it,
   with the Pearson correlation of the two.
 - Causal tracing (hidden, MLP and attention restorations, ROME's 10 noise samples) of one fact,
@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> None:
         return attribution_patching_sites(model, CLEAN, CORRUPT, a, w, sites=SITES, normalise=False)
 
     def forward_backward() -> None:
-        model.model.zero_grad(set_to_none=True)
-        out = model.model(input_ids=ids, use_cache=False).logits[0, -1]
+        # uncover.load() freezes the weights, so the plain backward pass goes to the input embeddings
+        emb = model.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        out = model.model(inputs_embeds=emb, use_cache=False).logits[0, -1]
         (out[a] - out[w]).backward()
 
     paired = common.time_paired(attribution, forward_backward, repeats=args.repeats, warmup=1)
-    model.model.zero_grad(set_to_none=True)
     rows = [["one HF forward + backward (reference)", common.fmt_ms(paired.floor_median), "1.0×", "", ""],
             ["uncover attribution patching, all 5 grids (one forward each prompt + one backward)",
              common.fmt_ms(paired.median), f"{paired.ratio:.2f}×",

@@ -90,3 +90,24 @@ def test_attribution_patching_tracks_exact_patching_on_ioi(real):
     # known failure mode (Syed et al. 2023): an early component that saturates is underestimated
     s2 = exact[("mlp_out", "pos")].first_diff
     assert exact[("mlp_out", "pos")].grid[0, s2] > 0.9 and approx[("mlp_out", "pos")].grid[0, s2] < 0.5
+
+
+def test_cli_attribute_json_and_trace_usage_errors(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    exe = [sys.executable, "-m", "uncover.cli.main"]
+    html = tmp_path / "attr.html"
+    p = subprocess.run([*exe, "attribute", "--clean", CLEAN, "--corrupt", CORRUPT, "-a", " Mary", "-w", " John",
+                        "--hook", "z", "--per", "head", "--json", "--html", str(html)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["kind"] == "AttributionResult" and len(doc["records"]) == 30 * 9 and html.exists()
+    for args, message in [(["trace", "--task", "ioi"], "valid: facts"),
+                          (["trace", "--prompt", "The Eiffel Tower is in"], "missing --prompt and --subject"),
+                          (["attribute", "--clean", "a b", "--corrupt", "a", "-a", "x", "-w", "y", "--hook", "q"],
+                           "valid: resid_pre, attn_out, mlp_out, z")]:
+        p = subprocess.run([*exe, *args], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
