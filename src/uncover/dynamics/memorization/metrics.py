@@ -47,7 +47,7 @@ def greedy_continuation(model: nn.Module, prefix: torch.Tensor, length: int, use
     for _ in range(length):
         if use_cache:
             res = model(input_ids=x, use_cache=True, **{key: past})
-            past = res.past_key_values
+            past = res.cache if key == "cache" else res.past_key_values
         else:
             res = model(input_ids=torch.cat([prefix, *out], 1) if out else prefix)
         nxt = res.logits[:, -1].argmax(-1, keepdim=True)

@@ -30,6 +30,14 @@ MIT_LICENSE = (
     "CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE."
 )
 
+LOREM_IPSUM = (
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore "
+    "magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo "
+    "consequat. Duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla "
+    "pariatur. Excepteur sint occaecat cupidatat non proident, sunt in culpa qui officia deserunt mollit anim id est "
+    "laborum."
+)
+
 
 def _zen() -> str:
     import contextlib
@@ -51,8 +59,9 @@ def shuffled_words(text: str, seed: int = 0) -> str:
     return " ".join(words)
 
 
-TEXTS = {"mit": lambda: MIT_LICENSE, "zen": _zen, "mit-shuffled": lambda: shuffled_words(MIT_LICENSE)}
-"""Built-in texts: the MIT license, the Zen of Python, and the MIT license with shuffled words (control)."""
+TEXTS = {"mit": lambda: MIT_LICENSE, "zen": _zen, "lorem": lambda: LOREM_IPSUM,
+         "mit-shuffled": lambda: shuffled_words(MIT_LICENSE), "lorem-shuffled": lambda: shuffled_words(LOREM_IPSUM)}
+"""Built-in texts: the MIT license, the Zen of Python, Lorem ipsum, and shuffled-word controls."""
 
 
 def builtin_text(name: str) -> str:
