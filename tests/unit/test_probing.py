@@ -127,3 +127,19 @@ def test_probe_errors():
         fit_probe(torch.full((4, 3), float("nan")), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(UncoverError, match="valid: logistic, mlp"):
         fit_probe(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), kind="svm")
+
+
+def test_causal_check_moves_the_score_along_an_unembedding_direction():
+    from tests.unit.test_activations import word_model
+    from uncover.probing import causal_check
+
+    m = word_model("llama")
+    prompts = ["the movie was", "my day was very"]
+    good, bad = m.to_single_token("good"), m.to_single_token("bad")
+    u = m.W_U[:, good] - m.W_U[:, bad]  # read off by the final norm and unembedding
+    r = causal_check(m, u.detach(), "blocks.2.hook_resid_post", prompts, ["good"], ["bad"], scales=(-2, 0, 2))
+    lp = m(prompts).log_softmax(-1)
+    last = m.tokenize(prompts).columns(-1)[:, 0]
+    ref = float((lp[[0, 1], last][:, good] - lp[[0, 1], last][:, bad]).mean())
+    assert r.score[1] == pytest.approx(ref, abs=1e-5)  # scale 0 is the unsteered model
+    assert r.monotonic and r.score[2] - r.score[0] > 0.5
