@@ -81,28 +81,30 @@ def sparsegpt_weight(
     U, dead = inverse_hessian_factor(h.to(dt), damp)
     W[:, dead] = 0.0
     full_mask = torch.zeros_like(W, dtype=torch.bool) if mask is None else mask.to(W.device).bool()
+    # work on the transpose so that a column of W is a contiguous row (much faster updates on CPU)
+    Wt, Mt = W.T.contiguous(), full_mask.T.contiguous()  # [d_in, d_out]
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
+        W1 = Wt[i1:i2]  # a view: updates write Wt
         U1 = U[i1:i2, i1:i2]
         d = torch.diagonal(U1)
         if mask is None and nm is None:
-            score = W1**2 / d.unsqueeze(0) ** 2
-            full_mask[:, i1:i2] = lowest_mask(score.flatten(), n_pruned(score.numel(), sparsity)).view(score.shape)
-        Err1 = torch.zeros_like(W1)
+            score = W1**2 / d.unsqueeze(1) ** 2
+            Mt[i1:i2] = lowest_mask(score.flatten(), n_pruned(score.numel(), sparsity)).view(score.shape)
+        Err1 = torch.empty_like(W1)
         for i in range(i2 - i1):
             if mask is None and nm is not None and (i1 + i) % nm[1] == 0:
                 n, m = nm
-                score = W1[:, i : i + m] ** 2 / d[i : i + m].unsqueeze(0) ** 2
-                full_mask[:, i1 + i : i1 + i + m] = lowest_mask(score, m - n)
-            col = W1[:, i]
-            q = col.masked_fill(full_mask[:, i1 + i], 0.0)
-            err = (col - q) / d[i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            W1[:, i] = q
-            Err1[:, i] = err
-        W[:, i1:i2] = W1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+                score = W1[i : i + m] ** 2 / d[i : i + m].unsqueeze(1) ** 2
+                Mt[i1 + i : i1 + i + m] = lowest_mask(score, m - n, dim=0)
+            err = Err1[i]
+            torch.mul(W1[i], Mt[i1 + i], out=err)  # the pruned part of the column, w - q
+            err.div_(d[i])
+            W1[i:].addr_(U1[i, i:], err, alpha=-1.0)  # OBS update of the remaining columns of the block
+            W1[i].masked_fill_(Mt[i1 + i], 0.0)
+        if i2 < cols:
+            Wt[i2:].addmm_(U[i1:i2, i2:].T, Err1, alpha=-1.0)
+    W, full_mask = Wt.T, Mt.T
     return W.masked_fill(full_mask, 0.0).to(w.dtype)
 
 
