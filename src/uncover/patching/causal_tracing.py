@@ -62,7 +62,8 @@ class CausalTraceResult(Result):
             after restoring minus p(answer) corrupted, averaged over noise samples (and prompts).
         str_tokens: the prompt's tokens, or the six token categories of Meng et al. when averaged.
         subject: indices into ``str_tokens`` of the subject tokens.
-        answer: the answer token; clean_prob, corrupt_prob: its probability clean and corrupted (mean).
+        answer: the answer token (``*`` when averaged over different answers);
+        clean_prob, corrupt_prob: its probability clean and corrupted (mean).
         samples: noise samples per prompt; noise: the noise standard deviation used;
         window: layers restored together for ``mlp``/``attn``; n_prompts: prompts averaged.
     """
@@ -83,6 +84,9 @@ class CausalTraceResult(Result):
         what = f"{self.n_prompts} prompts" if self.n_prompts > 1 else repr("".join(self.str_tokens))
         return f"Causal tracing of {what}"
 
+    def _answer(self) -> str:
+        return repr(self.answer) if self.answer != "*" else "object"
+
     def marked_tokens(self) -> list[str]:
         """Tokens with the subject marked by ``*`` (as in the paper's figures)."""
         return [f"{t}*" if i in self.subject else t for i, t in enumerate(self.str_tokens)]
@@ -100,7 +104,7 @@ class CausalTraceResult(Result):
         for kind in self.grids:
             layer, pos, v = self.peak(kind)
             parts.append(f"{kind}: peak {v:+.3f} at layer {layer}, {toks[pos]!r}")
-        return (f"p({self.answer!r}): clean {self.clean_prob:.3f}, corrupted {self.corrupt_prob:.3f} "
+        return (f"p({self._answer()}): clean {self.clean_prob:.3f}, corrupted {self.corrupt_prob:.3f} "
                 f"({self.samples} noise samples, σ={self.noise:.3f}, {self.n_prompts} prompt(s)); "
                 + "; ".join(parts))
 
@@ -134,7 +138,7 @@ class CausalTraceResult(Result):
             fig.update_xaxes(title_text=f"center of {self.window}-layer window" if kind != "hidden" else "layer",
                              row=1, col=c)
         fig.update_yaxes(autorange="reversed")
-        fig.update_layout(title=f"{self.title}: p({self.answer!r}) restored − corrupted",
+        fig.update_layout(title=f"{self.title}: p({self._answer()}) restored − corrupted",
                           height=max(320, 34 * len(y) + 140), width=max(700, 360 * len(kinds)))
         return fig
 
