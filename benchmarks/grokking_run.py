@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--d-mlp", type=int, default=512)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--snapshot-every", type=int, default=250)
     ap.add_argument("--name", default="p113")
     ap.add_argument("--out", type=Path, default=None, help="run directory (default out/grokking_<name>)")
     ap.add_argument("--threads", type=int, default=1)
@@ -111,12 +113,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = args.out or ROOT / "out" / f"grokking_{args.name}"
     cfg = GrokConfig(p=args.p, op=args.op, steps=args.steps, train_frac=args.train_frac, lr=args.lr,
-                     d_model=args.d_model, d_mlp=args.d_mlp, checkpoint_every=500)
+                     d_model=args.d_model, d_mlp=args.d_mlp, checkpoint_every=500, eval_every=args.eval_every,
+                     snapshot_every=args.snapshot_every)
     t0 = time.time()
     if not args.analyse_only:
         train(cfg, out, resume=latest_checkpoint(out) is not None, threads=args.threads)
     train_s = time.time() - t0
     run = load_run(out)
+    cfg = run.cfg
     res = progress_measures(run, max_snapshots=100)
     m, s = res.metrics, res.measures
     FIG.mkdir(parents=True, exist_ok=True)

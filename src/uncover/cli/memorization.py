@@ -40,7 +40,7 @@ def scan(
 
 @app.command("train")
 def train(
-    steps: int = typer.Option(1500, "--steps", help="Training steps"),
+    steps: int = typer.Option(800, "--steps", help="Training steps"),
     dup_counts: str = typer.Option("1,4,16,64", "--dup-counts", help="Copies of each injected sequence, comma list"),
     per_count: int = typer.Option(8, "--per-count", help="Canaries and duplicated texts per copy count"),
     k_prefix: int = typer.Option(32, "--k", help="Prefix length of k-extractable memorization"),

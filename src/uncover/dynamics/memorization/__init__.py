@@ -2,7 +2,7 @@
 2022; Carlini et al. 2021, 2023; Stoehr et al. 2024) and extraction scans of pretrained models.
 
 >>> from uncover.dynamics.memorization import MemConfig, train_memorization, memorization_report
->>> run = train_memorization(MemConfig(steps=1200))  # doctest: +SKIP
+>>> run = train_memorization(MemConfig(steps=800))  # doctest: +SKIP
 >>> print(memorization_report(run).summary())  # doctest: +SKIP
 """
 

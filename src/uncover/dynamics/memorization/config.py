@@ -40,11 +40,11 @@ class MemConfig:
     """Held-out corpus sequences (never trained on: the "non-members")."""
     n_layers: int = 2
     """Decoder blocks of the GPT-2 model."""
-    d_model: int = 128
+    d_model: int = 96
     """Residual width."""
     n_heads: int = 4
     """Attention heads."""
-    d_mlp: int = 512
+    d_mlp: int = 384
     """MLP neurons per block."""
     lr: float = 2e-3
     """AdamW learning rate (cosine decay to 10 % after a 50-step warm-up)."""
@@ -52,7 +52,7 @@ class MemConfig:
     """AdamW weight decay."""
     batch_size: int = 32
     """Sequences per step (sampled without replacement within an epoch)."""
-    steps: int = 1500
+    steps: int = 800
     """Optimisation steps."""
     eval_every: int = 100
     """Steps between memorization measurements of the tracked sequences."""
