@@ -1,0 +1,172 @@
+"""Second moment of the MLP keys, the statistic behind ROME's and MEMIT's closed-form updates.
+
+ROME (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", eq. 2) inserts a
+key–value pair into the MLP output projection ``W`` so that other keys are disturbed as
+little as possible *in the metric of* ``C = E[k kᵀ]``, the uncentred second moment of the
+keys (the inputs of the down projection, ``blocks.{l}.mlp.hook_post``) over ordinary text.
+MEMIT (Meng et al. 2023) uses the same statistic, weighted against the new keys.
+
+Here ``C`` is estimated on the embedded corpus (:mod:`uncover.data.corpus`, train split),
+with a token budget (``mom2_samples``), running the model only up to the layer needed. It is
+cached as safetensors under ``$UNCOVER_CACHE/editing/`` (computed once per model, layer and
+budget), because it costs many forward passes and is reused by every edit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from uncover.editing.base import EditError, check_layer
+
+if TYPE_CHECKING:
+    from uncover.hooks.hooked import HookedModel
+
+BLOCK_LEN = 128
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the last needed layer has run."""
+
+
+def stats_dir(cache: str | Path | None = None) -> Path:
+    """Where key statistics are cached: ``cache`` or ``$UNCOVER_CACHE/editing`` (default user cache dir).
+
+    >>> stats_dir("/tmp/x")
+    PosixPath('/tmp/x')
+    """
+    if cache is not None:
+        return Path(cache)
+    from uncover.models.load import cache_dir
+
+    return cache_dir() / "editing"
+
+
+def model_key(model: HookedModel) -> str:
+    """A file-name-safe key for ``model`` (its name and shape).
+
+    >>> import re
+    >>> bool(re.fullmatch(r"[\\w.-]+", model_key(model)))  # doctest: +SKIP
+    True
+    """
+    c = model.cfg
+    name = re.sub(r"[^\w.-]+", "_", os.path.basename(str(model.name).rstrip("/")) or "model")
+    return f"{name}-{c.n_layers}x{c.d_model}x{c.d_mlp}-{str(model.dtype).replace('torch.', '')}"
+
+
+def mom2_path(model: HookedModel, layer: int, mom2_samples: int, cache: str | Path | None = None) -> Path:
+    """Cache file of the second moment of layer ``layer``'s keys."""
+    return stats_dir(cache) / model_key(model) / f"mom2-layer{layer}-{mom2_samples}.safetensors"
+
+
+@torch.no_grad()
+def key_moments(
+    model: HookedModel,
+    layers: list[int],
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[int, torch.Tensor]:
+    """Uncentred second moments ``E[k kᵀ]`` ``[d_mlp, d_mlp]`` (float64) of the keys of ``layers``.
+
+    ``tokens``: ``[n_blocks, block_len]`` ids; every position counts as one sample. The
+    forward pass stops after the deepest layer asked for.
+
+    >>> from tests.conftest import tiny, tokens as toks  # doctest: +SKIP
+    >>> key_moments(tiny("llama"), [1], toks(4, 8), progress=False)[1].shape  # doctest: +SKIP
+    torch.Size([48, 48])
+    """
+    from tqdm.auto import tqdm
+
+    for layer in layers:
+        check_layer(model, layer)
+    d = model.cfg.d_mlp
+    sums = {layer: torch.zeros(d, d, dtype=torch.float64) for layer in layers}
+    count = 0
+    last = max(layers)
+
+    def grab(layer: int):
+        def fn(value: torch.Tensor, hp: object) -> None:
+            k = value.detach().reshape(-1, d).double().cpu()
+            sums[layer].addmm_(k.T, k)
+            if layer == last:
+                raise _Stop
+
+        return fn
+
+    hooks = [(f"blocks.{layer}.mlp.hook_post", grab(layer)) for layer in layers]
+    bar = tqdm(range(0, len(tokens), batch_size), desc=f"key statistics, layers {layers}", disable=not progress,
+               leave=False)
+    with model.hooks(hooks):
+        for i in bar:
+            chunk = tokens[i:i + batch_size].to(model.device)
+            try:
+                model.model(input_ids=chunk, use_cache=False)
+            except _Stop:
+                pass
+            count += chunk.numel()
+    return {layer: s / max(count, 1) for layer, s in sums.items()}
+
+
+def corpus_tokens(model: HookedModel, mom2_samples: int, block_len: int = BLOCK_LEN) -> torch.Tensor:
+    """About ``mom2_samples`` tokens of the embedded corpus's train split, ``[n_blocks, block_len]``."""
+    from uncover.data.corpus import token_blocks
+
+    if mom2_samples < 1:
+        raise EditError(f"mom2_samples must be a positive number of tokens, not {mom2_samples}")
+    blocks = token_blocks(model.tokenizer, block_len=block_len, split="train")
+    n = max(1, -(-mom2_samples // block_len))
+    if n > len(blocks):
+        raise EditError(f"mom2_samples={mom2_samples} asks for more than the corpus's {len(blocks) * block_len} "
+                        f"train tokens; valid: up to {len(blocks) * block_len}")
+    g = torch.Generator().manual_seed(0)
+    return blocks[torch.randperm(len(blocks), generator=g)[:n]]
+
+
+def layer_mom2(
+    model: HookedModel,
+    layer: int,
+    *,
+    mom2_samples: int = 20_000,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """``C = E[k kᵀ]`` ``[d_mlp, d_mlp]`` (float64) of layer ``layer``'s keys over ~``mom2_samples`` corpus tokens.
+
+    Loaded from the cache when present, else computed (tqdm bar) and saved there.
+
+    >>> C = layer_mom2(model, 3, mom2_samples=4096)  # doctest: +SKIP
+    >>> C.shape  # doctest: +SKIP
+    torch.Size([1536, 1536])
+    """
+    from safetensors.torch import load_file, save_file
+
+    check_layer(model, layer)
+    path = mom2_path(model, layer, mom2_samples, cache)
+    if path.is_file():
+        return load_file(str(path))["mom2"]
+    C = key_moments(model, [layer], corpus_tokens(model, mom2_samples), progress=progress)[layer]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"mom2": C.contiguous()}, str(tmp), metadata={"layer": str(layer), "tokens": str(mom2_samples)})
+    tmp.replace(path)
+    return C
+
+
+def damped(C: torch.Tensor, damp: float) -> torch.Tensor:
+    """``C + damp · mean(diag C) · I``: keeps an estimate from few tokens invertible.
+
+    >>> damped(torch.eye(2) * 2, 0.5)
+    tensor([[3., 0.],
+            [0., 3.]])
+    """
+    if damp < 0:
+        raise EditError(f"damp must be ≥ 0, not {damp}")
+    if damp == 0:
+        return C
+    return C + damp * C.diagonal().mean() * torch.eye(C.shape[0], dtype=C.dtype)

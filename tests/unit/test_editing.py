@@ -1,0 +1,270 @@
+"""Editing on tiny models: ROME's closed form, MEMIT vs ROME, revert/save/load, atomic failure, validation, KN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import V, tiny
+from uncover.editing import EditError, Request, RomeConfig, rome
+from uncover.editing.base import Edit, apply_deltas, down_proj, down_proj_path
+from uncover.editing.evaluate import ngram_entropy, object_logprobs
+from uncover.editing.kn import integrated_gradients, kn_edit
+from uncover.editing.memit import memit, memit_update
+from uncover.editing.rome import rank_one_update, subject_keys
+
+WORDS = ("the tower is in city of paris rome london big ben colosseum a movie was good bad it and to "
+         "there then when we you i be at on for with this that").split()
+CFG = RomeConfig(steps=6, prefixes=1, prefix_tokens=3)
+
+
+def word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    assert len(vocab) <= V
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def word_model(kind: str = "llama"):
+    m = tiny(kind)
+    m.tokenizer = word_tokenizer()
+    return m
+
+
+def snapshot(m) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.model.named_parameters()}
+
+
+def same(m, snap) -> bool:
+    return all(torch.equal(v, snap[k]) for k, v in m.model.named_parameters())
+
+
+def spd(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 2 * n, generator=g, dtype=torch.float64)
+    return a @ a.T / (2 * n) + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+@pytest.fixture
+def threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- closed forms ------------------------------------------------------------------------------
+def test_rank_one_update_inserts_key_and_keeps_c_orthogonal_keys():
+    g = torch.Generator().manual_seed(1)
+    W, k, v = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((5, 8), (8,), (5,)))
+    C = spd(8)
+    d = rank_one_update(W, k, v, C)
+    assert torch.allclose((W + d) @ k, v, atol=1e-10)
+    assert torch.linalg.matrix_rank(d, rtol=1e-5) == 1
+    u = torch.linalg.inv(C) @ k  # explicit inverse: another computation of C⁻¹k*
+    for s in range(5):
+        r = torch.randn(8, generator=g, dtype=torch.float64)
+        k2 = r - (r @ u) / (k @ u) * k  # k2ᵀ C⁻¹ k* = 0
+        assert abs(float(k2 @ u)) < 1e-10
+        assert torch.allclose((W + d) @ k2, W @ k2, atol=1e-10)
+    # the minimum-C-norm solution: among updates with (W + Δ) k = v, ROME's has the least tr(Δ C Δᵀ)
+    r = torch.randn(8, generator=g, dtype=torch.float64)
+    other = d + torch.outer(torch.randn(5, generator=g, dtype=torch.float64), r - (r @ k) / (k @ k) * k)
+    assert torch.allclose((W + other) @ k, v, atol=1e-10)
+    assert torch.trace(other @ C @ other.T) > torch.trace(d @ C @ d.T)
+
+
+def test_memit_one_edit_one_layer_is_scaled_rome():
+    g = torch.Generator().manual_seed(2)
+    W, k, delta = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((5, 8), (8,), (5,)))
+    C, lam = spd(8), 3.0
+    s = float(k @ torch.linalg.solve(C, k))
+    ref = rank_one_update(W, k, W @ k + delta, C) * s / (lam + s)  # Sherman–Morrison
+    assert torch.allclose(memit_update(delta[None], k[None], C, lam), ref, atol=1e-10)
+    # λ → 0 gives ROME itself
+    assert torch.allclose(memit_update(delta[None], k[None], C, 1e-9), rank_one_update(W, k, W @ k + delta, C),
+                          atol=1e-6)
+
+
+def test_memit_update_solves_its_least_squares():
+    g = torch.Generator().manual_seed(3)
+    R, K = torch.randn(4, 5, generator=g, dtype=torch.float64), torch.randn(4, 8, generator=g, dtype=torch.float64)
+    C, lam = spd(8, 1), 0.7
+    D = memit_update(R, K, C, lam)
+    # gradient of λ tr(Δ C Δᵀ) + ‖K Δᵀ − R‖² vanishes at the solution
+    grad = lam * D @ C + (D @ K.T - R.T) @ K
+    assert grad.abs().max() < 1e-10
+
+
+def test_ngram_entropy_reference():
+    import math
+
+    text = "a b a b c"
+    bi = [("a", "b"), ("b", "a"), ("a", "b"), ("b", "c")]
+    h2 = -sum(c / 4 * math.log2(c / 4) for c in (2, 1, 1))
+    h3 = math.log2(3)  # three distinct trigrams
+    assert len(bi) == 4 and abs(ngram_entropy(text) - (2 / 3 * h2 + 4 / 3 * h3) / 2) < 1e-12
+
+
+# ---- ROME on a tiny model ----------------------------------------------------------------------
+def test_rome_tiny_writes_value_and_reverts(tmp_path, threads):
+    m = word_model()
+    snap = snapshot(m)
+    req = Request("{} is in the city of", "big ben", " rome")
+    with torch.no_grad():
+        before = object_logprobs(m, [req.text], [" rome"])[0, 0]
+        k = subject_keys(m, 1, req, [""])[0]
+    e = rome(m, req.prompt, req.subject, req.target, layer=1, mom2_samples=256, cache=tmp_path, config=CFG,
+             progress=False)
+    assert e.is_applied and e.layers == [1] and list(e.deltas) == [down_proj_path(m, 1)]
+    assert (tmp_path / "tiny-llama-3x32x48-float32" / "mom2-layer1-256.safetensors").is_file()
+    d = e.deltas[down_proj_path(m, 1)].double()
+    assert torch.linalg.matrix_rank(d, rtol=1e-5) == 1
+    with torch.no_grad():
+        after = object_logprobs(m, [req.text], [" rome"])[0, 0]
+        W1, W0 = down_proj(m, 1).double(), snap[down_proj_path(m, 1)].double()
+        k_star = subject_keys(m, 1, req, e.options["prefixes"]).mean(0)  # keys sit before the edited weight
+    # W' k* = W k* + δ: the optimised value is stored exactly at the averaged key (float32 rounding only)
+    delta = torch.tensor(e.options["delta"], dtype=torch.float64)
+    assert delta.norm() > 0
+    assert torch.allclose(W1 @ k_star - W0 @ k_star, delta, atol=1e-4 * float(delta.norm()) + 1e-5)
+    assert torch.allclose(k_star, (k + subject_keys(m, 1, req, e.options["prefixes"][1:])[0]) / 2)
+    assert after != before
+    e.revert()
+    assert same(m, snap) and not e.is_applied
+    e.revert()  # idempotent
+    assert same(m, snap)
+    with e.applied():
+        assert torch.equal(down_proj(m, 1), W1.float())
+    assert same(m, snap)
+
+
+def test_edit_save_load_reapplies_identically(tmp_path, threads):
+    m = word_model()
+    e = rome(m, "{} is in the city of", "the tower", " london", layer=2, mom2_samples=256, cache=tmp_path,
+             config=CFG, progress=False)
+    edited = snapshot(m)
+    e.save(tmp_path / "edit")
+    fresh = word_model()
+    clean = snapshot(fresh)
+    loaded = Edit.load(tmp_path / "edit", fresh)
+    assert loaded.method == "rome" and loaded.requests == e.requests and loaded.layers == [2]
+    assert same(fresh, edited)
+    loaded.revert()
+    assert same(fresh, clean)
+    with pytest.raises(EditError, match="not a saved edit"):
+        Edit.load(tmp_path, fresh)
+    other = tiny("gpt2")
+    other.tokenizer = word_tokenizer()
+    with pytest.raises(EditError, match="another model"):
+        Edit.load(tmp_path / "edit", other)
+    assert e.to_frame()["rank"].tolist() == [1] and "rome" in e.summary()
+
+
+def test_validation_errors_leave_model_untouched(tmp_path, threads):
+    m = word_model()
+    snap = snapshot(m)
+    with pytest.raises(EditError, match="not in the prompt"):
+        rome(m, "the tower is in the city of", "big ben", " rome", layer=1, cache=tmp_path)
+    with pytest.raises(EditError, match="no tokens"):
+        rome(m, "{} is in the city of", "big ben", "  ", layer=1, cache=tmp_path)
+    with pytest.raises(EditError, match="valid: 0 to 2"):
+        rome(m, "{} is in the city of", "big ben", " rome", layer=3, cache=tmp_path)
+    with pytest.raises(EditError, match="exactly one"):
+        rome(m, "{} is in {}", "big ben", " rome", layer=1, cache=tmp_path)
+    with pytest.raises(EditError, match="valid: update, suppress"):
+        kn_edit(m, "{} is in the city of", "big ben", " rome", mode="swap")
+    assert same(m, snap)
+
+
+class _Boom:
+    shape = (32, 48)
+
+    def to(self, *a, **k):
+        raise RuntimeError("boom")
+
+
+def test_apply_deltas_is_atomic():
+    m = word_model()
+    snap = snapshot(m)
+    good = torch.ones(32, 48)
+    with pytest.raises(RuntimeError, match="boom"):
+        apply_deltas(m, {down_proj_path(m, 0): good, down_proj_path(m, 1): _Boom()})
+    assert same(m, snap)
+    with pytest.raises(EditError, match="another model"):
+        apply_deltas(m, {down_proj_path(m, 0): torch.ones(3, 3)})
+    assert same(m, snap)
+
+
+def test_memit_tiny_and_atomic_failure(tmp_path, threads, monkeypatch):
+    m = word_model()
+    snap = snapshot(m)
+    reqs = [("{} is in the city of", "big ben", " rome"), ("{} is in the city of", "the colosseum", " london")]
+    e = memit(m, reqs, layers=[0, 1], mom2_weight=1.0, mom2_samples=256, cache=tmp_path, config=CFG, progress=False)
+    assert e.layers == [0, 1] and len(e.deltas) == 2 and len(e.requests) == 2
+    assert all(torch.linalg.matrix_rank(d.double(), rtol=1e-5) <= 2 for d in e.deltas.values())
+    e.revert()
+    assert same(m, snap)
+    import uncover.editing.memit as mm
+
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("solver failed")
+        return memit_update(*a, **k)
+
+    monkeypatch.setattr(mm, "memit_update", failing)
+    with pytest.raises(RuntimeError, match="solver failed"):
+        memit(m, reqs, layers=[0, 1], mom2_samples=256, cache=tmp_path, config=CFG, progress=False)
+    assert same(m, snap)
+
+
+# ---- knowledge neurons -------------------------------------------------------------------------
+def test_integrated_gradients_completeness(threads):
+    m = word_model()
+    prompt, layer = "big ben is in the city of", 1
+    tok = 5
+    ig = integrated_gradients(m, prompt, tok, [layer], steps=128)
+    assert ig[0].abs().sum() == 0 and ig[2].abs().sum() == 0
+
+    def zero_last(v, hp):
+        v = v.clone()
+        v[:, -1] = 0
+        return v
+
+    with torch.no_grad():
+        full = m(prompt)[0, -1].softmax(-1)[tok]
+        base = m.run_with_hooks(prompt, [(f"blocks.{layer}.mlp.hook_post", zero_last)])[0, -1].softmax(-1)[tok]
+    # completeness: attributions sum to p(full) − p(baseline) (Riemann error only)
+    assert abs(float(ig[layer].sum()) - float(full - base)) < 2e-3 * max(1.0, float(abs(full - base)) * 100)
+
+
+def test_kn_suppress_equals_zeroing_neurons(threads):
+    m = word_model()
+    snap = snapshot(m)
+    e = kn_edit(m, "{} is in the city of", "big ben", " rome", mode="suppress", steps=8, threshold=0.1,
+                max_neurons=4)
+    neurons = [(x, i) for x, i, _ in e.options["neurons"]]
+    assert neurons and e.method == "kn-suppress"
+    with torch.no_grad():
+        edited = m("big ben is in the city of")
+        e.revert()
+        assert same(m, snap)
+        hooks = []
+        for layer in sorted({x for x, _ in neurons}):
+            idx = [i for x, i in neurons if x == layer]
+
+            def fn(v, hp, idx=idx):
+                v = v.clone()
+                v[..., idx] = 0
+                return v
+
+            hooks.append((f"blocks.{layer}.mlp.hook_post", fn))
+        ref = m.run_with_hooks("big ben is in the city of", hooks)
+    assert torch.allclose(edited, ref, atol=1e-5)
