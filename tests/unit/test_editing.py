@@ -66,7 +66,7 @@ def test_rank_one_update_inserts_key_and_keeps_c_orthogonal_keys():
     assert torch.allclose((W + d) @ k, v, atol=1e-10)
     assert torch.linalg.matrix_rank(d, rtol=1e-5) == 1
     u = torch.linalg.inv(C) @ k  # explicit inverse: another computation of C⁻¹k*
-    for s in range(5):
+    for _ in range(5):
         r = torch.randn(8, generator=g, dtype=torch.float64)
         k2 = r - (r @ u) / (k @ u) * k  # k2ᵀ C⁻¹ k* = 0
         assert abs(float(k2 @ u)) < 1e-10

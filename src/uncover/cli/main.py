@@ -1,6 +1,6 @@
 """The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``path``, ``tour``, ``grok``, ``heads``,
 ``trace``, ``attribute``, ``memorization``, ``prune``, ``dola``, ``circuit``, ``probe``, ``ccs``,
-``read``, ``steer``.
+``read``, ``steer``, ``edit``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -17,6 +17,7 @@ from uncover.cli import attribute as attribute_cli
 from uncover.cli import circuit as circuit_cli
 from uncover.cli import dla, lens, models, patch, tour
 from uncover.cli import dola as dola_cli
+from uncover.cli import edit as edit_cli
 from uncover.cli import grok as grok_cli
 from uncover.cli import heads as heads_cli
 from uncover.cli import memorization as memorization_cli
@@ -52,6 +53,7 @@ app.command("trace")(trace_cli.trace)
 app.command("attribute")(attribute_cli.attribute)
 app.command("prune")(prune_cli.prune)
 app.command("dola")(dola_cli.dola)
+app.command("edit")(edit_cli.edit)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -189,3 +189,57 @@ def evaluate_edits(
         finally:
             e.revert()
     return EditEval(method, rows, {"gen_tokens": gen_tokens}, time.perf_counter() - t0, times)
+
+
+@dataclass
+class EditReport(Result):
+    """Before/after view of one edit: top next tokens and a greedy generation per prompt."""
+
+    edit: Edit
+    rows: list[dict[str, Any]]
+    """One per (prompt, stage): ``top`` (list of ``[token, prob]``), ``p_target``, ``generation``."""
+    saved: str | None = None
+
+    @property
+    def title(self) -> str:
+        return self.edit.title
+
+    def summary(self) -> str:
+        lines = [self.edit.summary()]
+        for r in self.rows:
+            top = ", ".join(f"{t!r} {p:.2f}" for t, p in r["top"][:3])
+            lines.append(f"  [{r['stage']:>6}] {r['prompt']!r}: {top}; p(target) {r['p_target']:.3f}"
+                         + (f"\n           → {r['generation']!r}" if r.get("generation") is not None else ""))
+        if self.saved:
+            lines.append(f"saved to {self.saved}")
+        return "\n".join(lines)
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame([{**r, "top": [t for t, _ in r["top"]]} for r in self.rows])
+
+    def plot(self) -> go.Figure:
+        import plotly.graph_objects as go
+
+        df = self.to_frame()
+        fig = go.Figure([go.Bar(name=s, x=d["prompt"], y=d["p_target"]) for s, d in df.groupby("stage", sort=False)])
+        fig.update_layout(title=f"{self.title}: p(target) before and after", yaxis_title="p(target)",
+                          barmode="group", height=380)
+        return fig
+
+
+@torch.no_grad()
+def prediction_rows(model: HookedModel, prompts: Sequence[str], target: str, stage: str, gen_tokens: int = 20,
+                    k: int = 5) -> list[dict[str, Any]]:
+    """Top-``k`` next tokens, p(first target token) and a greedy generation for each prompt."""
+    t = model.tokenizer(target, add_special_tokens=False)["input_ids"][0]
+    rows = []
+    for p in prompts:
+        probs = model(p)[0, -1].float().softmax(-1)
+        v, i = probs.topk(k)
+        rows.append({"stage": stage, "prompt": p, "top": [[model.tokenizer.decode([int(a)]), float(b)]
+                                                           for a, b in zip(i, v)],
+                     "p_target": float(probs[t]),
+                     "generation": model.generate(p, gen_tokens) if gen_tokens else None})
+    return rows

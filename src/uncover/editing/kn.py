@@ -71,15 +71,15 @@ def integrated_gradients(
             acts = {x: cache[f"blocks.{x}.mlp.hook_post"][0, -1].float() for x in group}
             xs = {x: (alphas.to(acts[x].device)[:, None] * acts[x][None]).requires_grad_(True) for x in group}
 
-            def hook(j: int, x: int):
+            def hook(j: int, x: torch.Tensor):
                 def fn(v: torch.Tensor, hp: object) -> torch.Tensor:
                     v = v.clone()
-                    v[j * steps:(j + 1) * steps, -1] = xs[x].to(v.dtype)
+                    v[j * steps:(j + 1) * steps, -1] = x.to(v.dtype)
                     return v
 
                 return fn
 
-            with model.hooks([(f"blocks.{x}.mlp.hook_post", hook(j, x)) for j, x in enumerate(group)]):
+            with model.hooks([(f"blocks.{x}.mlp.hook_post", hook(j, xs[x])) for j, x in enumerate(group)]):
                 logits = model.model(input_ids=ids.expand(steps * len(group), -1), use_cache=False).logits
             prob = logits[:, -1].float().softmax(-1)[:, token].sum()
             grads = torch.autograd.grad(prob, [xs[x] for x in group])
