@@ -2,10 +2,13 @@
 memorized vs non-memorized sequences, checked by ablation (in the spirit of Stoehr et al. 2024,
 "Localizing paragraph memorization in language models").
 
-Attribution of a component to a sequence: ``|activation × ∂ suffix NLL / ∂ activation|`` summed
-over positions, averaged over the sequences of a set. Components that matter much more for
-memorized than for non-memorized text are the candidates; zeroing the top ``k`` of them
-should cut extraction more than zeroing ``k`` random neurons.
+Attribution of a component to a sequence: ``|activation × ∂ objective / ∂ activation|`` summed over
+positions and averaged over the sequences of a set, where the objective is the summed log-odds of
+the true suffix tokens (``z_target - logsumexp(other logits)``: unlike the loss, its gradient does
+not vanish on confidently memorized text). Each set's attributions are normalised to sum to one;
+the neurons whose share is much larger for memorized than for non-memorized text are the
+candidates, and zeroing the top ``k`` of them should cut extraction more than zeroing ``k``
+random neurons.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from uncover.hooks.hooked import HookedModel
 
 def attribution(hm: HookedModel, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean attribution of each neuron ``[n_layers, d_mlp]`` and head ``[n_layers, n_heads]`` to the
-    NLL of the suffix (tokens ``k..``) of ``tokens`` ``[n, seq_len]``."""
+    log-odds of the suffix tokens (``k..``) of ``tokens`` ``[n, seq_len]``."""
     c = hm.cfg
     acts: dict[str, torch.Tensor] = {}
 
@@ -38,15 +41,25 @@ def attribution(hm: HookedModel, tokens: torch.Tensor, k: int) -> tuple[torch.Te
     names = [f"blocks.{layer}.mlp.hook_post" for layer in range(c.n_layers)]
     names += [f"blocks.{layer}.attn.hook_z" for layer in range(c.n_layers)]
     with torch.enable_grad(), hm.hooks([(n, keep) for n in names]):
-        logits = hm(tokens)[:, k - 1: -1]  # predictions of tokens k..
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, k:], reduction="sum")
-        nll.backward()
+        logits = hm(tokens)[:, k - 1: -1].float()  # predictions of tokens k..
+        log_odds(logits, tokens[:, k:]).sum().backward()
     neurons = torch.stack([(acts[f"blocks.{i}.mlp.hook_post"] * acts[f"blocks.{i}.mlp.hook_post"].grad)
                            .abs().sum(1).mean(0) for i in range(c.n_layers)])
     heads = torch.stack([(acts[f"blocks.{i}.attn.hook_z"] * acts[f"blocks.{i}.attn.hook_z"].grad)
                          .sum(-1).abs().sum(1).mean(0) for i in range(c.n_layers)])
     hm.model.zero_grad(set_to_none=True)
     return neurons.detach(), heads.detach()
+
+
+def log_odds(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logit[target] - logsumexp(other logits)`` per position: ``[...]`` from ``[..., vocab]``.
+
+    >>> round(float(log_odds(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]))[0]), 4)
+    1.3069
+    """
+    t = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    others = logits.scatter(-1, target.unsqueeze(-1), float("-inf"))
+    return t - others.logsumexp(-1)
 
 
 def ablate_neurons(neurons: list[tuple[int, int]]) -> list[tuple[str, Any]]:
@@ -114,7 +127,7 @@ class LocalizationResult(Result):
         return fig
 
 
-def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_prefix: int, k: int = 32,
+def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_prefix: int, k: int = 64,
              draws: int = 5, seed: int = 0) -> LocalizationResult:
     """Attribute, pick the top ``k`` neurons (memorized minus other), and compare ablating them
     with ablating ``k`` random neurons (``draws`` times) on extraction of ``memorized``."""
@@ -127,7 +140,7 @@ def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_pr
     layers = pd.DataFrame({"layer": list(range(c.n_layers)), "mlp_mem": n_mem.sum(1).tolist(),
                            "mlp_nonmem": n_oth.sum(1).tolist(), "attn_mem": h_mem.sum(1).tolist(),
                            "attn_nonmem": h_oth.sum(1).tolist()})
-    contrast = (n_mem - n_oth).flatten()
+    contrast = (n_mem / n_mem.sum() - n_oth / n_oth.sum()).flatten()
     top = [(int(i) // c.d_mlp, int(i) % c.d_mlp) for i in contrast.argsort(descending=True)[:k]]
     model = hm.model
 
@@ -149,7 +162,7 @@ def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_pr
     return LocalizationResult(layers, top, pd.DataFrame(rows))
 
 
-def localize_run(run: Any, k: int = 32, draws: int = 5) -> LocalizationResult:
+def localize_run(run: Any, k: int = 64, draws: int = 5) -> LocalizationResult:
     """:func:`localize` on a :class:`~uncover.dynamics.memorization.train.MemRun`: memorized =
     tracked sequences with copies that are extractable; other = held-out corpus sequences."""
     hm = run.hooked
