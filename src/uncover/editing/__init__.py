@@ -4,6 +4,8 @@ Every edit changes MLP weights in place and returns an :class:`~uncover.editing.
 that reverts bit-exactly, saves its weight deltas and re-applies them to a fresh model.
 """
 
+from __future__ import annotations
+
 from typing import TYPE_CHECKING, Any
 
 from uncover.editing.base import METHODS, Edit, EditError, Request
