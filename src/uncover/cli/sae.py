@@ -13,6 +13,11 @@ from uncover.core.errors import UncoverError
 app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders: train, evaluate, feature dashboards.")
 
 
+@app.callback()
+def _group() -> None:
+    """Sparse autoencoders: train, evaluate, feature dashboards."""
+
+
 @app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics, the SAE in out/sae)"),
