@@ -70,7 +70,7 @@ def test_dola_runs_on_the_real_model(real, no_grad):
 def test_cli_prune_json_and_errors(tmp_path):
     out = tmp_path / "m"
     p = subprocess.run([*EXE, "prune", "--method", "magnitude", "--sparsity", "0.3", "--eval-blocks", "1",
-                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)
+                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["method"] == "magnitude" and abs(doc["sparsity"] - 0.3) < 1e-3
