@@ -115,7 +115,7 @@ class ProbeCurve(Result):
                                      line={"dash": "dot"}))
         fig.add_hline(y=self.chance, line_dash="dash", line_color="grey", annotation_text="chance")
         fig.update_layout(title=self.title, xaxis_title="layer", yaxis_title="held-out accuracy",
-                          yaxis_range=[-0.05, 1.05])
+                          yaxis_range=[min([0.0, *self.selectivity]) - 0.05 if self.control else -0.05, 1.05])
         return fig
 
 
