@@ -217,3 +217,21 @@ def test_phases_on_a_grokking_like_curve():
     assert ph == {"memorization": (0, 200), "circuit formation": (200, 600), "cleanup": (600, 800)}
     ph = phases(pd.DataFrame({"step": steps, "train_acc": train_acc, "test_acc": [0.0] * 11}))
     assert ph == {"memorization": (0, 200), "circuit formation": (200, 1000)}
+
+
+def test_cli_grok_json_resume_and_usage_error(tmp_path, capsys):
+    from uncover.cli.main import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["grok", "--p", "7", "--steps", "10", "--eval-every", "5", "--out", str(out), "--json"])
+    assert e.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["kind"] == "GrokkingResult" and [r["step"] for r in d["records"]] == [0, 5, 10]
+    with pytest.raises(SystemExit) as e:
+        main(["grok", "--resume", str(out), "--steps", "15", "--json"])
+    assert e.value.code == 0
+    assert json.loads(capsys.readouterr().out)["records"][-1]["step"] == 15
+    with pytest.raises(SystemExit) as e:
+        main(["grok", "--op", "^"])
+    assert e.value.code == 2 and "valid: +, -, *, /" in capsys.readouterr().err

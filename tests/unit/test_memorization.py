@@ -168,3 +168,20 @@ def test_builtin_texts():
     assert sorted(shuffled_words(builtin_text("mit")).split()) == sorted(builtin_text("mit").split())
     with pytest.raises(Exception, match="valid: mit, zen, lorem"):
         builtin_text("gpl")
+
+
+def test_cli_memorization_train_json_and_usage_error(capsys):
+    from uncover.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["memorization", "train", "--steps", "2", "--dup-counts", "1,2", "--per-count", "1", "--json",
+              "--threads", "1"])
+    assert e.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["kind"] == "MemorizationResult" and {r["dups"] for r in d["records"]} == {0, 1, 2}
+    with pytest.raises(SystemExit) as e:
+        main(["memorization", "train", "--dup-counts", "one"])
+    assert e.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["memorization", "scan", "--text", "no-such-text"])
+    assert e.value.code == 2 and "built-in text (mit, zen" in capsys.readouterr().err
