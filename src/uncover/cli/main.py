@@ -1,6 +1,6 @@
 """The ``uncover`` command: ``models``, ``lens``, ``dla``, ``patch``, ``path``, ``tour``, ``grok``, ``heads``,
 ``trace``, ``attribute``, ``memorization``, ``prune``, ``dola``, ``circuit``, ``probe``, ``ccs``,
-``read``, ``steer``, ``edit``.
+``read``, ``steer``, ``edit``, ``neurons``, ``knowledge-neurons``, ``sae train|eval|show``, ``superposition``.
 
 Usage errors (unknown hook name, model path, a token that is not one token) exit with
 code 2 and a one-line message; ``--json`` prints one JSON document and nothing else on
@@ -21,10 +21,13 @@ from uncover.cli import edit as edit_cli
 from uncover.cli import grok as grok_cli
 from uncover.cli import heads as heads_cli
 from uncover.cli import memorization as memorization_cli
+from uncover.cli import neurons as neurons_cli
 from uncover.cli import path as path_cli
 from uncover.cli import probe as probe_cli
 from uncover.cli import prune as prune_cli
+from uncover.cli import sae as sae_cli
 from uncover.cli import steer as steer_cli
+from uncover.cli import superposition as superposition_cli
 from uncover.cli import trace as trace_cli
 from uncover.core.errors import UncoverError
 
@@ -53,6 +56,10 @@ app.command("trace")(trace_cli.trace)
 app.command("attribute")(attribute_cli.attribute)
 app.command("prune")(prune_cli.prune)
 app.command("dola")(dola_cli.dola)
+app.command("neurons")(neurons_cli.neurons)
+app.command("knowledge-neurons")(neurons_cli.knowledge_neurons)
+app.add_typer(sae_cli.app, name="sae")
+app.command("superposition")(superposition_cli.superposition)
 app.command("edit")(edit_cli.edit)
 
 

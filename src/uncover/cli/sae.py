@@ -71,3 +71,51 @@ def train(
     result = train_sae(sae, source, tcfg, out_dir=out, resume=resume)
     print(f"uncover: SAE written to {(out / 'sae').resolve()}", file=sys.stderr)
     emit(result, as_json, html)
+
+
+def _load(path: Path, model: str | None):
+    from uncover.sae import SAE
+
+    sae = SAE.load(path / "sae" if (path / "sae" / "cfg.json").is_file() else path)
+    m = load_model(model)
+    m.site(sae.cfg.hook_name)
+    return sae, m
+
+
+@app.command("eval")
+def eval_(
+    path: Path = typer.Argument(..., help="SAE directory (SAELens format) or a training run directory"),
+    blocks: int = typer.Option(64, "--blocks", help="Held-out corpus blocks of 128 tokens"),
+    model: str | None = MODEL_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout"),
+    html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here"),
+) -> None:
+    """MSE, variance explained, L0, dead/dense latents and CE loss recovered on held-out text."""
+    from uncover.data.corpus import token_blocks
+    from uncover.sae import evaluate_sae
+
+    sae, m = _load(path, model)
+    result = evaluate_sae(m, sae, token_blocks(m, block_len=128, split="heldout")[:blocks])
+    emit(result, as_json, html)
+
+
+@app.command("show")
+def show(
+    path: Path = typer.Argument(..., help="SAE directory (SAELens format) or a training run directory"),
+    feature: str | None = typer.Option(None, "--feature", "-f", help="Feature indices, comma-separated"),
+    n_random: int = typer.Option(12, "--random", help="Without --feature: this many random live features"),
+    blocks: int = typer.Option(128, "--blocks", help="Held-out corpus blocks of 64 tokens to stream"),
+    seed: int = typer.Option(0, "--seed"),
+    model: str | None = MODEL_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout"),
+    html: Path | None = typer.Option(None, "--html", help="Write the feature dashboards (HTML) here"),
+) -> None:
+    """Feature dashboards: top contexts with highlighting, logit effects, density."""
+    from uncover.cli.neurons import _ints
+    from uncover.data.corpus import token_blocks
+    from uncover.sae import feature_dashboard
+
+    sae, m = _load(path, model)
+    toks = token_blocks(m, block_len=64, split="heldout")[:blocks]
+    result = feature_dashboard(m, sae, _ints(feature), tokens=toks, n_random=n_random, seed=seed)
+    emit(result, as_json, html)
