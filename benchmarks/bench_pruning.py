@@ -40,28 +40,31 @@ def main(argv: list[str] | None = None) -> None:
         model.model(input_ids=cal, attention_mask=torch.ones_like(cal), use_cache=False)
 
     forward()
-    t_fwd = min(common.timed(forward)[0] for _ in range(2))
-    rows = [["plain forward of the calibration batch (reference)", common.fmt_s(t_fwd), "1.0×", "", "", ""]]
+    t_fwd, c_fwd = min(common.timed(forward) for _ in range(2))
+    rows = [["plain forward of the calibration batch (reference)", common.fmt_s(t_fwd), common.fmt_s(c_fwd),
+             "1.0×", "", "", ""]]
     dense = perplexity(model, ev)
-    rows.append(["dense model", "", "", "0.000", f"{dense:.2f}", ""])
+    rows.append(["dense model", "", "", "", "0.000", f"{dense:.2f}", ""])
     for method in ("magnitude", "wanda", "sparsegpt"):
         opts = {} if method == "magnitude" else {"tokens": cal}
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         pr = prune(model, method, 0.5, **opts)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         ppl = perplexity(model, ev)
         pr.revert()
         goal = ""
         if method == "wanda":
             goal = f"≤ {GOAL_WANDA_S:.0f} s {'met' if dt <= GOAL_WANDA_S else 'MISSED'}"
-        rows.append([f"{method} 50%", common.fmt_s(dt), f"{dt / t_fwd:.1f}×", f"{pr.overall_sparsity():.3f}",
-                     f"{ppl:.2f}", goal])
-    headers = ["configuration", "seconds", "× forward", "sparsity", "held-out ppl", "goal"]
-    body = common.table(headers, rows, [False, True, True, True, True, False])
+        rows.append([f"{method} 50%", common.fmt_s(dt), common.fmt_s(dc), f"{dt / t_fwd:.1f}×",
+                     f"{pr.overall_sparsity():.3f}", f"{ppl:.2f}", goal])
+    headers = ["configuration", "wall s", "CPU s", "× forward (wall)", "sparsity", "held-out ppl", "goal"]
+    body = common.table(headers, rows, [False, True, True, True, True, True, False])
     print(body)
     if not args.no_record:
         section = f"bench_pruning ({common.env_label()})"
-        extra = (f"calibration {args.calib} × 128 tokens (train split), perplexity on {args.eval_blocks} × 128 "
+        load = os.getloadavg()[0]
+        extra = (f"load average {load:.1f} on this machine at the end of the run; "
+                 f"calibration {args.calib} × 128 tokens (train split), perplexity on {args.eval_blocks} × 128 "
                  f"held-out tokens; {torch.get_num_threads()} torch threads; each pruning timed once, "
                  "including its calibration passes")
         common.record(section, "\n".join([f"## {section}", "", *common.header_lines(extra), "", body, ""]))
