@@ -53,7 +53,8 @@ def test_tour_writes_report(tmp_path):
     path = Path(p.stdout.strip())
     page = path.read_text()
     assert path.exists() and "Logit lens" in page and "Direct logit attribution" in page
-    assert "Activation patching" in page and "Path patching" in page
+    assert "Activation patching" in page and "Path patching" in page and "Causal trac" in page
+    assert "Attribution patching" in page and "nduction" in page
     assert "<script src" not in page and len(page) > 3_000_000  # plotly.js inlined
 
 

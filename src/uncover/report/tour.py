@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 FACT_PROMPT = "The Eiffel Tower is in the city of"
 FACT_ANSWER, FACT_WRONG = " Paris", " London"
+FACT_SUBJECT = "The Eiffel Tower"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_ANSWER, IOI_WRONG = " Mary", " John"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -58,6 +59,21 @@ def path_section(model: HookedModel) -> list[Result]:
     return [path_patching(model, IOI_PROMPT, IOI_ABC, IOI_ANSWER, IOI_WRONG)]
 
 
+def tracing_section(model: HookedModel) -> list[Result]:
+    """Causal tracing of the factual prompt (hidden states, MLP and attention windows)."""
+    from uncover.patching.causal_tracing import causal_trace
+
+    return [causal_trace(model, FACT_PROMPT, FACT_SUBJECT, FACT_ANSWER, kind="all", samples=3)]
+
+
+def attribution_section(model: HookedModel) -> list[Result]:
+    """Attribution patching next to exact patching on the IOI pair, with their correlation."""
+    from uncover.attribution.attribution_patching import compare_attribution
+
+    return [compare_attribution(model, IOI_PROMPT, IOI_CORRUPT, IOI_ANSWER, IOI_WRONG,
+                                sites=[("resid_pre", "pos"), ("z", "head")])]
+
+
 def heads_section(model: HookedModel) -> list[Result]:
     """Induction: loss on repeated random tokens, head detectors, and the patterns of the top heads."""
     from uncover.heads.detectors import detect
@@ -76,6 +92,8 @@ SECTIONS: list[tuple[str, Callable[[HookedModel], list[Result]]]] = [
     ("Direct logit attribution", dla_section),
     ("Activation patching", patching_section),
     ("Path patching", path_section),
+    ("Causal tracing", tracing_section),
+    ("Attribution patching", attribution_section),
     ("Attention heads", heads_section),
 ]
 
