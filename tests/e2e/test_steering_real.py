@@ -15,7 +15,8 @@ from uncover.steering import caa, sweep
 
 pytestmark = pytest.mark.e2e
 
-PROMPTS = ["I went to see the new film yesterday. I thought it was", "My day at work was"]
+PROMPTS = ["I went to see the new film yesterday. I thought it was", "My day at work was",
+           "The food at the new place downtown is", "Honestly, the weekend was"]
 
 
 def test_sentiment_vector_shifts_continuations_with_small_kl(real):
@@ -26,12 +27,11 @@ def test_sentiment_vector_shifts_continuations_with_small_kl(real):
     from uncover.data.corpus import token_blocks
 
     neutral = token_blocks(real, block_len=32, split="heldout")[:2]
-    r = sweep(real, steer, PROMPTS, [-8.0, 0.0, 8.0], max_new_tokens=12, neutral=neutral)
-    neg, zero, pos = r.score
-    # the negative direction is the strong one on this model (docs/steering.md); both signs order right
-    assert neg < zero - 0.02 and pos > neg + 0.05
-    assert r.kl[1] == 0.0 and max(r.kl) < 1.0  # nats per token on neutral text: small
-    assert r.generations[1] != r.generations[0]
+    r = sweep(real, steer, PROMPTS, [0.0, 2.0, 4.0], max_new_tokens=16, neutral=neutral)
+    zero, moderate, strong = r.score
+    assert moderate > zero + 0.03 and strong > zero + 0.05  # more positive words (docs: 0.003, 0.081, 0.129)
+    assert r.kl[0] == 0.0 and r.kl[1] < 0.5 < r.kl[2] * 2  # moderate strength: small KL on neutral text
+    assert r.kl[1] < r.kl[2] and r.generations[1] != r.generations[0]
     assert torch.equal(real(ids), before)  # nothing left attached
 
 
