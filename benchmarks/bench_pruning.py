@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib", type=int, default=16, help="calibration blocks of 128 tokens (default 16)")
     p.add_argument("--eval-blocks", type=int, default=8, help="held-out blocks for perplexity (default 8)")
     p.add_argument("--no-record", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument("--table", action="store_true",
+                   help="instead: the perplexity grid of docs/pruning.md (0/30/50/60%% and 2:4, three methods)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -35,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     model = uncover.load()
     cal = calibration_tokens(model, args.calib, 128)
     ev = heldout_tokens(model, args.eval_blocks)
+
+    if args.table:
+        print(quality_table(model, cal, ev))
+        return
 
     def forward() -> None:
         model.model(input_ids=cal, attention_mask=torch.ones_like(cal), use_cache=False)
@@ -68,6 +74,26 @@ def main(argv: list[str] | None = None) -> None:
                  f"held-out tokens; {torch.get_num_threads()} torch threads; each pruning timed once, "
                  "including its calibration passes")
         common.record(section, "\n".join([f"## {section}", "", *common.header_lines(extra), "", body, ""]))
+
+
+def quality_table(model, cal, ev) -> str:  # noqa: ANN001
+    """Markdown table: held-out perplexity (fact accuracy) per method and sparsity."""
+    from uncover.pruning import prune
+    from uncover.pruning.evaluate import fact_accuracy, perplexity
+
+    settings = [(0.3, None), (0.5, None), (0.6, None), (None, "2:4")]
+    header = ["method", "0% (dense)"] + [pat or f"{s:.0%}" for s, pat in settings]
+    dense = f"{perplexity(model, ev):.2f} ({fact_accuracy(model):.0%})"
+    rows = []
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        row = [method, dense]
+        for s, pat in settings:
+            pr = prune(model, method, s, pat, **({} if method == "magnitude" else {"tokens": cal}))
+            row.append(f"{perplexity(model, ev):.2f} ({fact_accuracy(model):.0%})")
+            pr.revert()
+            print(row, flush=True)
+        rows.append(row)
+    return common.table(header, rows)
 
 
 if __name__ == "__main__":
