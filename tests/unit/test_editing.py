@@ -268,3 +268,14 @@ def test_kn_suppress_equals_zeroing_neurons(threads):
             hooks.append((f"blocks.{layer}.mlp.hook_post", fn))
         ref = m.run_with_hooks("big ben is in the city of", hooks)
     assert torch.allclose(edited, ref, atol=1e-5)
+
+
+def test_cli_usage_errors_exit_2_before_loading(capsys):
+    from uncover.cli.main import main
+
+    for argv, msg in [(["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " Rome", "--method", "rank"], "valid: rome"),
+                      (["edit", "-p", "The tower is in", "-s", "Big Ben", "-t", " Rome"], "not in the prompt"),
+                      (["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " Rome", "--layer", "-1"], "--layer")]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
