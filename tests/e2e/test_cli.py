@@ -92,3 +92,17 @@ def test_path_json_and_receiver_error():
     assert (top["layer"], top["head"]) == (23, 3)
     bad = run("path", "--task", "ioi", "--receivers", "L23.q")
     assert bad.returncode == 2 and "L9H6.q" in bad.stderr
+
+
+def test_circuit_explicit_pair_and_usage_errors():
+    p = run("circuit", "--clean", "When Mary and John went to the store, John gave a drink to",
+            "--corrupt", "When Mary and John went to the store, Mary gave a drink to", "-a", " Mary", "-w", " John",
+            "--edges", "20", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["kind"] == "Circuit" and len(doc["records"]) == 20
+    assert any(r.get("sender") == "L23H3" or "L23H3" in json.dumps(r) for r in doc["records"])
+    missing = run("circuit", "--clean", "a b", "--corrupt", "a c")
+    assert missing.returncode == 2 and "--answer" in missing.stderr
+    multi = run("circuit", "--clean", "The cat sat", "--corrupt", "The dog sat", "-a", " Parisian", "-w", " in")
+    assert multi.returncode == 2 and "not one" in multi.stderr

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from uncover import Replace
+from uncover.data.tasks import ioi
 from uncover.patching.activation import activation_patching
 
 pytestmark = pytest.mark.e2e
@@ -40,3 +41,15 @@ def test_cells_equal_full_forward(real, resid):
             out = real(CORRUPT)[0, -1]
         v = (float(out[mary] - out[john]) - resid.corrupt_value) / (resid.clean_value - resid.corrupt_value)
         assert abs(v - float(resid.grid[layer, p])) < 1e-4
+
+
+def test_ioi_mean_logit_difference_is_positive(real):
+    t = ioi(16).check(real)
+    logits = real(t.clean)
+    last = real.tokenize(t.clean).columns(-1)[:, 0]
+    diffs = torch.tensor([float(logits[i, last[i], real.to_single_token(p.answer)]
+                                - logits[i, last[i], real.to_single_token(p.wrong)]) for i, p in enumerate(t.pairs)])
+    assert diffs.mean() > 1.0 and (diffs > 0).float().mean() >= 0.75
+    abba = [d for d, p in zip(diffs, t.pairs) if p.meta["order"] == "ABBA"]
+    baba = [d for d, p in zip(diffs, t.pairs) if p.meta["order"] == "BABA"]
+    assert sum(abba) / len(abba) > 0 and sum(baba) / len(baba) > 0

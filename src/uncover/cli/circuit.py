@@ -14,7 +14,11 @@ METHODS = ("eap", "eap-ig", "acdc")
 
 
 def circuit(
-    task: str = typer.Option("ioi", "--task", help="ioi, greater_than or facts"),
+    task: str = typer.Option("ioi", "--task", help="ioi, greater_than or facts (ignored with --clean ...)"),
+    clean: str | None = typer.Option(None, "--clean", help="Clean prompt (instead of a task)"),
+    corrupt: str | None = typer.Option(None, "--corrupt", help="Corrupt prompt (same token count)"),
+    answer: str | None = typer.Option(None, "--answer", "-a", help="The clean answer token"),
+    wrong: str | None = typer.Option(None, "--wrong", "-w", help="The competing token"),
     method: str = typer.Option("eap", "--method", help="eap, eap-ig or acdc"),
     edges: int | None = typer.Option(None, "--edges", "-n", help="Keep the N edges with the largest |score|"),
     threshold: float | None = typer.Option(None, "--threshold", help="Keep edges with |score| ≥ this"),
@@ -45,11 +49,20 @@ def circuit(
         raise UncoverError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     if edges is not None and threshold is not None:
         raise UncoverError("give --edges or --threshold, not both")
+    explicit = (("--clean", clean), ("--corrupt", corrupt), ("--answer", answer), ("--wrong", wrong))
+    given = [n for n, v in explicit if v is not None]
+    if given and len(given) < 4:
+        raise UncoverError(f"missing {', '.join(n for n, v in explicit if v is None)} (or leave all four out "
+                           "and use --task)")
     m = load_model(model)
-    t = facts_for(m) if task == "facts" else TASKS[task](max(2 * n_prompts, 16)).filter_correct(m)
-    if not len(t):
-        raise UncoverError(f"the model gets no {task} pair right")
-    prompts = Prompts.from_task(m, t, n_prompts)
+    if given:
+        prompts = Prompts.build(m, [clean], [corrupt], [answer], [wrong])
+        task = "custom"
+    else:
+        t = facts_for(m) if task == "facts" else TASKS[task](max(2 * n_prompts, 16)).filter_correct(m)
+        if not len(t):
+            raise UncoverError(f"the model gets no {task} pair right")
+        prompts = Prompts.from_task(m, t, n_prompts)
     print(f"uncover: {method} on {prompts.n} {task} pairs ...", file=sys.stderr, flush=True)
     if method == "acdc":
         cands = eap(m, prompts).top(candidates) if candidates else None
