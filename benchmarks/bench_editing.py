@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=20_000, help="corpus tokens for the key statistics (default 20000)")
     p.add_argument("--repeats", type=int, default=1, help="timed edits (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared machine more threads spin-wait for cores)")
     p.add_argument("--no-record", action="store_true", help="do not update BENCHMARKS.md")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import uncover
     from uncover.editing import rome, rome_layer
+
+    torch.set_num_threads(args.threads)
     from uncover.editing.stats import layer_mom2
 
     model = uncover.load()
