@@ -38,7 +38,8 @@ def phases(metrics: pd.DataFrame, mem_acc: float = 0.99, rise_acc: float = 0.1, 
     """Phase boundaries from the accuracy curves.
 
     memorization: step 0 until train accuracy first reaches ``mem_acc``; circuit formation: until
-    test accuracy first reaches ``rise_acc`` (the start of the sharp rise); cleanup: until test
+    test accuracy first exceeds its value at the end of memorization by ``rise_acc`` (the start of
+    the rise; with test accuracy near chance at memorization, simply ``rise_acc``); cleanup: until test
     accuracy first reaches ``done_acc``. A phase that has not ended runs to the last step; phases
     that never started are absent.
 
@@ -59,7 +60,8 @@ def phases(metrics: pd.DataFrame, mem_acc: float = 0.99, rise_acc: float = 0.1, 
     out["memorization"] = (0, t1 if t1 is not None else last)
     if t1 is None:
         return out
-    t2 = first("test_acc", rise_acc, t1)
+    at_mem = float(metrics.loc[metrics["step"] == t1, "test_acc"].iloc[0])
+    t2 = first("test_acc", min(at_mem + rise_acc, done_acc), t1)
     out["circuit formation"] = (t1, t2 if t2 is not None else last)
     if t2 is None or t2 == last:
         return out
