@@ -49,3 +49,19 @@ def test_bad_arguments():
         train_toy_models(n_features=3, m=3)
     with pytest.raises(UncoverError, match="sparsities"):
         train_toy_models(sparsities=[1.0])
+
+
+def test_cli(capsys):
+    import json
+
+    from uncover.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["superposition", "--features", "6", "--dims", "2", "--sparsity", "0,0.9", "--steps", "20", "--json"])
+    assert e.value.code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "ToyModels" and len(doc["records"]) == 12
+    with pytest.raises(SystemExit) as e:
+        main(["superposition", "--sparsity", "dense"])
+    assert e.value.code == 2
+    assert "comma-separated" in capsys.readouterr().err
