@@ -233,5 +233,9 @@ def test_cli_grok_json_resume_and_usage_error(tmp_path, capsys):
     assert e.value.code == 0
     assert json.loads(capsys.readouterr().out)["records"][-1]["step"] == 15
     with pytest.raises(SystemExit) as e:
+        main(["grok", "--p", "7", "--steps", "4", "--eval-every", "2", "--compare", "fractions", "--json"])
+    assert e.value.code == 0
+    assert [r["train_frac"] for r in json.loads(capsys.readouterr().out)["records"]] == [0.2, 0.3, 0.5, 0.7]
+    with pytest.raises(SystemExit) as e:
         main(["grok", "--op", "^"])
     assert e.value.code == 2 and "valid: +, -, *, /" in capsys.readouterr().err

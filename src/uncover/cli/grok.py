@@ -52,7 +52,7 @@ def grok(
             choices = {"wd": weight_decay_comparison, "fractions": fraction_sweep}
             if compare not in choices:
                 raise UncoverError(f"unknown --compare {compare!r}; valid: {', '.join(choices)}")
-            emit(choices[compare](cfg, out, threads=threads), as_json, html)
+            emit(choices[compare](cfg, out=out, threads=threads), as_json, html)
             return
         run = train(cfg, out, threads=threads)
     print("uncover: computing progress measures ...", file=sys.stderr, flush=True)
