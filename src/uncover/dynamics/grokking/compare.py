@@ -59,7 +59,10 @@ class GrokSweepResult(Result):
                          "test_loss": float(last.get("test_loss", float("nan"))),
                          "memorized_at": first_step(m, "train_acc", self.level),
                          "generalized_at": first_step(m, "test_acc", self.level)})
-        return pd.DataFrame(rows).astype({"memorized_at": object, "generalized_at": object})
+        df = pd.DataFrame(rows)
+        for col in ("memorized_at", "generalized_at"):  # integers or None (not floats and NaN)
+            df[col] = pd.Series([r[col] for r in rows], dtype=object)
+        return df
 
     def plot(self) -> go.Figure:
         fig = go.Figure()
