@@ -363,3 +363,18 @@ def test_dashboard_top_values():
     assert "Feature 3" in html and "promotes" in html
     auto = feature_dashboard(m, sae, tokens=toks, n_random=4)
     assert len(auto.features) == 4 and all(auto.density[f] > 0 for f in auto.features)
+
+
+def test_activation_store_stream_and_replay():
+    from uncover.sae import ActivationStore
+
+    m = tiny("llama")
+    toks = tokens(batch=8, pos=6, seed=11)
+    store = ActivationStore(m, "blocks.0.hook_resid_post", toks, batch_size=5, buffer_tokens=20, model_batch=3)
+    first = [store.batch(i) for i in range(6)]
+    acts = harvest(m, "blocks.0.hook_resid_post", toks)
+    for b in first:  # every streamed row is a real activation
+        assert all(any(torch.allclose(r, a, atol=1e-6) for a in acts) for r in b)
+    again = ActivationStore(m, "blocks.0.hook_resid_post", toks, batch_size=5, buffer_tokens=20, model_batch=3)
+    assert torch.equal(again.batch(4), first[4])  # asking for a later step replays the stream
+    assert torch.equal(store.batch(2), first[2])  # and an earlier one restarts it
