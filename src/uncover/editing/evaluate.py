@@ -136,8 +136,8 @@ class EditEval(Result):
         parts = [f"{m} {a[m]:.0%} (before {b[m]:.0%})" for m in METRICS if m in a]
         if "fluency" in a:
             parts.append(f"fluency {a['fluency']:.2f} bits (before {b['fluency']:.2f})")
-        t = sum(self.edit_seconds) / max(len(self.edit_seconds), 1)
-        return f"{self.method} over {self.n_facts} counterfactuals: " + ", ".join(parts) + f"; {t:.1f} s per edit"
+        t = f"; {sum(self.edit_seconds) / len(self.edit_seconds):.1f} s per edit" if self.edit_seconds else ""
+        return f"{self.method} over {self.n_facts} counterfactuals: " + ", ".join(parts) + t
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
