@@ -32,6 +32,9 @@ def word_tokenizer():
 def word_model(kind: str = "llama"):
     m = tiny(kind)
     m.tokenizer = word_tokenizer()
+    for c in (m.model.config, m.model.generation_config):  # GPT-2's defaults name id 50256
+        c.bos_token_id = c.eos_token_id = 1
+        c.pad_token_id = 0
     return m
 
 
@@ -111,22 +114,26 @@ def test_ngram_entropy_reference():
 
 
 # ---- ROME on a tiny model ----------------------------------------------------------------------
-def test_rome_tiny_writes_value_and_reverts(tmp_path, threads):
-    m = word_model()
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])  # nn.Linear, Conv1D ([in, out]), post-norms
+def test_rome_tiny_writes_value_and_reverts(tmp_path, threads, family):
+    from uncover.editing.stats import model_key
+
+    m = word_model(family)
     snap = snapshot(m)
     req = Request("{} is in the city of", "big ben", " rome")
     with torch.no_grad():
         before = object_logprobs(m, [req.text], [" rome"])[0, 0]
         k = subject_keys(m, 1, req, [""])[0]
+        W0 = down_proj(m, 1).detach().double().clone()  # [d_model, d_mlp] whatever the storage
     e = rome(m, req.prompt, req.subject, req.target, layer=1, mom2_samples=256, cache=tmp_path, config=CFG,
              progress=False)
     assert e.is_applied and e.layers == [1] and list(e.deltas) == [down_proj_path(m, 1)]
-    assert (tmp_path / "tiny-llama-3x32x48-float32" / "mom2-layer1-256.safetensors").is_file()
+    assert (tmp_path / model_key(m) / "mom2-layer1-256.safetensors").is_file()
     d = e.deltas[down_proj_path(m, 1)].double()
     assert torch.linalg.matrix_rank(d, rtol=1e-5) == 1
     with torch.no_grad():
         after = object_logprobs(m, [req.text], [" rome"])[0, 0]
-        W1, W0 = down_proj(m, 1).double(), snap[down_proj_path(m, 1)].double()
+        W1 = down_proj(m, 1).double()
         k_star = subject_keys(m, 1, req, e.options["prefixes"]).mean(0)  # keys sit before the edited weight
     # W' k* = W k* + δ: the optimised value is stored exactly at the averaged key (float32 rounding only)
     delta = torch.tensor(e.options["delta"], dtype=torch.float64)

@@ -119,6 +119,9 @@ def corpus_tokens(model: HookedModel, mom2_samples: int, block_len: int = BLOCK_
 
     if mom2_samples < 1:
         raise EditError(f"mom2_samples must be a positive number of tokens, not {mom2_samples}")
+    hf = model.model.config
+    limit = getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", None)
+    block_len = min(block_len, int(limit)) if limit else block_len  # learned positions end somewhere
     blocks = token_blocks(model.tokenizer, block_len=block_len, split="train")
     n = max(1, -(-mom2_samples // block_len))
     if n > len(blocks):
