@@ -100,6 +100,7 @@ def test_fold_scale_and_decoder_norm(arch):
 
 def test_jumprelu_straight_through_gradients():
     sae = make("jumprelu", d_in=4, d_sae=6)
+    sae.bandwidth = 0.001
     eps = sae.bandwidth
     with torch.no_grad():
         sae.log_threshold.copy_(torch.full((6,), 0.05).log())
@@ -210,6 +211,18 @@ def test_training_learns_sparse_dictionary():
     r2 = train_sae(relu, TensorSource(x, 256), TrainConfig(steps=200, lr=3e-3, sparsity_coeff=0.05,
                                                             resample_every=50, dead_steps=20), progress=False)
     assert r2.metrics[-1]["fve"] > 0.5 and r2.metrics[-1]["l0"] < 64
+
+
+def test_jumprelu_sparsity_coefficient_lowers_l0():
+    x = sparse_data()
+    l0 = []
+    for coeff in (0.001, 0.05):
+        sae = JumpReLUSAE(SAEConfig(d_in=16, d_sae=64, architecture="jumprelu"))
+        r = train_sae(sae, TensorSource(x, 256), TrainConfig(steps=300, lr=3e-3, sparsity_coeff=coeff),
+                      progress=False)
+        l0.append(r.metrics[-1]["l0"])
+        assert r.metrics[-1]["fve"] > 0.9
+    assert l0[1] < 0.75 * l0[0]
 
 
 def _run(out: Path, resume: bool, steps: int = 60) -> SAE:

@@ -58,7 +58,7 @@ class JumpReLUSAE(SAE):
     """JumpReLU SAE (SAELens architecture ``jumprelu``, with a ``threshold`` tensor).
 
     >>> from uncover.sae.base import SAEConfig
-    >>> sae = JumpReLUSAE(SAEConfig(d_in=4, d_sae=8, architecture="jumprelu"))
+    >>> sae = JumpReLUSAE(SAEConfig(d_in=4, d_sae=8, architecture="jumprelu"), init_threshold=0.001)
     >>> pre = torch.tensor([[0.0005, 0.5, -1.0, 0.002, 0.0, 0.0, 0.0, 0.0]])
     >>> sae.activation(pre)[0, :4].tolist()
     [0.0, 0.5, -0.0, 0.0020000000949949026]
@@ -67,10 +67,13 @@ class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     state_keys = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
     unit_decoder = False
-    bandwidth = 0.001
 
-    def __init__(self, cfg: SAEConfig, seed: int = 0, init_threshold: float = 0.001):
+    def __init__(self, cfg: SAEConfig, seed: int = 0, init_threshold: float = 0.05, bandwidth: float = 0.05):
+        # Defaults are in the units the trainer feeds (inputs scaled to E||x||^2 = d_in, i.e. about
+        # unit scale per coordinate): the paper's 0.001 assumes inputs scaled to E||x||^2 = 1, and
+        # with our scale it leaves almost no pre-activations inside the kernel, so theta never learns.
         super().__init__(cfg, seed)
+        self.bandwidth = bandwidth
         self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), float(torch.tensor(init_threshold).log())))
 
     @property
