@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from uncover.cli.common import MODEL_OPTION, emit, load_model
-from uncover.core.errors import UncoverError
+from uncover.cli.common import MODEL_OPTION, emit, load_model, resolve_pair
 
 
 def attribute(
@@ -27,21 +26,9 @@ def attribute(
 ) -> None:
     """Attribution patching (gradient × activation difference) over (layer, position) or (layer, head) sites."""
     from uncover.attribution.attribution_patching import attribution_patching, compare_attribution
-    from uncover.data.tasks import TASKS, facts_for
 
     m = load_model(model)
-    if task is not None:
-        if task not in TASKS:
-            raise UncoverError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-        t = facts_for(m) if task == "facts" else TASKS[task]().filter_correct(m)
-        if not len(t):
-            raise UncoverError(f"the model gets no {task} pair right")
-        p = t.pairs[0]
-        clean, corrupt, answer, wrong = p.clean, p.corrupt, p.answer, p.wrong
-    missing = [n for n, v in (("--clean", clean), ("--corrupt", corrupt), ("--answer", answer), ("--wrong", wrong))
-               if v is None]
-    if missing:
-        raise UncoverError(f"missing {', '.join(missing)} (or give --task)")
+    clean, corrupt, answer, wrong = resolve_pair(m, task, clean, corrupt, answer, wrong)
     kw = {"metric": metric, "direction": direction}
     if compare:
         result = compare_attribution(m, clean, corrupt, answer, wrong, sites=[(hook, per)], **kw)

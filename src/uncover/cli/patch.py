@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from uncover.cli.common import MODEL_OPTION, emit, load_model
-from uncover.core.errors import UncoverError
+from uncover.cli.common import MODEL_OPTION, emit, load_model, resolve_pair
 
 
 def patch(
@@ -25,22 +24,10 @@ def patch(
     html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here"),
 ) -> None:
     """Activation patching over (layer, position) or (layer, head) sites."""
-    from uncover.data.tasks import TASKS, facts_for
     from uncover.patching.activation import activation_patching
 
     m = load_model(model)
-    if task is not None:
-        if task not in TASKS:
-            raise UncoverError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-        t = facts_for(m) if task == "facts" else TASKS[task]().filter_correct(m)
-        if not len(t):
-            raise UncoverError(f"the model gets no {task} pair right")
-        p = t.pairs[0]
-        clean, corrupt, answer, wrong = p.clean, p.corrupt, p.answer, p.wrong
-    missing = [n for n, v in (("--clean", clean), ("--corrupt", corrupt), ("--answer", answer), ("--wrong", wrong))
-               if v is None]
-    if missing:
-        raise UncoverError(f"missing {', '.join(missing)} (or give --task)")
+    clean, corrupt, answer, wrong = resolve_pair(m, task, clean, corrupt, answer, wrong)
     result = activation_patching(m, clean, corrupt, answer, wrong, hook=hook, per=per, metric=metric,
                                  direction=direction)
     emit(result, as_json, html)
