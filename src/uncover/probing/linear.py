@@ -11,30 +11,20 @@ in the raw activation space (``w / std``, unit length) usable for steering or ab
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from uncover.core.errors import UncoverError
+from uncover.core.threads import torch_threads
 
 KINDS = ("logistic", "mlp")
 
 
-@contextlib.contextmanager
-def small_ops() -> Iterator[None]:
-    """Run tiny optimisation loops on one CPU thread, restoring the thread count after.
-
-    Probe training is thousands of small tensor ops; on a busy machine the intra-op thread
-    pool spins and waits (measured: 26 s with 2 threads vs 0.4 s with 1 for a CCS fit).
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def small_ops() -> contextlib.AbstractContextManager[None]:
+    """Run tiny optimisation loops on one CPU thread, restoring the thread count after."""
+    return torch_threads(1)
 
 
 @dataclass

@@ -10,12 +10,10 @@ on the same machine, as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from uncover.core.threads import torch_threads
 from uncover.dynamics.grokking.config import GrokConfig, GrokConfigError
 from uncover.dynamics.grokking.data import ModularData, make_data
 from uncover.dynamics.grokking.fourier import embed_gini
@@ -99,17 +98,6 @@ def evaluate(model: Any, data: ModularData) -> dict[str, float]:
             out[f"{split}_loss"] = float(F.cross_entropy(logits, y))
             out[f"{split}_acc"] = float((logits.argmax(-1) == y).double().mean())
     return out
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _optimizer(model: torch.nn.Module, cfg: GrokConfig) -> torch.optim.AdamW:
@@ -216,7 +204,7 @@ def train(
         (outp / "config.json").write_text(cfg.to_json())
         _write_rows(outp, rows)
     x, y = data.train
-    with _threads(threads):
+    with torch_threads(threads):
         if start == 0:
             _record(run, 0, 0.0)
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, file=sys.stderr,

@@ -3,10 +3,8 @@ memorization of every tracked group over training."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 import transformers as T
 from tqdm.auto import tqdm
 
+from uncover.core.threads import torch_threads
 from uncover.dynamics.memorization.config import MemConfig
 from uncover.dynamics.memorization.data import VOCAB, MemData, make_data
 from uncover.dynamics.memorization.metrics import extractable, token_losses, token_memorization
@@ -69,17 +68,6 @@ def measure(model: Any, data: MemData, k: int, step: int) -> list[dict[str, Any]
     return [{"step": step, **r} for r in agg.reset_index().to_dict("records")]
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def train_memorization(cfg: MemConfig, *, progress: bool = True, threads: int | None = None) -> MemRun:
     """Train the model of ``cfg`` on :func:`~uncover.dynamics.memorization.data.make_data`.
 
@@ -98,7 +86,7 @@ def train_memorization(cfg: MemConfig, *, progress: bool = True, threads: int | 
     rows: list[dict[str, Any]] = []
     order = torch.randperm(len(data.train), generator=g)
     cursor = 0
-    with _threads(threads):
+    with torch_threads(threads):
         model.eval()
         rows += measure(model, data, cfg.k_prefix, 0)
         model.train()
