@@ -46,3 +46,23 @@ def test_attach_reads_and_steers(real, trained):
     with attach_sae(real, trained, steer={top: 10.0}):
         steered = real(prompt)
     assert not torch.allclose(ablated, clean) and not torch.allclose(steered, clean)
+
+
+def test_cli_train_writes_tensorboard(tmp_path):
+    pytest.importorskip("tensorboardX")
+    import json
+    import subprocess
+    import sys
+
+    from tests.unit.test_sae import _tb_scalars
+
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    p = subprocess.run([sys.executable, "-m", "uncover.cli.main", "sae", "train", "--out", str(out), "--hook",
+                        "blocks.2.hook_resid_post", "--tokens", "500", "--steps", "6", "--batch-size", "128",
+                        "--expansion", "1", "--k", "8", "--tensorboard", str(tb), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    loss = _tb_scalars(tb)["train/loss"]
+    assert sorted(loss) == [r["step"] for r in rows] and loss[5] == pytest.approx(rows[-1]["loss"], rel=1e-6)
+    assert (out / "sae" / "cfg.json").is_file()

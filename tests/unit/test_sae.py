@@ -392,3 +392,94 @@ def test_activation_store_stream_and_replay():
     again = ActivationStore(m, "blocks.0.hook_resid_post", toks, batch_size=5, buffer_tokens=20, model_batch=3)
     assert torch.equal(again.batch(4), first[4])  # asking for a later step replays the stream
     assert torch.equal(store.batch(2), first[2])  # and an earlier one restarts it
+
+
+def _masked_crc(data: bytes) -> int:
+    from tensorboardX.crc32c import crc32c
+
+    c = crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _tb_scalars(logdir: Path) -> dict[str, dict[int, float]]:
+    """Scalars in TensorBoard event files, read by hand: TFRecord framing (u64 length, masked
+    CRC32C of it, payload, masked CRC32C of it) around ``Event`` protos; files in time order,
+    a ``SessionLog.START`` event at step s drops earlier-written scalars at steps >= s."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    files = []
+    for f in logdir.glob("events.out.tfevents.*"):
+        data, off, events = f.read_bytes(), 0, []
+        while off < len(data):
+            head = data[off : off + 8]
+            (n,) = struct.unpack("<Q", head)
+            assert struct.unpack("<I", data[off + 8 : off + 12])[0] == _masked_crc(head)
+            payload = data[off + 12 : off + 12 + n]
+            assert struct.unpack("<I", data[off + 12 + n : off + 16 + n])[0] == _masked_crc(payload)
+            ev = Event()
+            ev.ParseFromString(payload)
+            events.append(ev)
+            off += 16 + n
+        files.append(events)
+    out: dict[str, dict[int, float]] = {}
+    for events in sorted(files, key=lambda evs: evs[0].wall_time):
+        for ev in events:
+            if ev.HasField("session_log") and ev.session_log.status == SessionLog.START:
+                out = {t: {s: v for s, v in d.items() if s < ev.step} for t, d in out.items()}
+            for v in ev.summary.value:
+                out.setdefault(v.tag, {})[ev.step] = v.simple_value
+    return out
+
+
+def _assert_tb_matches_jsonl(tb: Path, jsonl: Path) -> None:
+    rows = [json.loads(r) for r in jsonl.read_text().splitlines()]
+    scalars = _tb_scalars(tb)
+    keys = {k for r in rows for k in r if k != "step"}
+    assert set(scalars) == {f"train/{k}" for k in keys}
+    for k in keys:
+        want = {r["step"]: r[k] for r in rows if k in r}
+        got = scalars[f"train/{k}"]
+        assert sorted(got) == sorted(want), k
+        for s, v in want.items():  # simple_value is float32
+            assert got[s] == pytest.approx(v, rel=1e-6, abs=1e-30), (k, s)
+
+
+def test_tensorboard_scalars_equal_jsonl(tmp_path):
+    pytest.importorskip("tensorboardX")
+    x = sparse_data(n=512, seed=1)
+    cfg = TrainConfig(steps=23, lr=3e-3, checkpoint_every=10, dead_steps=3, log_every=4)
+    sae = TopKSAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=3), seed=2)
+    train_sae(sae, TensorSource(x, 64), cfg, out_dir=tmp_path / "a", tensorboard=True, progress=False)
+    _assert_tb_matches_jsonl(tmp_path / "a" / "tensorboard", tmp_path / "a" / "metrics.jsonl")
+    assert "train/aux" in _tb_scalars(tmp_path / "a" / "tensorboard")  # dead latents after 3 steps
+    # a crash after the step-10 checkpoint, then resume: the crashed run's later scalars are purged
+    tb = tmp_path / "tb"
+
+    class Crashing(TensorSource):
+        def batch(self, step):
+            if step == 17:
+                raise RuntimeError("crash")
+            return super().batch(step)
+
+    sae = TopKSAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=3), seed=2)
+    with pytest.raises(RuntimeError):
+        train_sae(sae, Crashing(x, 64), cfg, out_dir=tmp_path / "b", tensorboard=tb, progress=False)
+    assert max(_tb_scalars(tb)["train/loss"]) == 16  # flushed on the way out
+    sae = TopKSAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=3), seed=2)
+    train_sae(sae, TensorSource(x, 64), cfg, out_dir=tmp_path / "b", resume=True, tensorboard=tb, progress=False)
+    _assert_tb_matches_jsonl(tb, tmp_path / "b" / "metrics.jsonl")
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
+
+
+def test_tensorboard_missing_package_is_a_clear_error(tmp_path, monkeypatch):
+    from uncover.core.errors import UncoverError
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import now raises ImportError
+    sae = TopKSAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=3))
+    with pytest.raises(UncoverError, match=r"pip install uncover\[tensorboard\]"):
+        train_sae(sae, TensorSource(sparse_data(n=256), 64), TrainConfig(steps=2), out_dir=tmp_path,
+                  tensorboard=True, progress=False)
+    with pytest.raises(UncoverError, match="needs out_dir"):
+        train_sae(sae, TensorSource(sparse_data(n=256), 64), TrainConfig(steps=2), tensorboard=True, progress=False)

@@ -35,6 +35,8 @@ def train(
     shards: bool = typer.Option(False, "--shards", help="Cache activations as safetensors shards in out/acts"),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints"),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint"),
+    tensorboard: Path | None = typer.Option(None, "--tensorboard",
+                                            help="Also write the metrics as TensorBoard events to this directory"),
     corpus: Path | None = typer.Option(None, "--corpus", help=".txt or .jsonl corpus (default: embedded)"),
     seed: int = typer.Option(0, "--seed"),
     model: str | None = MODEL_OPTION,
@@ -68,7 +70,7 @@ def train(
     sae = ARCHITECTURES[arch](cfg, seed=seed)
     tcfg = TrainConfig(steps=steps, lr=lr, sparsity_coeff=sparsity_coeff, resample_every=resample_every,
                        checkpoint_every=checkpoint_every, seed=seed)
-    result = train_sae(sae, source, tcfg, out_dir=out, resume=resume)
+    result = train_sae(sae, source, tcfg, out_dir=out, resume=resume, tensorboard=tensorboard)
     print(f"uncover: SAE written to {(out / 'sae').resolve()}", file=sys.stderr)
     emit(result, as_json, html)
 

@@ -12,13 +12,12 @@ Checkpoints (``out_dir/checkpoint``, replaced atomically) hold the parameters, A
 moments, the dead-latent counters, the RNG state and the step; batches come from sources
 that are pure functions of the step (:mod:`uncover.sae.store`). So ``resume=True`` after a
 crash or kill continues to the same weights as an uninterrupted run with the same seed.
-Metrics go to ``metrics.csv`` and ``metrics.jsonl`` (rows after the checkpoint are dropped
-on resume).
+Metrics go to ``metrics.csv``, ``metrics.jsonl`` and optionally TensorBoard
+(:mod:`uncover.sae.metrics_log`; rows after the checkpoint are dropped on resume).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import torch
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.sae.base import SAE
+from uncover.sae.metrics_log import MetricsLog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -221,11 +221,15 @@ def resample_dead(sae: SAE, x: torch.Tensor, dead: torch.Tensor, opt: torch.opti
 
 # ---- the loop ----------------------------------------------------------------------------------
 def train_sae(sae: SAE, source: Source, cfg: TrainConfig, out_dir: str | Path | None = None,
-              resume: bool = False, progress: bool = True) -> TrainResult:
+              resume: bool = False, progress: bool = True,
+              tensorboard: str | Path | bool | None = None) -> TrainResult:
     """Train ``sae`` on batches from ``source`` (see :mod:`uncover.sae.store`).
 
     With ``out_dir``: checkpoints every ``cfg.checkpoint_every`` steps, metrics to
     ``metrics.csv``/``metrics.jsonl``, the final SAE to ``out_dir/sae`` (SAELens format).
+    ``tensorboard``: also write the same scalars (tags ``train/<metric>``) as TensorBoard
+    events to this directory, or to ``out_dir/tensorboard`` with ``True`` (needs the
+    ``tensorboardX`` package: ``pip install uncover[tensorboard]``).
     ``resume=True`` continues from ``out_dir/checkpoint`` to the same result as an
     uninterrupted run. The returned SAE reads raw activations.
 
@@ -253,21 +257,22 @@ def train_sae(sae: SAE, source: Source, cfg: TrainConfig, out_dir: str | Path | 
             scale = float((sae.cfg.d_in / x0.pow(2).sum(-1).mean().clamp(min=1e-12)).sqrt())
         with torch.no_grad():
             sae.b_dec.copy_(x0.mean(0) * scale)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            for f in ("metrics.csv", "metrics.jsonl"):
-                (out / f).unlink(missing_ok=True)
-    metrics: list[dict[str, float]] = []
-    if resume and out is not None and (out / "metrics.jsonl").is_file():
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        metrics = [r for r in rows if r["step"] < start]
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-        _write_csv(out / "metrics.csv", metrics)
+    log = MetricsLog(out, tensorboard, start, resume)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"SAE {sae.cfg.architecture}", file=sys.stderr)
+    try:
+        return _loop(sae, source, cfg, opt, log, bar, out, start, scale, since_fired)
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+
+
+def _loop(sae: SAE, source: Source, cfg: TrainConfig, opt: torch.optim.Optimizer, log: MetricsLog, bar: Any,
+          out: Path | None, start: int, scale: float, since_fired: torch.Tensor) -> TrainResult:
     t0, n_tokens = time.perf_counter(), 0
     sae.train()
     for step in range(start, cfg.steps):
@@ -297,11 +302,7 @@ def train_sae(sae: SAE, source: Source, cfg: TrainConfig, out_dir: str | Path | 
             row = {"step": step, "loss": float(loss.detach()), **parts, "fve": 1 - parts["mse"] / float(var),
                    "l0": float((f.detach() > 0).float().sum(-1).mean()), "dead": float(dead.float().mean()),
                    "lr": lr, "sparsity_coeff": coeff}
-            metrics.append(row)
-            if out is not None:
-                with (out / "metrics.jsonl").open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                _write_csv(out / "metrics.csv", metrics)
+            log.write(row)
             if bar is not None:
                 bar.set_postfix(fve=f"{row['fve']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead']:.2f}")
         if bar is not None:
@@ -310,20 +311,10 @@ def train_sae(sae: SAE, source: Source, cfg: TrainConfig, out_dir: str | Path | 
         if out is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps):
             _save_checkpoint(out / "checkpoint", sae, opt, {"step": done, "scale": scale, "train_cfg": asdict(cfg)},
                              {"since_fired": since_fired})
-    if bar is not None:
-        bar.close()
+            log.flush()
     sae.eval()
     sae.fold_scale(scale)
     if out is not None:
         sae.save(out / "sae")
-    return TrainResult(sae, metrics, out, time.perf_counter() - t0, n_tokens)
+    return TrainResult(sae, log.rows, out, time.perf_counter() - t0, n_tokens)
 
-
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
