@@ -31,6 +31,7 @@ from uncover.dynamics.grokking.fourier import (
     neuron_frequencies,
     restricted_logits,
 )
+from uncover.dynamics.grokking.groups import discrete_log, group_pairs, op_basis, pair_coordinate, primitive_root
 from uncover.dynamics.grokking.model import last_logits, last_position_mlp
 
 TINY = dict(p=7, d_model=16, n_heads=2, d_mlp=32, eval_every=5, snapshot_every=5)
@@ -161,6 +162,94 @@ def test_restricted_and_excluded_decompose_synthetic_logits():
     assert F.cross_entropy(excluded_logits(5 * key, d), labels) > full + 1.0
 
 
+@pytest.mark.parametrize("p", [7, 31, 113])
+def test_discrete_log_inverts_the_primitive_root(p):
+    g, log = discrete_log(p)
+    assert g == primitive_root(p) and int(log[0]) == -1
+    for a in range(1, p):
+        assert pow(g, int(log[a]), p) == a  # g^log(a) = a
+    assert sorted(log[1:].tolist()) == list(range(p - 1))  # a bijection onto Z_{p-1}
+    assert len({pow(g, k, p) for k in range(p - 1)}) == p - 1  # g generates Z_p^*
+    # multiplication is addition of logarithms
+    a, b = torch.arange(1, p).repeat_interleave(p - 1), torch.arange(1, p).repeat(p - 1)
+    assert torch.equal(log[(a * b) % p], (log[a] + log[b]) % (p - 1))
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*", "/"])
+@pytest.mark.parametrize("p", [7, 113])
+def test_op_basis_is_orthonormal_and_sees_pure_frequencies(p, op):
+    b = op_basis(p, op)
+    assert b.matrix.shape == (p, p) and len(b.names) == p and b.n_freqs == (p + 1) // 2
+    torch.testing.assert_close(b.matrix @ b.matrix.T, torch.eye(p, dtype=torch.float64), atol=1e-10, rtol=0)
+    # a token embedding that is a pure frequency-3 wave of the group coordinate (and anything on token 0)
+    x = b.coord.double()
+    w = 2 * math.pi * 3 / b.order
+    emb = torch.stack([torch.cos(w * x + 0.4), 2 * torch.sin(w * x)], 1)
+    if op in ("*", "/"):
+        emb[0] = torch.tensor([5.0, -1.0])  # token 0 is outside the group: frequency 0
+    norms = freq_norms(b.matrix @ emb, b.freqs)
+    torch.testing.assert_close(norms.pow(2).sum(), emb.pow(2).sum())  # Parseval
+    rest = norms.clone()
+    rest[[0, 3]] = 0
+    assert float(rest.max()) < 1e-9 and norms[3] > 1.0
+    if op in ("*", "/"):
+        assert b.names[0] == "zero" and float(norms[0]) == pytest.approx(float(emb[0].norm()))
+
+
+def _mult_logits(p: int, keys: list[int], others: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    g, log = discrete_log(p)
+    inside = group_pairs(p, "*")
+    la = log.repeat_interleave(p)[inside].double()[:, None]
+    lb = log.repeat(p)[inside].double()[:, None]
+    lc = log.double()[None, :]  # log 0 = -1: any value, the answer's axis is not projected
+    n = p - 1
+    key = sum(torch.cos(2 * math.pi * k * (la + lb - lc) / n) for k in keys)
+    other = sum(0.7 * torch.sin(2 * math.pi * k * (la - 2 * lb + lc) / n + 0.3) for k in others)
+    return key, other + 0.5 * lc
+
+
+def test_restricted_and_excluded_decompose_multiplicative_logits():
+    p, keys = 13, [2, 5]
+    key, other = _mult_logits(p, keys, [1, 4])
+    logits = key + other  # [(p-1)^2 pairs inside Z_p^*, p]
+    d = key_directions(p, keys, "*")[group_pairs(p, "*")]
+    torch.testing.assert_close(d.T @ d, torch.eye(4, dtype=torch.float64), atol=1e-10, rtol=0)
+    r, e = restricted_logits(logits, d), excluded_logits(logits, d)
+    mean = logits.mean(0, keepdim=True)
+    torch.testing.assert_close(r + e, logits + mean, atol=1e-10, rtol=0)
+    torch.testing.assert_close(r, key + mean, atol=1e-10, rtol=0)
+    torch.testing.assert_close(e, other, atol=1e-10, rtol=0)
+    design = torch.cat([torch.ones(len(d), 1, dtype=torch.float64), d], 1)  # least-squares reference
+    torch.testing.assert_close(r, design @ torch.linalg.lstsq(design, logits).solution, atol=1e-9, rtol=0)
+    # the directions are functions of the product: equal on pairs with equal a*b, zero off the group
+    full = key_directions(p, keys, "*")
+    assert torch.equal(full[~group_pairs(p, "*")], torch.zeros_like(full[~group_pairs(p, "*")]))
+    prod = (torch.arange(p).repeat_interleave(p) * torch.arange(p).repeat(p)) % p
+    for c in range(1, p):
+        rows = full[(prod == c) & group_pairs(p, "*")]
+        torch.testing.assert_close(rows, rows[:1].expand_as(rows), atol=1e-12, rtol=0)
+    # "/" uses log a - log b; the Nyquist frequency (p-1)/2 has a cosine only
+    s = pair_coordinate(p, "/")
+    a, b = torch.arange(p).repeat_interleave(p), torch.arange(p).repeat(p)
+    inside = group_pairs(p, "/")
+    assert torch.equal(s[inside], discrete_log(p)[1][(a * torch.tensor([pow(int(x), -1, p) if x else 0
+                                                                        for x in range(p)])[b]) % p][inside])
+    assert key_directions(p, [(p - 1) // 2], "/").shape == (p * p, 1)
+
+
+def test_neuron_frequencies_find_planted_multiplicative_frequency():
+    p = 13
+    _, log = discrete_log(p)
+    la, lb = log.double()[:, None], log.double()[None, :]
+    acts = torch.stack([torch.relu(torch.cos(2 * math.pi * k * (la + lb) / (p - 1) + 0.2)) for k in (1, 4, 5)], -1)
+    acts[0, :] = 0.3  # rows and columns of token 0 (a constant: frequency 0)
+    acts[:, 0] = 0.3
+    freq, fve = neuron_frequencies(acts, "*")
+    assert freq.tolist() == [1, 4, 5] and (fve > 0.5).all()
+    # the additive basis does not see them
+    assert (neuron_frequencies(acts, "+")[1] < 0.5).all()
+
+
 def test_neuron_frequencies_find_planted_frequency():
     p = 11
     a = torch.arange(p, dtype=torch.float64)
@@ -205,8 +294,25 @@ def test_training_lowers_loss_and_measures_run():
     assert last.full_loss == pytest.approx(want, rel=1e-4)
     html = r.to_html()
     assert "Grokking: a + b mod 7" in html and json.loads(r.to_json())["key_freqs"] == [1, 2]
-    mul = progress_measures(train(cfg.replace(op="*", steps=5), progress=False))
-    assert mul.key_freqs == [] and "restricted_loss" not in mul.measures and "Grokking: a * b" in mul.to_html()
+
+
+
+@pytest.mark.parametrize("op", ["*", "/"])
+def test_multiplicative_measures_align_with_training_metrics(op):
+    cfg = GrokConfig(**{**TINY, "p": 11}, op=op, steps=20, lr=1e-2)
+    run = train(cfg, progress=False)
+    r = progress_measures(run, max_snapshots=2)
+    m, last = run.metrics, r.measures.iloc[-1]
+    assert r.measures.step.tolist() == [0, 20] and len(r.key_freqs) >= 1
+    assert all(1 <= k <= (cfg.p - 1) // 2 for k in r.key_freqs)
+    # full_loss (every pair of the data, "/" has no b = 0) agrees with the training metrics
+    n_tr, n_te = int(run.data.is_train.sum()), int((~run.data.is_train).sum())
+    want = (m.train_loss.iloc[-1] * n_tr + m.test_loss.iloc[-1] * n_te) / (n_tr + n_te)
+    assert last.full_loss == pytest.approx(want, rel=1e-4)
+    for col in ("restricted_loss", "excluded_loss", "embed_gini", "logit_gini"):
+        assert math.isfinite(last[col]), col
+    assert m.embed_gini.notna().all() and len(r.embed_norms) == (cfg.p + 1) // 2
+    assert f"Grokking: a {op} b mod 11" in r.to_html()
 
 
 def test_phases_on_a_grokking_like_curve():

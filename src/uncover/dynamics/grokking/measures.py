@@ -1,10 +1,13 @@
 """Progress measures of grokking over training (Nanda et al. 2023, section 5).
 
 For each weight snapshot: the restricted loss (logits keep only the key frequencies of
-``a ± b``, on all pairs), the excluded loss (key frequencies removed, on the training pairs),
-the Gini sparsity of the embedding and of the neuron-to-logit map in the Fourier basis, and
-the total weight norm. The key frequencies come from the final model's neurons. Phases
-(memorization, circuit formation, cleanup) are read off the accuracy curves.
+the answer coordinate ``a ± b``, on all pairs), the excluded loss (key frequencies removed, on
+the training pairs), the Gini sparsity of the embedding and of the neuron-to-logit map in the
+Fourier basis, and the total weight norm. For ``*`` and ``/`` the basis is over discrete
+logarithms (:mod:`~uncover.dynamics.grokking.groups`) and the restricted / excluded losses are
+taken over the pairs inside the multiplicative group (no zero token). The key frequencies come
+from the final model's neurons. Phases (memorization, circuit formation, cleanup) are read off
+the accuracy curves.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from uncover.dynamics.grokking.fourier import (
-    FOURIER_OPS,
     embed_freq_norms,
     embed_gini,
     excluded_logits,
@@ -27,6 +29,7 @@ from uncover.dynamics.grokking.fourier import (
     logit_map_gini,
     restricted_logits,
 )
+from uncover.dynamics.grokking.groups import group_pairs
 from uncover.dynamics.grokking.result import GrokkingResult
 
 if TYPE_CHECKING:
@@ -74,15 +77,18 @@ def phases(metrics: pd.DataFrame, mem_acc: float = 0.99, rise_acc: float = 0.1, 
 def snapshot_measures(model: object, run: GrokRun, directions: torch.Tensor) -> dict[str, float]:
     """Restricted/excluded loss, Gini measures and weight norm of one model state."""
     cfg, data = run.cfg, run.data
-    logits, _ = grid_run(model, cfg)  # [p*p, p], rows a*p+b == data order for + and -
-    labels = data.labels
-    restricted = restricted_logits(logits, directions)
-    excluded = excluded_logits(logits, directions)
-    tr = data.is_train
+    grid, _ = grid_run(model, cfg)  # [p*p, p], rows a*p+b
+    rows = data.tokens[:, 0] * cfg.p + data.tokens[:, 1]  # the data's pairs on the grid
+    inside = group_pairs(cfg.p, cfg.op)[rows]  # [n] pairs the Fourier analysis covers
+    logits, labels, tr = grid[rows].double(), data.labels, data.is_train
+    lg, dirs = logits[inside], directions[rows][inside]
+    restricted = restricted_logits(lg, dirs)
+    excluded = excluded_logits(lg, dirs)
+    tr_in = tr[inside]
     return {
-        "restricted_loss": float(F.cross_entropy(restricted, labels)),
-        "excluded_loss": float(F.cross_entropy(excluded[tr], labels[tr])),
-        "full_loss": float(F.cross_entropy(logits.double(), labels)),
+        "restricted_loss": float(F.cross_entropy(restricted, labels[inside])),
+        "excluded_loss": float(F.cross_entropy(excluded[tr_in], labels[inside][tr_in])),
+        "full_loss": float(F.cross_entropy(logits, labels)),
         "embed_gini": embed_gini(model, cfg),
         "logit_gini": logit_map_gini(model, cfg),
         "weight_norm": math.sqrt(sum(float(p.double().pow(2).sum()) for p in model.parameters())),
@@ -93,9 +99,9 @@ def progress_measures(run: GrokRun, key_freqs: list[int] | None = None, max_snap
                       ) -> GrokkingResult:
     """Progress measures over every weight snapshot of ``run`` (see the module docstring).
 
-    For ``*`` and ``/`` (no Fourier structure over the token index) only the training curves
-    and phases are returned. ``key_freqs`` default to :func:`~uncover.dynamics.grokking.fourier.key_frequencies` of the
-    final model; ``max_snapshots`` thins the snapshots evenly (first and last kept).
+    Works for all four operations (``*`` and ``/`` in the discrete-log basis). ``key_freqs``
+    default to :func:`~uncover.dynamics.grokking.fourier.key_frequencies` of the final model;
+    ``max_snapshots`` thins the snapshots evenly (first and last kept).
 
     >>> from uncover.dynamics.grokking import GrokConfig, train
     >>> run = train(GrokConfig(p=7, d_model=8, n_heads=2, d_mlp=16, steps=20, eval_every=10), progress=False)
@@ -104,8 +110,6 @@ def progress_measures(run: GrokRun, key_freqs: list[int] | None = None, max_snap
     [0, 20]
     """
     cfg = run.cfg
-    if cfg.op not in FOURIER_OPS:  # no Fourier structure over token indices: curves and phases only
-        return GrokkingResult(cfg, run.metrics, pd.DataFrame({"step": []}), [], [], phases(run.metrics))
     keys = key_frequencies(run.model, cfg) if key_freqs is None else list(key_freqs)
     directions = key_directions(cfg.p, keys, cfg.op)
     steps = run.snapshot_steps()
