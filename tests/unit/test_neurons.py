@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny, tokens
+from uncover.core.errors import UncoverError
 from uncover.neurons import ablate_neurons, knowledge_neurons, neuron_hooks, neuron_logits, top_activations
 from uncover.neurons.ablation import last_logits, neuron_means
 from uncover.neurons.knowledge import ig_attributions, random_neurons
@@ -99,6 +100,43 @@ def test_ig_completeness(kind):
     with torch.enable_grad():
         attr1, _ = ig_attributions(m, prompt, target, [0, 2], steps=64, layers_per_pass=1)
     assert torch.allclose(attr, attr1, atol=1e-6)
+
+
+def naive_ig(m, prompt, target, layer, steps):
+    """One plain forward/backward per integration step through the whole model (no staging, no batching)."""
+    with torch.no_grad():
+        _, cache = m.run_with_cache(prompt, [f"blocks.{layer}.mlp.hook_post"])
+    a = cache[f"blocks.{layer}.mlp.hook_post"][0, -1].double()
+    total = torch.zeros_like(a)
+    for k in range(steps):
+        x = ((k + 0.5) / steps * a).float().requires_grad_(True)
+
+        def put(v, hp, x=x):
+            v = v.clone()
+            v[:, -1] = x
+            return v
+
+        with torch.enable_grad(), m.hooks([(f"blocks.{layer}.mlp.hook_post", put)]):
+            p = m(prompt)[0, -1].float().softmax(-1)[target]
+            (g,) = torch.autograd.grad(p, [x])
+        total += g.double()
+    return (a * total / steps).float()
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "gpt2", "gemma2"])
+def test_ig_staged_pass_equals_naive_loop(kind):
+    m = tiny(kind)
+    prompt = tokens(batch=1, pos=7, seed=11)
+    layers = [2, 0, 1]  # any order; staged passes of two layers, one of them starting mid-model
+    attr, p = ig_attributions(m, prompt, 4, layers, steps=5, layers_per_pass=2)
+    assert attr.shape == (3, m.cfg.d_mlp) and attr.abs().sum() > 0
+    for j, layer in enumerate(layers):
+        ref = naive_ig(m, prompt, 4, layer, 5)
+        assert torch.allclose(attr[j], ref, atol=1e-6, rtol=1e-4), (layer, (attr[j] - ref).abs().max())
+    assert p == pytest.approx(float(last_logits(m, prompt).softmax(-1)[0, 4]), abs=1e-6)
+    assert all(q.requires_grad for q in m.model.parameters())  # the temporary freeze is undone
+    with pytest.raises(UncoverError, match="valid: 0..2"):
+        ig_attributions(m, prompt, 4, [3])
 
 
 def test_knowledge_filter_matches_manual():

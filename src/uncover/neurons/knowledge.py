@@ -6,11 +6,17 @@ integrated gradient of the object's probability along the path that scales the n
 activations of that layer at the last position from 0 to their value ``a``:
 ``attr_i = a_i * mean_k dP(alpha_k a) / da_i`` (midpoint Riemann sum, ``alpha_k = (k + 1/2) / m``).
 By completeness the attributions of one layer sum to ``P(a) - P(0)``.
-All ``m`` steps of several layers run as one batched forward/backward: row group ``j``
-scales only layer ``j``, so the other layers see their unscaled values.
+All ``m`` steps of several layers run as one staged forward/backward (the idea of
+:func:`uncover.patching.replay.run_staged`): the ``m`` rows of layer ``l`` join the batch at
+block ``l`` as copies of the clean residual there (nothing below ``l`` changes), so they only
+cost blocks ``l ..``; each row group scales only its own layer, and the blocks above compute
+from the changed stream. The weights are frozen during the pass, so the backward computes
+activation gradients only. A unit test compares with a naive loop of one forward/backward per
+step and layer.
 Neurons above ``threshold * max`` attribution of a prompt are kept; the knowledge
 neurons are those kept in at least a fraction ``share`` of the paraphrase prompts.
-Suppressing them (activation 0) lowers the fact's probability, amplifying (x2) raises it.
+Suppressing them (activation 0) lowers the fact's probability, amplifying (x2) raises it;
+:func:`uncover.editing.kn.kn_edit` rewrites their value vectors to edit the fact.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
+from uncover.hooks.tokens import Batch
 from uncover.neurons.ablation import Neuron, last_logits, neuron_hooks
 
 if TYPE_CHECKING:
@@ -37,41 +44,66 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
                     steps: int = 20, layers_per_pass: int = 4) -> tuple[torch.Tensor, float]:
     """IG attributions ``[len(layers), d_mlp]`` of ``P(target)`` at the last position, and ``P``.
 
+    Layers are processed ``layers_per_pass`` at a time in one staged forward/backward (see the
+    module docstring); the result does not depend on ``layers_per_pass``.
+
     >>> attr, p = ig_attributions(model, "The capital of France is", 7042, [10, 20])  # doctest: +SKIP
     >>> attr.shape  # doctest: +SKIP
     torch.Size([2, 1536])
     """
-    ids = model.tokenize(prompt).input_ids[:1]
+    from uncover.lenses.common import decode_resid
+    from uncover.patching.replay import _set_state, capture
+
+    if steps < 1 or layers_per_pass < 1:
+        raise UncoverError(f"steps and layers_per_pass must be >= 1, got {steps} and {layers_per_pass}")
+    layers = [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < model.cfg.n_layers]
+    if bad:
+        raise UncoverError(f"layer(s) {bad} out of range; valid: 0..{model.cfg.n_layers - 1}")
+    full = model.tokenize(prompt)
+    batch = Batch(full.input_ids[:1], full.attention_mask[:1])
+    names = [f"blocks.{x}.hook_resid_pre" for x in layers] + [f"blocks.{x}.mlp.hook_post" for x in layers]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(batch, names=names)
+        _, calls = capture(model, batch)
+    prob = float(logits[0, -1].float().softmax(-1)[target])
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    out = []
-    xs: dict[int, torch.Tensor] = {}
-    acts: dict[int, torch.Tensor] = {}
-    for c in range(0, len(layers), layers_per_pass):
-        chunk = list(layers[c : c + layers_per_pass])
+    out: dict[int, torch.Tensor] = {}
+    order = sorted(set(layers))
+    frozen = [p for p in model.model.parameters() if p.requires_grad]
+    try:
+        for p in frozen:  # gradients only flow to the scaled activations: no weight-gradient bookkeeping
+            p.requires_grad_(False)
+        for c in range(0, len(order), layers_per_pass):
+            chunk = order[c:c + layers_per_pass]
+            acts = {x: cache[f"blocks.{x}.mlp.hook_post"][0, -1].float() for x in chunk}  # [d_mlp]
+            xs = {x: (alphas.to(a.device)[:, None] * a).requires_grad_(True) for x, a in acts.items()}  # [steps, d_mlp]
 
-        def make(j: int, layer: int) -> Any:
-            def fn(v: torch.Tensor, hp: Any) -> torch.Tensor:
-                rows = slice(j * steps, (j + 1) * steps)
-                a = v[rows, -1].detach()[0]  # [d_mlp], unscaled in this row group
-                x = (alphas.to(v.device, v.dtype)[:, None] * a).requires_grad_(True)
-                xs[layer], acts[layer] = x, a
-                v = v.clone()
-                v[rows, -1] = x
-                return v
+            def scale(x: torch.Tensor) -> Any:
+                def fn(v: torch.Tensor, hp: Any) -> torch.Tensor:
+                    v = v.clone()
+                    v[-steps:, -1] = x.to(v.dtype)  # the rows that joined the batch at this layer
+                    return v
 
-            return fn
+                return fn
 
-        batch = ids.expand(len(chunk) * steps, -1)
-        with torch.enable_grad(), model.hooks([(f"blocks.{layer}.mlp.hook_post", make(j, layer))
-                                               for j, layer in enumerate(chunk)]):
-            # only the last position's logits: the unembedding of every position would dominate the cost
-            logits = model.model(input_ids=batch.to(model.device), use_cache=False, logits_to_keep=1).logits
-            p = logits[:, -1].float().softmax(-1)[:, target]
-            grads = torch.autograd.grad(p.sum(), [xs[layer] for layer in chunk])
-        for layer, g in zip(chunk, grads):
-            out.append((acts[layer].float() * g.float().mean(0)).detach().cpu())
-    prob = float(last_logits(model, ids).softmax(-1)[0, target])
-    return torch.stack(out), prob
+            with torch.enable_grad(), model.hooks([(f"blocks.{x}.mlp.hook_post", scale(xs[x])) for x in chunk]):
+                h: torch.Tensor | None = None
+                for i in range(chunk[0], model.cfg.n_layers):
+                    if i in xs:  # `steps` copies of the clean residual join the batch at their layer
+                        new = cache[f"blocks.{i}.hook_resid_pre"].expand(steps, -1, -1)
+                        h = new if h is None else torch.cat([h, new])
+                    _set_state(model, calls, h)
+                    o = model.adapter.block(i)(h, *calls.args[i], **calls.kwargs[i])
+                    h = o[0] if isinstance(o, tuple) else o
+                p = decode_resid(model, h[:, -1]).float().softmax(-1)[:, target]  # [rows]
+                grads = torch.autograd.grad(p.sum(), [xs[x] for x in chunk])
+            for x, g in zip(chunk, grads):
+                out[x] = (acts[x] * g.float().mean(0)).detach().cpu()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return torch.stack([out[x] for x in layers]), prob
 
 
 @dataclass
