@@ -9,7 +9,7 @@ from tests.conftest import V, tiny
 from uncover.editing import EditError, Request, RomeConfig, rome
 from uncover.editing.base import Edit, apply_deltas, down_proj, down_proj_path
 from uncover.editing.evaluate import ngram_entropy, object_logprobs
-from uncover.editing.kn import integrated_gradients, kn_edit
+from uncover.editing.kn import kn_edit
 from uncover.editing.memit import memit, memit_update
 from uncover.editing.rome import rank_one_update, subject_keys
 
@@ -235,31 +235,12 @@ def test_memit_tiny_and_atomic_failure(tmp_path, threads, monkeypatch):
 
 
 # ---- knowledge neurons -------------------------------------------------------------------------
-def test_integrated_gradients_completeness(threads):
-    m = word_model()
-    prompt, layer = "big ben is in the city of", 1
-    tok = 5
-    ig = integrated_gradients(m, prompt, tok, [layer], steps=128)
-    assert ig[0].abs().sum() == 0 and ig[2].abs().sum() == 0
-
-    def zero_last(v, hp):
-        v = v.clone()
-        v[:, -1] = 0
-        return v
-
-    with torch.no_grad():
-        full = m(prompt)[0, -1].softmax(-1)[tok]
-        base = m.run_with_hooks(prompt, [(f"blocks.{layer}.mlp.hook_post", zero_last)])[0, -1].softmax(-1)[tok]
-    # completeness: attributions sum to p(full) − p(baseline) (Riemann error only)
-    assert abs(float(ig[layer].sum()) - float(full - base)) < 2e-3 * max(1.0, float(abs(full - base)) * 100)
-
-
 def test_kn_suppress_equals_zeroing_neurons(threads):
     m = word_model()
     snap = snapshot(m)
     e = kn_edit(m, "{} is in the city of", "big ben", " rome", mode="suppress", steps=8, threshold=0.1,
-                max_neurons=4)
-    neurons = [(x, i) for x, i, _ in e.options["neurons"]]
+                max_neurons=4, layers=[0, 1, 2])
+    neurons = [tuple(n) for n in e.options["neurons"]]
     assert neurons and e.method == "kn-suppress"
     with torch.no_grad():
         edited = m("big ben is in the city of")
@@ -277,6 +258,63 @@ def test_kn_suppress_equals_zeroing_neurons(threads):
             hooks.append((f"blocks.{layer}.mlp.hook_post", fn))
         ref = m.run_with_hooks("big ben is in the city of", hooks)
     assert torch.allclose(edited, ref, atol=1e-5)
+
+
+def test_kn_update_reuses_neurons_and_reaches_margin(threads, monkeypatch, tmp_path):
+    import uncover.neurons.knowledge as nk
+    from uncover.neurons.knowledge import knowledge_neurons
+
+    m = word_model()
+    snap = snapshot(m)
+    text, new = "big ben is in the city of", m.tokenizer(" rome", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        old = int(m(text)[0, -1].argmax())
+    kn = knowledge_neurons(m, [text], old, layers=[0, 1, 2], steps=8, threshold=0.1)
+    assert kn.neurons
+
+    def no_search(*a, **k):
+        raise AssertionError("given knowledge neurons must be reused, not recomputed")
+
+    monkeypatch.setattr(nk, "knowledge_neurons", no_search)
+    e = kn_edit(m, "{} is in the city of", "big ben", " rome", neurons=kn, max_neurons=3, margin=0.5)
+    chosen = [tuple(n) for n in e.options["neurons"]]
+    assert chosen == kn.neurons[:3] and e.method == "kn-update" and e.options["old"] == m.tokenizer.decode([old])
+    # reference: column i of the down projection moved by λ · sign(a_i) · (u_new − u_old) / ‖u_new − u_old‖
+    _, cache = m.run_with_cache(text, [f"blocks.{x}.mlp.hook_post" for x in range(3)])
+    d = (m.W_U[:, new] - m.W_U[:, old]).detach().double()
+    d = d / d.norm()
+    lam = e.options["lam"]
+    for layer in range(3):
+        W = down_proj(m, layer).detach().double() - snap[down_proj_path(m, layer)].double()  # llama: [d_model, d_mlp]
+        for i in range(W.shape[1]):
+            if (layer, i) in chosen:
+                a = float(cache[f"blocks.{layer}.mlp.hook_post"][0, -1, i])
+                assert torch.allclose(W[:, i], lam * (1 if a >= 0 else -1) * d, atol=1e-5)
+            else:
+                assert W[:, i].abs().max() < 1e-7
+    # efficacy: the searched λ reaches the margin (the tiny model saturates near 0.8 nats); 0.9 λ does not
+    lp = m(text)[0, -1].detach().log_softmax(-1)
+    assert float(lp[new] - lp[old]) >= 0.5
+    e.revert()
+    assert same(m, snap)
+    short = kn_edit(m, "{} is in the city of", "big ben", " rome", neurons=kn, max_neurons=3, lam=0.9 * lam)
+    lp = m(text)[0, -1].detach().log_softmax(-1)
+    assert float(lp[new] - lp[old]) < 0.5
+    short.save(tmp_path / "kn")
+    short.revert()
+    assert same(m, snap)
+    again = Edit.load(tmp_path / "kn", m)
+    assert again.method == "kn-update" and again.options["lam"] == pytest.approx(0.9 * lam)
+    again.revert()
+    assert same(m, snap)
+    # inconsistent inputs are refused before any weight changes
+    wrong = next(w for w in (" paris", " london") if m.tokenizer(w, add_special_tokens=False)["input_ids"][0] != old)
+    for kw, msg in [(dict(neurons=kn, old=wrong, max_neurons=3), "neurons given"),
+                    (dict(neurons=kn, layers=[1]), "not both"), (dict(old=" rome"), "already"),
+                    (dict(neurons=kn, lam=-1.0), "> 0")]:
+        with pytest.raises(EditError, match=msg):
+            kn_edit(m, "{} is in the city of", "big ben", " rome", **kw)
+    assert same(m, snap)
 
 
 def test_cli_usage_errors_exit_2_before_loading(capsys):

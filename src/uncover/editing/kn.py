@@ -1,18 +1,22 @@
 """Knowledge-neuron edits (Dai et al. 2022, "Knowledge Neurons in Pretrained Transformers").
 
-Neurons (``blocks.{l}.mlp.hook_post`` units) that express a fact are found by integrated
-gradients of the object's probability at the last position with respect to each neuron's
-activation there, scaled from 0 to its value (``steps``-point midpoint Riemann sum):
-``attr_i = a_i · mean_α ∂p/∂(α a_i)``. Neurons whose attribution exceeds ``threshold`` × the
-prompt's largest attribution in at least ``share`` of the prompts (the prompt and its
-paraphrases) are the fact's knowledge neurons.
+The neurons that express a fact are the knowledge neurons of :mod:`uncover.neurons.knowledge`
+(integrated gradients of the old object's probability at the last position with respect to
+each ``blocks.{l}.mlp.hook_post`` activation, filtered by ``threshold`` and ``share``). Pass an
+already computed :class:`~uncover.neurons.knowledge.KnowledgeNeurons` to reuse it; otherwise
+:func:`kn_edit` computes one with :func:`~uncover.neurons.knowledge.knowledge_neurons`.
 
-Edits act on those neurons' value vectors (their columns of the down projection):
-``suppress`` zeroes them, ``update`` adds ``λ · (e_new − e_old)``, with ``e`` the
-unembedding direction of the object's first token (the paper's "updating facts").
+Edits act on those neurons' value vectors (their columns of the down projection ``W``
+``[d_model, d_mlp]``):
 
-Compact and self-contained; every layer's integrated gradients for one prompt run in a few
-batched passes (rows of a batch scale the neurons of different layers).
+- ``suppress`` zeroes them (the paper's "erasing knowledge");
+- ``update`` adds ``λ · sign(a_i) · d`` to column ``i``, with ``d`` the unit vector along
+  ``u_new − u_old`` (the unembedding columns of the new and old objects' first tokens) and
+  ``a_i`` the neuron's activation at the last position of the edit prompt (the paper's
+  "updating facts", which subtracts the old object's embedding and adds the new one's; the
+  sign matters for gated MLPs, whose neurons fire negative as often as positive). With
+  ``lam=None`` the smallest ``λ`` is searched (doubling, then bisection, on the real model)
+  for which ``log p(new) − log p(old) ≥ margin`` on the edit prompt (and the ``paraphrases``).
 """
 
 from __future__ import annotations
@@ -27,90 +31,31 @@ from uncover.editing.base import (
     Edit,
     EditError,
     Request,
+    apply_deltas,
     check_layer,
     check_request,
     down_proj,
     down_proj_path,
     make_edit,
+    restore,
     to_param_layout,
 )
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
+    from uncover.neurons.knowledge import KnowledgeNeurons
 
 MODES = ("update", "suppress")
 
 
-def integrated_gradients(
-    model: HookedModel, prompt: str | torch.Tensor, token: int, layers: Sequence[int] | None = None,
-    *, steps: int = 16, max_rows: int = 96,
-) -> torch.Tensor:
-    """Attribution ``[n_layers, d_mlp]`` of each neuron at the last position to p(``token``) (0 for layers not asked).
+def default_layers(model: HookedModel) -> list[int]:
+    """The upper half of the blocks, where Dai et al. find knowledge neurons (layers 15–29 of 30).
 
-    >>> ig = integrated_gradients(model, "The Eiffel Tower is in the city of", paris)  # doctest: +SKIP
-    >>> ig.shape  # doctest: +SKIP
-    torch.Size([30, 1536])
+    >>> default_layers(model)  # doctest: +SKIP
+    [15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]
     """
-    n, d = model.cfg.n_layers, model.cfg.d_mlp
-    layers = list(range(n)) if layers is None else [check_layer(model, x) for x in layers]
-    if steps < 1:
-        raise EditError(f"steps must be ≥ 1, not {steps}")
-    ids = model.tokenize(prompt).input_ids[:1]
-    names = [f"blocks.{x}.mlp.hook_post" for x in layers]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(ids, names=names)
-    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    out = torch.zeros(n, d)
-    per = max(1, max_rows // steps)
-    params = [p for p in model.model.parameters() if p.requires_grad]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        for c in range(0, len(layers), per):
-            group = layers[c:c + per]
-            acts = {x: cache[f"blocks.{x}.mlp.hook_post"][0, -1].float() for x in group}
-            xs = {x: (alphas.to(acts[x].device)[:, None] * acts[x][None]).requires_grad_(True) for x in group}
-
-            def hook(j: int, x: torch.Tensor):
-                def fn(v: torch.Tensor, hp: object) -> torch.Tensor:
-                    v = v.clone()
-                    v[j * steps:(j + 1) * steps, -1] = x.to(v.dtype)
-                    return v
-
-                return fn
-
-            with model.hooks([(f"blocks.{x}.mlp.hook_post", hook(j, xs[x])) for j, x in enumerate(group)]):
-                logits = model.model(input_ids=ids.expand(steps * len(group), -1), use_cache=False).logits
-            prob = logits[:, -1].float().softmax(-1)[:, token].sum()
-            grads = torch.autograd.grad(prob, [xs[x] for x in group])
-            for x, g in zip(group, grads):
-                out[x] = (acts[x] * g.mean(0)).detach().cpu()
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-    return out
-
-
-def knowledge_neurons(
-    model: HookedModel, prompts: Sequence[str], token: int, *, layers: Sequence[int] | None = None,
-    steps: int = 16, threshold: float = 0.2, share: float = 0.5, max_neurons: int = 10,
-) -> list[tuple[int, int, float]]:
-    """``[(layer, neuron, mean attribution), ...]`` shared by ≥ ``share`` of ``prompts``, strongest first.
-
-    >>> knowledge_neurons(model, ["The Eiffel Tower is in the city of"], paris)[:1]  # doctest: +SKIP
-    [(26, 1043, 0.0213)]
-    """
-    if not prompts:
-        raise EditError("no prompts given; knowledge neurons need the prompt (and paraphrases)")
-    if not 0 < threshold <= 1 or not 0 < share <= 1:
-        raise EditError(f"threshold and share must be in (0, 1], not {threshold} and {share}")
-    attrs = torch.stack([integrated_gradients(model, p, token, layers, steps=steps) for p in prompts])
-    hits = attrs > threshold * attrs.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
-    keep = hits.float().mean(0) >= share
-    mean = attrs.mean(0)
-    idx = keep.nonzero().tolist()
-    found = sorted(((int(a), int(b), float(mean[a, b])) for a, b in idx), key=lambda t: -t[2])
-    return found[:max_neurons]
+    n = model.cfg.n_layers
+    return list(range(n // 2, n))
 
 
 def kn_edit(
@@ -119,57 +64,153 @@ def kn_edit(
     subject: str,
     target: str,
     *,
+    neurons: KnowledgeNeurons | None = None,
     mode: str = "update",
     old: str | None = None,
     paraphrases: Sequence[str] = (),
     layers: Sequence[int] | None = None,
-    lam: float = 4.0,
+    lam: float | None = None,
+    margin: float = 1.0,
     steps: int = 16,
     threshold: float = 0.2,
     share: float = 0.5,
     max_neurons: int = 10,
 ) -> Edit:
-    """Find the knowledge neurons of the current answer and ``suppress`` them or ``update`` them towards ``target``.
+    """Edit the fact ``prompt(subject) → old`` through its knowledge neurons: ``suppress`` or ``update`` to ``target``.
 
-    ``old``: the object to move away from (default: the model's top next token after the
-    prompt). ``paraphrases``: more prompts (with the subject written out) that express the fact.
+    ``neurons``: knowledge neurons already found for the old object (reused as they are);
+    otherwise they are found on the edit prompt and ``paraphrases`` (with the subject written
+    out) over ``layers`` (default :func:`default_layers`) with ``steps``, ``threshold`` and
+    ``share``. The ``max_neurons`` most shared and strongest are edited. ``old``: the object
+    to move away from (default: the neurons' target, else the model's top next token).
+    ``lam``: the value change per neuron (norm of the added vector); ``None`` searches the
+    smallest one that gives the new object a ``margin`` (nats) over the old on every prompt.
 
     >>> e = kn_edit(model, "{} is in the city of", "The Eiffel Tower", " Rome")  # doctest: +SKIP
     >>> e.options["neurons"][:2]  # doctest: +SKIP
-    [[26, 1043, 0.0213], [24, 77, 0.0151]]
+    [[28, 1095], [29, 1066]]
+    >>> e.revert()  # doctest: +SKIP
     """
+    from uncover.neurons.knowledge import knowledge_neurons
+
     t0 = time.perf_counter()
     if mode not in MODES:
         raise EditError(f"unknown kn mode {mode!r}; valid: {', '.join(MODES)}")
+    if max_neurons < 1 or (lam is not None and lam <= 0) or margin <= 0:
+        raise EditError(f"max_neurons, lam and margin must be > 0, not {max_neurons}, {lam} and {margin}")
     req = Request.make(prompt, subject, target)
     new_ids = check_request(model, req)
-    if layers is not None:
-        layers = [check_layer(model, int(x)) for x in layers]
-    text = req.text
-    if old is None:
-        with torch.no_grad():
-            old_id = int(model(text)[0, -1].argmax())
-    else:
-        old_ids = model.tokenizer(old, add_special_tokens=False)["input_ids"]
-        if not old.strip() or not old_ids:
-            raise EditError(f"old object {old!r} tokenises to no tokens; give a word such as ' Paris'")
-        old_id = old_ids[0]
+    prompts = [req.text, *paraphrases]
+    old_id = _old_id(model, req.text, old, neurons)
     if old_id == new_ids[0]:
-        raise EditError(f"the target {target!r} is already the model's answer; give another target")
-    neurons = knowledge_neurons(model, [text, *paraphrases], old_id, layers=layers, steps=steps,
-                                threshold=threshold, share=share, max_neurons=max_neurons)
-    if not neurons:
-        raise EditError("found no knowledge neurons; lower threshold or share, or add paraphrases")
-    U = model.W_U.detach().double().cpu()
-    direction = lam * (U[:, new_ids[0]] - U[:, old_id])  # [d_model]
-    deltas: dict[str, torch.Tensor] = {}
-    for layer in sorted({x for x, _, _ in neurons}):
+        raise EditError(f"the target {target!r} is already the object being replaced; give another target")
+    if neurons is None:
+        layers = default_layers(model) if layers is None else [check_layer(model, int(x)) for x in layers]
+        neurons = knowledge_neurons(model, prompts, old_id, layers=layers, steps=steps, threshold=threshold,
+                                    share=share, layers_per_pass=8)
+    elif layers is not None:
+        raise EditError("give either neurons (already found) or layers to search, not both")
+    chosen = [(check_layer(model, int(x)), int(i)) for x, i in neurons.neurons[:max_neurons]]
+    if not chosen:
+        raise EditError("found no knowledge neurons; lower threshold or share, or search more layers")
+    bad = [n for n in chosen if not 0 <= n[1] < model.cfg.d_mlp]
+    if bad:
+        raise EditError(f"neurons {bad} out of range; valid indices 0 to {model.cfg.d_mlp - 1}")
+    if mode == "suppress":
+        deltas = _deltas(model, chosen, lambda layer, i, w: -w)
+        lam_used = None
+    else:
+        signs = _signs(model, req.text, chosen)
+        U = model.W_U.detach().double().cpu()  # [d_model, d_vocab]
+        d = U[:, new_ids[0]] - U[:, old_id]
+        d = d / d.norm().clamp_min(1e-12)  # [d_model]
+
+        def update(lam_: float) -> dict[str, torch.Tensor]:
+            return _deltas(model, chosen, lambda layer, i, w: lam_ * signs[(layer, i)] * d)
+
+        lam_used = lam if lam is not None else _search(model, prompts, old_id, new_ids[0], update, margin)
+        deltas = update(lam_used)
+    opts = {"mode": mode, "old": model.tokenizer.decode([old_id]), "neurons": [list(n) for n in chosen],
+            "attributed_layers": list(neurons.layers), "lam": lam_used, "margin": margin if lam is None else None,
+            "steps": steps, "threshold": neurons.threshold, "share": neurons.share, "paraphrases": list(paraphrases)}
+    return make_edit(model, f"kn-{mode}", [req], [x for x, _ in chosen], deltas, opts, t0)
+
+
+def _old_id(model: HookedModel, text: str, old: str | None, neurons: KnowledgeNeurons | None) -> int:
+    if old is not None:
+        ids = model.tokenizer(old, add_special_tokens=False)["input_ids"]
+        if not old.strip() or not ids:
+            raise EditError(f"old object {old!r} tokenises to no tokens; give a word such as ' Paris'")
+        if neurons is not None and ids[0] != neurons.target_id:
+            raise EditError(f"the knowledge neurons given are for {neurons.target!r}, not the old object {old!r}")
+        return int(ids[0])
+    if neurons is not None:
+        return int(neurons.target_id)
+    with torch.no_grad():
+        return int(model(text)[0, -1].argmax())
+
+
+def _signs(model: HookedModel, text: str, chosen: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    """``sign(a_i)`` of each chosen neuron's activation at the last position of ``text``."""
+    names = sorted({f"blocks.{x}.mlp.hook_post" for x, _ in chosen})
+    with torch.no_grad():
+        _, cache = model.run_with_cache(text, names=names)
+    return {(x, i): 1.0 if float(cache[f"blocks.{x}.mlp.hook_post"][0, -1, i]) >= 0 else -1.0 for x, i in chosen}
+
+
+def _deltas(model: HookedModel, chosen: list[tuple[int, int]], column) -> dict[str, torch.Tensor]:
+    """``{down-proj path: delta}`` with column ``i`` of layer ``x`` set to ``column(x, i, W[:, i])``."""
+    out: dict[str, torch.Tensor] = {}
+    for layer in sorted({x for x, _ in chosen}):
         W = down_proj(model, layer).detach().double().cpu()  # [d_model, d_mlp]
-        d = torch.zeros_like(W)
-        for x, i, _ in neurons:
+        delta = torch.zeros_like(W)
+        for x, i in chosen:
             if x == layer:
-                d[:, i] = -W[:, i] if mode == "suppress" else direction
-        deltas[down_proj_path(model, layer)] = to_param_layout(model, d)
-    opts = {"mode": mode, "old": model.tokenizer.decode([old_id]), "neurons": [list(t) for t in neurons],
-            "lam": lam, "steps": steps, "threshold": threshold, "share": share, "paraphrases": list(paraphrases)}
-    return make_edit(model, f"kn-{mode}", [req], [x for x, _, _ in neurons], deltas, opts, t0)
+                delta[:, i] = column(x, i, W[:, i])
+        out[down_proj_path(model, layer)] = to_param_layout(model, delta)
+    return out
+
+
+def _gap(model: HookedModel, prompts: list[str], old_id: int, new_id: int) -> float:
+    """The smallest ``log p(new) − log p(old)`` (first tokens) over ``prompts``."""
+    with torch.no_grad():
+        lp = torch.stack([model(p)[0, -1].float().log_softmax(-1) for p in prompts])
+    return float((lp[:, new_id] - lp[:, old_id]).min())
+
+
+def _search(model: HookedModel, prompts: list[str], old_id: int, new_id: int, update, margin: float,
+            start: float = 1.0, iters: int = 7, max_steps: int = 14) -> float:
+    """Smallest ``λ`` (to a factor ``1 + 2^-iters``) whose edit reaches ``margin``; restores the model each try."""
+
+    def ok(lam: float) -> bool:
+        originals = apply_deltas(model, update(lam))
+        try:
+            return _gap(model, prompts, old_id, new_id) >= margin
+        finally:
+            restore(model, originals)
+
+    lo, hi = start, start
+    if ok(start):  # halve until it fails
+        for _ in range(max_steps):
+            lo /= 2
+            if not ok(lo):
+                break
+            hi = lo
+        else:
+            return hi
+    else:  # double until it succeeds
+        for _ in range(max_steps):
+            hi *= 2
+            if ok(hi):
+                break
+            lo = hi
+        else:
+            raise EditError(f"no value change up to λ = {hi:g} gives the new object a {margin} nat margin; "
+                            "give more neurons (max_neurons), other layers, or lam")
+    for _ in range(iters):  # ok(hi) and not ok(lo)
+        mid = (lo + hi) / 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
