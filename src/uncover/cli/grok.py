@@ -20,6 +20,8 @@ def grok(
     weight_decay: float = typer.Option(1.0, "--weight-decay", help="AdamW weight decay (0: memorize only)"),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate"),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and the initialisation"),
+    init_scale: float = typer.Option(1.0, "--init-scale", help="Multiplier on the initial weights (> 1: "
+                                     "memorize at once, generalise later: a longer grokking delay)"),
     eval_every: int = typer.Option(100, "--eval-every", help="Steps between metric rows"),
     out: Path | None = typer.Option(None, "--out", help="Run directory (checkpoints, snapshots, metrics)"),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory"),
@@ -47,7 +49,7 @@ def grok(
         run = train(cfg, resume, resume=True, threads=threads)
     else:
         cfg = GrokConfig(p=p, op=op, train_frac=train_frac, weight_decay=weight_decay, lr=lr, seed=seed,
-                         eval_every=eval_every, **({} if steps is None else {"steps": steps}))
+                         init_scale=init_scale, eval_every=eval_every, **({} if steps is None else {"steps": steps}))
         if compare is not None:
             choices = {"wd": weight_decay_comparison, "fractions": fraction_sweep}
             if compare not in choices:

@@ -61,6 +61,11 @@ class GrokConfig:
     """Full-batch optimisation steps."""
     seed: int = 0
     """Seed of the data split and the initialisation."""
+    init_scale: float = 1.0
+    """Multiplier on the initial weights (GPT-2 initialisation, std 0.02). Above 1 the model starts
+    with a weight norm above that of the generalising solution: it memorizes at once and generalises
+    only once weight decay has shrunk the weights, a long and clean grokking delay (Liu et al. 2023,
+    "Omnigrok")."""
     eval_every: int = 100
     """Steps between metric rows (train/test loss and accuracy, weight norm, Gini)."""
     snapshot_every: int = 250
@@ -83,6 +88,8 @@ class GrokConfig:
         for name in ("warmup", "snapshot_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise GrokConfigError(f"{name} must be ≥ 0, not {getattr(self, name)}")
+        if self.init_scale <= 0:
+            raise GrokConfigError(f"init_scale must be positive, not {self.init_scale}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise GrokConfigError(f"need lr > 0 and weight_decay ≥ 0 (got {self.lr}, {self.weight_decay})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

@@ -23,7 +23,7 @@ from uncover.hooks.hooked import HookedModel
 
 
 def build_model(cfg: GrokConfig) -> T.GPT2LMHeadModel:
-    """A freshly initialised (seeded by ``cfg.seed``) grokking model.
+    """A freshly initialised (seeded by ``cfg.seed``, weights times ``cfg.init_scale``) grokking model.
 
     >>> m = build_model(GrokConfig(p=7, d_model=8, n_heads=2, d_mlp=16))
     >>> m(input_ids=torch.tensor([[1, 2, 7]])).logits.shape
@@ -38,6 +38,10 @@ def build_model(cfg: GrokConfig) -> T.GPT2LMHeadModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = T.GPT2LMHeadModel(hf)
+    if cfg.init_scale != 1.0:
+        with torch.no_grad():
+            for w in model.parameters():
+                w.mul_(cfg.init_scale)
     for block in model.transformer.h:
         block.ln_1 = nn.Identity()
         block.ln_2 = nn.Identity()

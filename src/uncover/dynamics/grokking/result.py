@@ -33,7 +33,8 @@ class GrokkingResult(Result):
     measures: pd.DataFrame
     """Per snapshot: ``step restricted_loss excluded_loss full_loss embed_gini logit_gini weight_norm``."""
     key_freqs: list[int]
-    """The key frequencies ``k`` (``w_k = 2πk/p``) found in the final model's neurons."""
+    """The key frequencies ``k`` found in the final model's neurons: ``w_k = 2πk/p`` over the token for
+    ``+ -``, ``w_k = 2πk/(p-1)`` over its discrete logarithm for ``* /``."""
     embed_norms: list[float]
     """Final embedding norm per frequency (index 0 = constant)."""
     phases: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -52,10 +53,14 @@ class GrokkingResult(Result):
                  f"{int(self._at('step'))} steps",
                  f"final train acc {self._at('train_acc'):.3f}, test acc {self._at('test_acc'):.3f} "
                  f"(test loss {self._at('test_loss'):.3g})",
-                 f"key frequencies: {', '.join(map(str, self.key_freqs)) or 'none'}"]
+                 f"key frequencies{self._basis_note}: {', '.join(map(str, self.key_freqs)) or 'none'}"]
         for name, (a, b) in self.phases.items():
             lines.append(f"{name}: steps {a}-{b}")
         return "\n".join(lines)
+
+    @property
+    def _basis_note(self) -> str:
+        return f" (over discrete logs, period {self.cfg.p - 1})" if self.cfg.op in ("*", "/") else ""
 
     def to_frame(self) -> pd.DataFrame:
         m = self.metrics
@@ -106,7 +111,7 @@ class GrokkingResult(Result):
         fig.update_xaxes(title_text="step", row=1, col=1)
         fig.update_xaxes(title_text="step", row=1, col=2)
         fig.update_xaxes(title_text="step", row=2, col=1)
-        fig.update_xaxes(title_text="frequency k (red: key)", row=2, col=2)
+        fig.update_xaxes(title_text=f"frequency k{self._basis_note} (red: key)", row=2, col=2)
         fig.update_yaxes(title_text="Gini", row=2, col=1)
         fig.update_yaxes(title_text="weight norm", row=2, col=1, secondary_y=True)
         fig.update_layout(title=self.title, height=750)
