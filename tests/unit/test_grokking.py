@@ -345,3 +345,21 @@ def test_cli_grok_json_resume_and_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["grok", "--op", "^"])
     assert e.value.code == 2 and "valid: +, -, *, /" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op", ["*", "/"])
+def test_cli_grok_multiplicative_with_html(tmp_path, capsys, op):
+    from uncover.cli.main import main
+
+    html = tmp_path / "grok.html"
+    with pytest.raises(SystemExit) as e:
+        main(["grok", "--p", "11", "--op", op, "--steps", "10", "--eval-every", "5", "--lr", "1e-2",
+              "--init-scale", "2", "--html", str(html), "--json"])
+    assert e.value.code == 0, capsys.readouterr().err
+    d = json.loads(capsys.readouterr().out)
+    assert d["kind"] == "GrokkingResult" and d["config"]["op"] == op and d["config"]["init_scale"] == 2.0
+    rec = d["records"][-1]
+    assert rec["step"] == 10 and math.isfinite(rec["restricted_loss"]) and math.isfinite(rec["excluded_loss"])
+    assert len(d["key_freqs"]) >= 1 and len(d["embed_norms"]) == 6
+    text = html.read_text()
+    assert f"Grokking: a {op} b mod 11" in text and "over discrete logs, period 10" in text
