@@ -14,8 +14,8 @@ pytestmark = pytest.mark.e2e
 EXE = [sys.executable, "-m", "uncover.cli.main"]
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+def run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def test_models_json():
@@ -48,13 +48,14 @@ def test_dla_text_and_usage_errors():
 
 
 def test_tour_writes_report(tmp_path):
-    p = run("tour", "--out", str(tmp_path / "t.html"))
+    p = run("tour", "--out", str(tmp_path / "t.html"), timeout=900)  # trains the features' SAE on first use
     assert p.returncode == 0, p.stderr
     path = Path(p.stdout.strip())
     page = path.read_text()
     assert path.exists() and "Logit lens" in page and "Direct logit attribution" in page
     assert "Activation patching" in page and "Path patching" in page and "Causal trac" in page
     assert "Attribution patching" in page and "nduction" in page
+    assert "SAE features: SAE evaluation" in page and "CE recovered" in page and "<h3>Feature " in page
     assert "<script src" not in page and len(page) > 3_000_000  # plotly.js inlined
 
 

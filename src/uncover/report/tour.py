@@ -87,6 +87,27 @@ def heads_section(model: HookedModel) -> list[Result]:
             attention_patterns(model, "The cat sat on the mat. The cat sat on the", heads)]
 
 
+def features_section(model: HookedModel) -> list[Result]:
+    """A small TopK SAE on the middle residual stream (trained on first use, then cached): its
+    quality, and the dashboards of the features most active on the factual prompt's last token."""
+    from uncover.data.corpus import token_blocks
+    from uncover.sae.attach import attach_sae
+    from uncover.sae.dashboard import feature_dashboard
+    from uncover.sae.evaluate import evaluate_sae
+    from uncover.sae.quick import quick_sae
+
+    sae = quick_sae(model, progress=False)
+    held = token_blocks(model, block_len=64, split="heldout")
+    with attach_sae(model, sae) as att:
+        model(FACT_PROMPT)
+    acts = att["hook_sae_acts_post"][0]  # [pos, d_sae]
+    subject_end = len(model.to_str_tokens(FACT_SUBJECT)) - 1
+    top: list[int] = []
+    for pos in (subject_end, -1):  # the subject's last token, then the answer position
+        top += [f for f in acts[pos].topk(4).indices.tolist() if f not in top][:2]
+    return [evaluate_sae(model, sae, held[:8]), feature_dashboard(model, sae, top, tokens=held[:48], k=6)]
+
+
 SECTIONS: list[tuple[str, Callable[[HookedModel], list[Result]]]] = [
     ("Logit lens", lens_section),
     ("Direct logit attribution", dla_section),
@@ -95,6 +116,7 @@ SECTIONS: list[tuple[str, Callable[[HookedModel], list[Result]]]] = [
     ("Causal tracing", tracing_section),
     ("Attribution patching", attribution_section),
     ("Attention heads", heads_section),
+    ("SAE features", features_section),
 ]
 
 
@@ -110,6 +132,9 @@ def run_tour(model: HookedModel, out: str | Path = "uncover-tour.html", progress
     for title, fn in tqdm(SECTIONS, desc="tour", disable=not progress):
         for r in fn(model):
             s = Section.from_result(r)
+            cards = getattr(r, "feature_html", None)
+            if cards is not None:  # feature dashboards: one card of highlighted contexts per feature
+                s.body += "\n".join(cards(j) for j in range(len(r.features)))
             s.title = r.title if r.title.lower().startswith(title.lower()) else f"{title}: {r.title}"
             sections.append(s)
     intro = (
