@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--d-mlp", type=int, default=512)
+    ap.add_argument("--init-scale", type=float, default=4.0,
+                    help="initial weights times this (4 ≈ Nanda et al.'s 1/sqrt(d_model) init; 1 = GPT-2's 0.02, "
+                         "which generalises almost at once at p = 113)")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--snapshot-every", type=int, default=250)
     ap.add_argument("--name", default="p113")
@@ -113,7 +116,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = args.out or ROOT / "out" / f"grokking_{args.name}"
     cfg = GrokConfig(p=args.p, op=args.op, steps=args.steps, train_frac=args.train_frac, lr=args.lr,
-                     d_model=args.d_model, d_mlp=args.d_mlp, checkpoint_every=500, eval_every=args.eval_every,
+                     d_model=args.d_model, d_mlp=args.d_mlp, init_scale=args.init_scale, checkpoint_every=500,
+                     eval_every=args.eval_every,
                      snapshot_every=args.snapshot_every)
     t0 = time.time()
     if not args.analyse_only:
