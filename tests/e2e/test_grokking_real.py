@@ -18,6 +18,8 @@ import torch
 
 from uncover.dynamics.grokking import GrokConfig, progress_measures, train
 from uncover.dynamics.grokking.compare import first_step
+from uncover.dynamics.grokking.fourier import freq_norms, gini
+from uncover.dynamics.grokking.groups import op_basis
 
 pytestmark = pytest.mark.e2e
 
@@ -96,3 +98,22 @@ def test_without_weight_decay_the_same_run_does_not_generalise():
     assert first_step(m, "train_acc", 0.99) is not None and m.train_acc.iloc[-1] >= 0.99, m.to_string()
     assert m.test_acc.max() < 0.3, m.to_string()
     assert m.embed_gini.iloc[-1] < 0.15 and m.weight_norm.iloc[-1] > m.weight_norm.iloc[0]
+
+
+def test_multiplication_embedding_is_sparse_in_the_discrete_log_basis():
+    # a + b's test config with op "*" and a half-width model, 300 steps (about 10 s): the embedding
+    # concentrates on a few frequencies of log_g a, not of the token index a
+    cfg = CFG.replace(op="*", d_model=64, d_mlp=256, steps=300, eval_every=100, snapshot_every=0)
+    run = _train(cfg)
+    assert run.metrics.train_acc.iloc[-1] >= 0.99 and run.metrics.test_acc.iloc[-1] > 0.3, run.metrics.to_string()
+    w_e = run.model.transformer.wte.weight.detach()[: cfg.p].double()
+    stats = {}
+    for op in ("*", "+"):
+        b = op_basis(cfg.p, op)
+        norms = freq_norms(b.matrix @ w_e, b.freqs)[1:]
+        top3 = norms.pow(2).sort(descending=True).values[:3].sum() / norms.pow(2).sum()
+        stats[op] = (gini(norms), float(top3))
+    assert stats["*"][0] > 0.2 and stats["*"][0] > 3 * stats["+"][0], stats
+    assert stats["*"][1] > 0.5 > stats["+"][1] + 0.15, stats
+    # the training loop's embed_gini uses the basis of cfg.op
+    assert run.metrics.embed_gini.iloc[-1] == pytest.approx(stats["*"][0])
