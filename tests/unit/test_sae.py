@@ -483,3 +483,36 @@ def test_tensorboard_missing_package_is_a_clear_error(tmp_path, monkeypatch):
                   tensorboard=True, progress=False)
     with pytest.raises(UncoverError, match="needs out_dir"):
         train_sae(sae, TensorSource(sparse_data(n=256), 64), TrainConfig(steps=2), tensorboard=True, progress=False)
+
+
+def _dense_topk_loss(sae: TopKSAE, x: torch.Tensor, dead: torch.Tensor, aux_coeff: float) -> torch.Tensor:
+    """TopK training loss the plain dense way: decode(activation(encode_pre(x))) and AuxK on masked pre."""
+    pre = sae.encode_pre(x)
+    f = sae.activation(pre)
+    err = x - sae.decode(f)
+    loss = err.pow(2).sum(-1).mean()
+    if dead.any():
+        top = pre.masked_fill(~dead, float("-inf")).topk(min(int(dead.sum()), x.shape[-1] // 2), dim=-1)
+        e_hat = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values)) @ sae.W_dec
+        e = err.detach()
+        loss = loss + aux_coeff * (e_hat - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean()
+    return loss
+
+
+@pytest.mark.parametrize("n_dead", [0, 3, 20])
+def test_topk_sparse_training_step_equals_dense(n_dead):
+    torch.manual_seed(0)
+    sae = make("topk", d_in=12, d_sae=40, k=5).double()
+    x = torch.randn(33, 12, dtype=torch.float64) * 2 + 0.3
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[torch.randperm(40)[:n_dead]] = True
+    loss, parts, f = sae.training_loss(x, 0.0, dead, 0.5)
+    grads = torch.autograd.grad(loss, list(sae.parameters()))
+    want = _dense_topk_loss(sae, x, dead, 0.5)
+    want_grads = torch.autograd.grad(want, list(sae.parameters()))
+    assert float(loss) == pytest.approx(float(want), rel=1e-10)
+    for (name, _), g, w in zip(sae.named_parameters(), grads, want_grads):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-12), name
+    ref = sae.encode(x).detach()
+    assert torch.equal(f > 0, ref > 0) and torch.allclose(f, ref, rtol=1e-12, atol=1e-12)
+    assert ("aux" in parts) == (n_dead > 0)
