@@ -32,6 +32,9 @@ def train(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate"),
     sparsity_coeff: float = typer.Option(1.0, "--sparsity-coeff", help="L1 (standard) or L0 (jumprelu) coefficient"),
     resample_every: int = typer.Option(0, "--resample-every", help="Resample dead latents every N steps (standard)"),
+    init_threshold: float = typer.Option(0.05, "--init-threshold",
+                                         help="Initial threshold (jumprelu; inputs are scaled to E||x||^2 = d_in)"),
+    bandwidth: float = typer.Option(0.05, "--bandwidth", help="Straight-through kernel width (jumprelu)"),
     shards: bool = typer.Option(False, "--shards", help="Cache activations as safetensors shards in out/acts"),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints"),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint"),
@@ -67,7 +70,8 @@ def train(
     d_in = m.cfg.d_model if "resid" in hook or hook.endswith("_out") else int(source.batch(0).shape[-1])
     cfg = SAEConfig(d_in=d_in, d_sae=expansion * d_in, architecture=arch, hook_name=hook,
                     k=k if arch == "topk" else None, model_name=m.name or "")
-    sae = ARCHITECTURES[arch](cfg, seed=seed)
+    jump = {"init_threshold": init_threshold, "bandwidth": bandwidth} if arch == "jumprelu" else {}
+    sae = ARCHITECTURES[arch](cfg, seed=seed, **jump)
     tcfg = TrainConfig(steps=steps, lr=lr, sparsity_coeff=sparsity_coeff, resample_every=resample_every,
                        checkpoint_every=checkpoint_every, seed=seed)
     result = train_sae(sae, source, tcfg, out_dir=out, resume=resume, tensorboard=tensorboard)
