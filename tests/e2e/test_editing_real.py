@@ -1,7 +1,8 @@
 """ROME on the embedded model (Meng et al. 2022): the Eiffel Tower moves to Rome, and only it.
 
 One edit with a small key-statistics sample (cached in a temporary directory) and the default
-layer (causal tracing's choice for this model, docs/editing.md).
+layer (causal tracing's choice for this model, docs/editing.md). A knowledge-neuron edit
+(Dai et al. 2022) of the same fact flips it too and reverts bit-exactly.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from uncover.core.threads import torch_threads
 from uncover.data.counterfact import known
-from uncover.editing import Edit, EditError, RomeConfig, rome
+from uncover.editing import Edit, EditError, RomeConfig, kn_edit, rome
 from uncover.editing.base import down_proj_path
 from uncover.editing.evaluate import object_logprobs
 
@@ -79,3 +81,20 @@ def test_bad_edit_leaves_model_untouched(real, stats_dir):
         rome(real, "The Louvre is in the city of", SUBJECT, " Rome", cache=stats_dir)
     with torch.no_grad():
         assert torch.equal(real(text), before)
+
+
+def test_kn_edit_flips_the_fact_and_reverts(real):
+    text = PROMPT.format(SUBJECT)
+    with torch.no_grad():
+        clean = real(text)
+    with torch_threads(1):  # ≈ 6 s of CPU; more threads only spin on a shared machine
+        e = kn_edit(real, PROMPT, SUBJECT, " Rome", old=" Paris", margin=1.0)
+    try:
+        lp = object_logprobs(real, [text], [" Paris", " Rome"])[0]
+        assert top(real, text) == " Rome" and float(lp[1] - lp[0]) >= 1.0 - 1e-3  # efficacy with the margin asked
+        assert e.method == "kn-update" and 1 <= len(e.options["neurons"]) <= 10
+        assert all(layer >= real.cfg.n_layers // 2 for layer, _ in e.options["neurons"])  # the default layers
+    finally:
+        e.revert()
+    with torch.no_grad():
+        assert torch.equal(real(text), clean)

@@ -36,6 +36,8 @@ def edit(
     if method not in METHODS:
         raise UncoverError(f"unknown --method {method!r}; valid: {', '.join(METHODS)}")
     req = Request.make(prompt, subject, target)
+    if not target.strip():
+        raise UncoverError(f"--target {target!r} tokenises to no tokens; give a word such as ' Rome'")
     if layer is not None and layer < 0:
         raise UncoverError(f"--layer must be ≥ 0, not {layer}")
     if mom2_samples < 1 or gen_tokens < 0:
