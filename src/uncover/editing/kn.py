@@ -104,6 +104,7 @@ def kn_edit(
     old_id = _old_id(model, req.text, old, neurons)
     if old_id == new_ids[0]:
         raise EditError(f"the target {target!r} is already the object being replaced; give another target")
+    reused = neurons is not None
     if neurons is None:
         layers = default_layers(model) if layers is None else [check_layer(model, int(x)) for x in layers]
         neurons = knowledge_neurons(model, prompts, old_id, layers=layers, steps=steps, threshold=threshold,
@@ -132,7 +133,8 @@ def kn_edit(
         deltas = update(lam_used)
     opts = {"mode": mode, "old": model.tokenizer.decode([old_id]), "neurons": [list(n) for n in chosen],
             "attributed_layers": list(neurons.layers), "lam": lam_used, "margin": margin if lam is None else None,
-            "steps": steps, "threshold": neurons.threshold, "share": neurons.share, "paraphrases": list(paraphrases)}
+            "steps": None if reused else steps, "reused_neurons": reused, "threshold": neurons.threshold,
+            "share": neurons.share, "paraphrases": list(paraphrases)}
     return make_edit(model, f"kn-{mode}", [req], [x for x, _ in chosen], deltas, opts, t0)
 
 
