@@ -516,3 +516,21 @@ def test_topk_sparse_training_step_equals_dense(n_dead):
     ref = sae.encode(x).detach()
     assert torch.equal(f > 0, ref > 0) and torch.allclose(f, ref, rtol=1e-12, atol=1e-12)
     assert ("aux" in parts) == (n_dead > 0)
+
+
+def test_jumprelu_pre_activation_loss_lifts_dead_latents():
+    sae = make("jumprelu", d_in=8, d_sae=32)
+    x = torch.randn(40, 8)
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[:6] = True
+    base, parts0, _ = sae.training_loss(x, 0.5, None, 0.1)
+    loss, parts, _ = sae.training_loss(x, 0.5, dead, 0.1)
+    pre = sae.encode_pre(x).detach()
+    theta = sae.threshold.detach()
+    want = sum(float(((theta[i] - pre[:, i]).relu() * sae.W_dec[i].norm()).mean()) for i in range(6))
+    assert "aux" not in parts0 and parts["aux"] == pytest.approx(want, rel=1e-5)
+    assert float(loss - base) == pytest.approx(0.1 * want, rel=1e-4)
+    sae.zero_grad()
+    (loss - base).backward()
+    below = (pre[:, :6] < theta[:6]).any(0)
+    assert (sae.b_enc.grad[:6][below] < 0).all() and (sae.b_enc.grad[6:] == 0).all()  # only dead ones pushed up

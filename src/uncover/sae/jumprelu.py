@@ -2,7 +2,10 @@
 with JumpReLU Sparse Autoencoders").
 
 ``f_i = pre_i * H(pre_i - theta_i)`` with a learnt threshold ``theta_i > 0`` per latent, and
-an L0 sparsity penalty ``lambda * sum_i H(pre_i - theta_i)``. The Heaviside step has no
+an L0 sparsity penalty ``lambda * sum_i H(pre_i - theta_i)``. Dead latents (no firing for a
+while) get the pre-activation loss of Anthropic's JumpReLU recipe (Conerly et al. 2025; SAELens's
+``pre_act_loss``), ``aux_coeff * sum_dead relu(theta_i - pre_i) ||W_dec_i||``, which lifts them
+back towards their thresholds. The Heaviside step has no
 useful gradient in ``theta``; the straight-through estimator with the rectangle kernel
 ``K(u) = 1[|u| < 1/2]`` and bandwidth ``eps`` gives
 ``d JumpReLU / d theta = -(theta / eps) K((pre - theta) / eps)`` and
@@ -96,4 +99,12 @@ class JumpReLUSAE(SAE):
         mse = (self.decode(f) - x).pow(2).sum(-1).mean()
         l0 = _Step.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
         loss = mse + sparsity_coeff * l0
-        return loss, {"mse": float(mse.detach()), "sparsity": float(l0.detach())}, f
+        parts = {"mse": float(mse.detach()), "sparsity": float(l0.detach())}
+        if dead is not None and aux_coeff > 0 and bool(dead.any()):
+            # a dead latent's pre-activation sits below its threshold and gets no gradient from the
+            # reconstruction; pull it up towards the threshold (Anthropic's pre-activation loss,
+            # restricted to dead latents as SAELens does)
+            pre_act = ((self.threshold.detach() - pre).relu() * dead * self.W_dec.norm(dim=-1)).sum(-1).mean()
+            loss = loss + aux_coeff * pre_act
+            parts["aux"] = float(pre_act.detach())
+        return loss, parts, f

@@ -57,7 +57,7 @@ class TrainConfig:
         sparsity_coeff: L1 (``standard``) or L0 (``jumprelu``) coefficient; unused for ``topk``.
         sparsity_warmup_steps: linear warm-up of the sparsity coefficient.
         dead_steps: a latent that has not fired for this many steps is dead.
-        aux_coeff: AuxK loss weight (``topk``).
+        aux_coeff: weight of the dead-latent loss: AuxK (``topk``), pre-activation loss (``jumprelu``).
         resample_every: resample dead latents every so many steps (``standard``; 0 = never).
         normalize: scale inputs so that ``E||x||^2 = d_in`` (estimated on the first batch).
         checkpoint_every: steps between checkpoints (0 = only at the end).
