@@ -276,7 +276,7 @@ def test_kn_update_reuses_neurons_and_reaches_margin(threads, monkeypatch, tmp_p
         raise AssertionError("given knowledge neurons must be reused, not recomputed")
 
     monkeypatch.setattr(nk, "knowledge_neurons", no_search)
-    e = kn_edit(m, "{} is in the city of", "big ben", " rome", neurons=kn, max_neurons=3, margin=0.5)
+    e = kn_edit(m, "{} is in the city of", "big ben", " rome", neurons=kn, max_neurons=3, margin=0.5, contrast=None)
     chosen = [tuple(n) for n in e.options["neurons"]]
     assert chosen == kn.neurons[:3] and e.method == "kn-update" and e.options["old"] == m.tokenizer.decode([old])
     # reference: column i of the down projection moved by λ · sign(a_i) · (u_new − u_old) / ‖u_new − u_old‖
@@ -297,7 +297,8 @@ def test_kn_update_reuses_neurons_and_reaches_margin(threads, monkeypatch, tmp_p
     assert float(lp[new] - lp[old]) >= 0.5
     e.revert()
     assert same(m, snap)
-    short = kn_edit(m, "{} is in the city of", "big ben", " rome", neurons=kn, max_neurons=3, lam=0.9 * lam)
+    short = kn_edit(m, "{} is in the city of", "big ben", " rome", neurons=kn, max_neurons=3, lam=0.9 * lam,
+                    contrast=None)
     lp = m(text)[0, -1].detach().log_softmax(-1)
     assert float(lp[new] - lp[old]) < 0.5
     short.save(tmp_path / "kn")
@@ -311,10 +312,31 @@ def test_kn_update_reuses_neurons_and_reaches_margin(threads, monkeypatch, tmp_p
     wrong = next(w for w in (" paris", " london") if m.tokenizer(w, add_special_tokens=False)["input_ids"][0] != old)
     for kw, msg in [(dict(neurons=kn, old=wrong, max_neurons=3), "neurons given"),
                     (dict(neurons=kn, layers=[1]), "not both"), (dict(old=" rome"), "already"),
-                    (dict(neurons=kn, lam=-1.0), "> 0")]:
+                    (dict(neurons=kn, lam=-1.0), "> 0"), (dict(neurons=kn, specificity=1.0), "specificity")]:
         with pytest.raises(EditError, match=msg):
             kn_edit(m, "{} is in the city of", "big ben", " rome", **kw)
     assert same(m, snap)
+
+
+def test_kn_contrast_keeps_subject_specific_neurons(threads):
+    from uncover.neurons.knowledge import knowledge_neurons
+
+    m = word_model()
+    text, other = "big ben is in the city of", "the tower is in the city of"
+    with torch.no_grad():
+        old = int(m(text)[0, -1].argmax())
+        kn = knowledge_neurons(m, [text], old, layers=[0, 1, 2], steps=4, threshold=0.05)
+        _, ca = m.run_with_cache(text, [f"blocks.{x}.mlp.hook_post" for x in range(3)])
+        _, cb = m.run_with_cache(other, [f"blocks.{x}.mlp.hook_post" for x in range(3)])
+    # reference: |a| at the edit prompt minus |a| with the contrast subject, above half of |a|
+    ref = [(x, i) for x, i in kn.neurons
+           if float(ca[f"blocks.{x}.mlp.hook_post"][0, -1, i].abs() - cb[f"blocks.{x}.mlp.hook_post"][0, -1, i].abs())
+           > 0.5 * float(ca[f"blocks.{x}.mlp.hook_post"][0, -1, i].abs())]
+    assert 0 < len(ref) < len(kn.neurons)  # the filter does something here
+    e = kn_edit(m, "{} is in the city of", "big ben", " rome", neurons=kn, contrast="the tower", max_neurons=50,
+                lam=1.0)
+    assert [tuple(n) for n in e.options["neurons"]] == ref and e.options["contrast"] == "the tower"
+    e.revert()
 
 
 def test_cli_usage_errors_exit_2_before_loading(capsys):

@@ -17,6 +17,12 @@ Edits act on those neurons' value vectors (their columns of the down projection 
   sign matters for gated MLPs, whose neurons fire negative as often as positive). With
   ``lam=None`` the smallest ``λ`` is searched (doubling, then bisection, on the real model)
   for which ``log p(new) − log p(old) ≥ margin`` on the edit prompt (and the ``paraphrases``).
+
+A value vector is read wherever its neuron fires, so neurons that fire for the relation
+rather than the subject ("... is in the city of") carry the edit to other subjects. Our
+addition (not in the paper): by default only neurons whose activation at the edit prompt
+drops by more than ``specificity`` (half) when the subject is replaced by the placeholder
+``contrast`` ("X is in the city of") are edited.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def kn_edit(
     threshold: float = 0.2,
     share: float = 0.5,
     max_neurons: int = 10,
+    contrast: str | None = "X",
+    specificity: float = 0.5,
 ) -> Edit:
     """Edit the fact ``prompt(subject) → old`` through its knowledge neurons: ``suppress`` or ``update`` to ``target``.
 
@@ -83,6 +91,9 @@ def kn_edit(
     out) over ``layers`` (default :func:`default_layers`) with ``steps``, ``threshold`` and
     ``share``. The ``max_neurons`` most shared and strongest are edited. ``old``: the object
     to move away from (default: the neurons' target, else the model's top next token).
+    ``contrast``: a placeholder subject (default ``"X"``); a neuron is edited only if its
+    activation magnitude at the edit prompt exceeds the one at the prompt with ``contrast`` in
+    place of the subject by more than ``specificity`` × the former (``None``: no filter).
     ``lam``: the value change per neuron (norm of the added vector); ``None`` searches the
     smallest one that gives the new object a ``margin`` (nats) over the old on every prompt.
 
@@ -98,6 +109,8 @@ def kn_edit(
         raise EditError(f"unknown kn mode {mode!r}; valid: {', '.join(MODES)}")
     if max_neurons < 1 or (lam is not None and lam <= 0) or margin <= 0:
         raise EditError(f"max_neurons, lam and margin must be > 0, not {max_neurons}, {lam} and {margin}")
+    if not 0 <= specificity < 1:
+        raise EditError(f"specificity must be in [0, 1), not {specificity}")
     req = Request.make(prompt, subject, target)
     new_ids = check_request(model, req)
     prompts = [req.text, *paraphrases]
@@ -111,17 +124,25 @@ def kn_edit(
                                     share=share, layers_per_pass=8)
     elif layers is not None:
         raise EditError("give either neurons (already found) or layers to search, not both")
-    chosen = [(check_layer(model, int(x)), int(i)) for x, i in neurons.neurons[:max_neurons]]
-    if not chosen:
-        raise EditError("found no knowledge neurons; lower threshold or share, or search more layers")
-    bad = [n for n in chosen if not 0 <= n[1] < model.cfg.d_mlp]
+    found = [(check_layer(model, int(x)), int(i)) for x, i in neurons.neurons]
+    bad = [n for n in found if not 0 <= n[1] < model.cfg.d_mlp]
     if bad:
         raise EditError(f"neurons {bad} out of range; valid indices 0 to {model.cfg.d_mlp - 1}")
+    if not found:
+        raise EditError("found no knowledge neurons; lower threshold or share, or search more layers")
+    acts = _last_acts(model, req.text, found)
+    if contrast is not None:
+        base = _last_acts(model, req.prompt.replace("{}", contrast, 1), found)
+        found = [n for n in found if abs(acts[n]) - abs(base[n]) > specificity * abs(acts[n])]
+        if not found:
+            raise EditError(f"none of the {len(neurons.neurons)} knowledge neurons is specific to the subject "
+                            f"(specificity {specificity}); lower specificity or give contrast=None")
+    chosen = found[:max_neurons]
     if mode == "suppress":
         deltas = _deltas(model, chosen, lambda layer, i, w: -w)
         lam_used = None
     else:
-        signs = _signs(model, req.text, chosen)
+        signs = {n: 1.0 if acts[n] >= 0 else -1.0 for n in chosen}
         U = model.W_U.detach().double().cpu()  # [d_model, d_vocab]
         d = U[:, new_ids[0]] - U[:, old_id]
         d = d / d.norm().clamp_min(1e-12)  # [d_model]
@@ -134,7 +155,8 @@ def kn_edit(
     opts = {"mode": mode, "old": model.tokenizer.decode([old_id]), "neurons": [list(n) for n in chosen],
             "attributed_layers": list(neurons.layers), "lam": lam_used, "margin": margin if lam is None else None,
             "steps": None if reused else steps, "reused_neurons": reused, "threshold": neurons.threshold,
-            "share": neurons.share, "paraphrases": list(paraphrases)}
+            "share": neurons.share, "contrast": contrast, "specificity": specificity if contrast is not None else None,
+            "paraphrases": list(paraphrases)}
     return make_edit(model, f"kn-{mode}", [req], [x for x, _ in chosen], deltas, opts, t0)
 
 
@@ -152,12 +174,12 @@ def _old_id(model: HookedModel, text: str, old: str | None, neurons: KnowledgeNe
         return int(model(text)[0, -1].argmax())
 
 
-def _signs(model: HookedModel, text: str, chosen: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
-    """``sign(a_i)`` of each chosen neuron's activation at the last position of ``text``."""
-    names = sorted({f"blocks.{x}.mlp.hook_post" for x, _ in chosen})
+def _last_acts(model: HookedModel, text: str, neurons: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    """Activation of each neuron at the last position of ``text``."""
+    names = sorted({f"blocks.{x}.mlp.hook_post" for x, _ in neurons})
     with torch.no_grad():
         _, cache = model.run_with_cache(text, names=names)
-    return {(x, i): 1.0 if float(cache[f"blocks.{x}.mlp.hook_post"][0, -1, i]) >= 0 else -1.0 for x, i in chosen}
+    return {(x, i): float(cache[f"blocks.{x}.mlp.hook_post"][0, -1, i]) for x, i in neurons}
 
 
 def _deltas(model: HookedModel, chosen: list[tuple[int, int]], column) -> dict[str, torch.Tensor]:
