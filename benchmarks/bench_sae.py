@@ -42,9 +42,9 @@ FVE_TOLERANCE = 0.02  # "equal final loss": held-out FVE within this of each oth
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--batch-size", type=int, default=512, help="activations per step (default 512)")
-    p.add_argument("--blocks", type=int, default=64, help="train-split blocks of 128 tokens to harvest (default 64)")
+    p.add_argument("--blocks", type=int, default=96, help="train-split blocks of 128 tokens to harvest (default 96)")
     p.add_argument("--heldout-blocks", type=int, default=16, help="held-out blocks for scoring (default 16)")
     p.add_argument("--floor-blocks", type=int, default=8, help="blocks for the harvest-vs-forward timing (default 8)")
     p.add_argument("--k", type=int, default=32)
