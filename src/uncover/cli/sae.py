@@ -35,6 +35,8 @@ def train(
     init_threshold: float = typer.Option(0.05, "--init-threshold",
                                          help="Initial threshold (jumprelu; inputs are scaled to E||x||^2 = d_in)"),
     bandwidth: float = typer.Option(0.05, "--bandwidth", help="Straight-through kernel width (jumprelu)"),
+    aux_coeff: float = typer.Option(1 / 32, "--aux-coeff",
+                                    help="Dead-latent loss weight: AuxK (topk), pre-activation loss (jumprelu)"),
     shards: bool = typer.Option(False, "--shards", help="Cache activations as safetensors shards in out/acts"),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints"),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint"),
@@ -73,7 +75,7 @@ def train(
     jump = {"init_threshold": init_threshold, "bandwidth": bandwidth} if arch == "jumprelu" else {}
     sae = ARCHITECTURES[arch](cfg, seed=seed, **jump)
     tcfg = TrainConfig(steps=steps, lr=lr, sparsity_coeff=sparsity_coeff, resample_every=resample_every,
-                       checkpoint_every=checkpoint_every, seed=seed)
+                       aux_coeff=aux_coeff, checkpoint_every=checkpoint_every, seed=seed)
     result = train_sae(sae, source, tcfg, out_dir=out, resume=resume, tensorboard=tensorboard)
     print(f"uncover: SAE written to {(out / 'sae').resolve()}", file=sys.stderr)
     emit(result, as_json, html)
