@@ -160,7 +160,7 @@ def test_receiver_gradient_equals_finite_difference(kind):
         fd = (mean_metric(model, p, receiver_run(model, p, r, eps * delta))
               - mean_metric(model, p, receiver_run(model, p, r, -eps * delta))) / (2 * eps)
         analytic = (grads[g.receiver_index(r)] * delta).sum()
-        assert float(analytic.detach()) == pytest.approx(float(fd), rel=1e-5, abs=1e-8), r
+        assert float(analytic.detach()) == pytest.approx(float(fd.detach()), rel=1e-5, abs=1e-8), r
 
 
 def sender_diff(model, prompts, sender: str) -> torch.Tensor:
