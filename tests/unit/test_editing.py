@@ -345,7 +345,10 @@ def test_cli_usage_errors_exit_2_before_loading(capsys):
     for argv, msg in [(["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " Rome", "--method", "rank"], "valid: rome"),
                       (["edit", "-p", "The tower is in", "-s", "Big Ben", "-t", " Rome"], "not in the prompt"),
                       (["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " Rome", "--layer", "-1"], "--layer"),
-                      (["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " ", "--method", "kn"], "no tokens")]:
+                      (["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " ", "--method", "kn"], "no tokens"),
+                      (["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " Rome", "--margin", "2"], "--method kn"),
+                      (["edit", "-p", "{} is in", "-s", "Big Ben", "-t", " Rome", "--method", "kn", "--margin", "0"],
+                       "must be > 0")]:
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and msg in capsys.readouterr().err

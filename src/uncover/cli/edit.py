@@ -21,6 +21,8 @@ def edit(
                                           "default: from causal tracing"),
     check: list[str] = typer.Option([], "--check", help="Another prompt to show before/after (repeatable)"),
     mom2_samples: int = typer.Option(20_000, "--mom2-samples", help="Corpus tokens for the key statistics"),
+    margin: float | None = typer.Option(None, "--margin",
+                                        help="kn only: nats by which the new object must beat the old (default 1)"),
     gen_tokens: int = typer.Option(20, "--gen-tokens", help="Tokens generated before/after (0: none)"),
     save: Path | None = typer.Option(None, "--save", help="Save the edit (delta.safetensors + edit.json) here"),
     model: str | None = MODEL_OPTION,
@@ -40,6 +42,8 @@ def edit(
         raise UncoverError(f"--target {target!r} tokenises to no tokens; give a word such as ' Rome'")
     if layer is not None and layer < 0:
         raise UncoverError(f"--layer must be ≥ 0, not {layer}")
+    if margin is not None and (method != "kn" or margin <= 0):
+        raise UncoverError(f"--margin is for --method kn and must be > 0 (got {margin} with {method})")
     if mom2_samples < 1 or gen_tokens < 0:
         raise UncoverError("--mom2-samples must be ≥ 1 and --gen-tokens ≥ 0")
     if save is not None and save.exists() and not save.is_dir():
@@ -49,7 +53,9 @@ def edit(
     prompts = [req.text, *check]
     before = prediction_rows(m, prompts, target, "before", gen_tokens)
     print(f"uncover: editing with {method} ...", file=sys.stderr, flush=True)
-    e = edit_fn(m, req.prompt, req.subject, req.target, method=method, layer=layer, mom2_samples=mom2_samples)
+    extra = {"margin": margin} if margin is not None else {}
+    e = edit_fn(m, req.prompt, req.subject, req.target, method=method, layer=layer, mom2_samples=mom2_samples,
+                **extra)
     after = prediction_rows(m, prompts, target, "after", gen_tokens)
     saved = str(e.save(save)) if save is not None else None
     rows = [r for pair in zip(before, after) for r in pair]
