@@ -363,3 +363,11 @@ def test_cli_grok_multiplicative_with_html(tmp_path, capsys, op):
     assert len(d["key_freqs"]) >= 1 and len(d["embed_norms"]) == 6
     text = html.read_text()
     assert f"Grokking: a {op} b mod 11" in text and "over discrete logs, period 10" in text
+
+
+def test_config_default_init_is_nanda_like_and_old_runs_keep_gpt2_init():
+    assert GrokConfig().init_scale == 4.0
+    old = json.loads(GrokConfig(p=53).to_json())
+    del old["init_scale"]  # a run saved before the field existed was trained at GPT-2's init
+    assert GrokConfig.from_json(json.dumps(old)).init_scale == 1.0
+    assert GrokConfig.from_json(GrokConfig(p=53).to_json()).init_scale == 4.0

@@ -20,8 +20,8 @@ def grok(
     weight_decay: float = typer.Option(1.0, "--weight-decay", help="AdamW weight decay (0: memorize only)"),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate"),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and the initialisation"),
-    init_scale: float = typer.Option(1.0, "--init-scale", help="Multiplier on the initial weights (> 1: "
-                                     "memorize at once, generalise later: a longer grokking delay)"),
+    init_scale: float = typer.Option(4.0, "--init-scale", help="Multiplier on GPT-2's initial weights "
+                                     "(4 ≈ Nanda et al.: memorize at once, generalise later; 1: no delay)"),
     eval_every: int = typer.Option(100, "--eval-every", help="Steps between metric rows"),
     out: Path | None = typer.Option(None, "--out", help="Run directory (checkpoints, snapshots, metrics)"),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory"),

@@ -61,11 +61,12 @@ class GrokConfig:
     """Full-batch optimisation steps."""
     seed: int = 0
     """Seed of the data split and the initialisation."""
-    init_scale: float = 1.0
-    """Multiplier on the initial weights (GPT-2 initialisation, std 0.02). Above 1 the model starts
-    with a weight norm above that of the generalising solution: it memorizes at once and generalises
-    only once weight decay has shrunk the weights, a long and clean grokking delay (Liu et al. 2023,
-    "Omnigrok")."""
+    init_scale: float = 4.0
+    """Multiplier on GPT-2's initial weights (std 0.02). The default 4 is about Nanda et al.'s
+    initialisation (std 1/sqrt(d_model) = 0.088 for d_model 128): the model memorizes at once and
+    generalises only once weight decay has shrunk the weights, the grokking delay (at p = 113: test
+    accuracy 0.01 until step ~11 000, 0.98 at 14 500). At 1 train and test accuracy rise together
+    (Liu et al. 2023, "Omnigrok": the initial weight norm sets the delay)."""
     eval_every: int = 100
     """Steps between metric rows (train/test loss and accuracy, weight norm, Gini)."""
     snapshot_every: int = 250
@@ -118,7 +119,9 @@ class GrokConfig:
         >>> GrokConfig.from_json(GrokConfig(p=53).to_json()) == GrokConfig(p=53)
         True
         """
-        return GrokConfig().replace(**json.loads(text))
+        values = json.loads(text)
+        values.setdefault("init_scale", 1.0)  # runs saved before the field existed used GPT-2's init
+        return GrokConfig().replace(**values)
 
     @staticmethod
     def load(path: str | Path) -> GrokConfig:
