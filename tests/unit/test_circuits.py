@@ -196,7 +196,7 @@ def test_eap_score_is_the_first_order_change(kind):
         eps = 1e-6
         fd = (mean_metric(model, p, receiver_run(model, p, r, eps * d))
               - mean_metric(model, p, receiver_run(model, p, r, -eps * d))) / (2 * eps)
-        assert float(c.scores[g.sender_index(s), g.receiver_index(r)]) == pytest.approx(float(fd), rel=1e-5,
+        assert float(c.scores[g.sender_index(s), g.receiver_index(r)]) == pytest.approx(float(fd.detach()), rel=1e-5,
                                                                                          abs=1e-10), (s, r)
     assert (c.scores[~g.valid] == 0).all() and c.n_edges == g.n_edges
 
