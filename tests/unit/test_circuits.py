@@ -260,7 +260,7 @@ def test_faithfulness_of_full_and_empty_circuits(ablation):
         mean = ((x * m).sum(0) / m.sum(0)).expand_as(x)
         from uncover.lenses.common import decode_resid
 
-        base = float(metric_values("logit_diff", decode_resid(model, p.last_logits(mean)), p).mean())
+        base = float(metric_values("logit_diff", decode_resid(model, p.last_logits(mean)), p).mean().detach())
     assert empty == pytest.approx(base, rel=1e-9, abs=1e-9)
     curve = faithfulness_curve(model, c, p, [5, 50, 10_000], ablation=ablation)
     assert curve.counts[-1] == g_edges(c) and curve.fraction[-1] == pytest.approx(1.0)
