@@ -352,7 +352,8 @@ def test_evaluate_perfect_and_zero():
     hook = "blocks.1.hook_resid_post"
     toks = tokens(batch=4, pos=8, seed=9)
     ev = evaluate_sae(m, _perfect(m.cfg.d_model, hook), toks, batch_size=3)
-    logits = m(toks)
+    with torch.no_grad():
+        logits = m(toks)
     ce = torch.nn.functional.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]), toks[:, 2:].reshape(-1))
     assert ev.ce_clean == pytest.approx(float(ce), rel=1e-5)
     assert ev.fve == pytest.approx(1.0, abs=1e-6) and ev.ce_recovered == pytest.approx(1.0, abs=1e-4)
