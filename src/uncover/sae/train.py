@@ -13,7 +13,7 @@ moments, the dead-latent counters, the RNG state and the step; batches come from
 that are pure functions of the step (:mod:`uncover.sae.store`). So ``resume=True`` after a
 crash or kill continues to the same weights as an uninterrupted run with the same seed.
 Metrics go to ``metrics.csv``, ``metrics.jsonl`` and optionally TensorBoard
-(:mod:`uncover.sae.metrics_log`; rows after the checkpoint are dropped on resume).
+(:mod:`uncover.core.metrics_log`; rows after the checkpoint are dropped on resume).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.metrics_log import MetricsLog
 from uncover.core.results import Result
 from uncover.sae.base import SAE
-from uncover.sae.metrics_log import MetricsLog
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -10,7 +10,6 @@ on the same machine, as an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from uncover.core.metrics_log import MetricsLog
 from uncover.core.threads import torch_threads
 from uncover.dynamics.grokking.config import GrokConfig, GrokConfigError
 from uncover.dynamics.grokking.data import ModularData, make_data
@@ -139,22 +139,6 @@ def _load_checkpoint(d: Path, model: Any, opt: torch.optim.AdamW) -> int:
     return int(json.loads((d / "state.json").read_text())["step"])
 
 
-def _write_rows(out: Path, rows: list[dict]) -> None:
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(METRICS))
-        w.writeheader()
-        w.writerows(rows)
-    with open(out / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def _append_row(out: Path, row: dict) -> None:
-    with open(out / "metrics.csv", "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=list(METRICS)).writerow(row)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def _check_resume(out: Path, cfg: GrokConfig) -> None:
     old = GrokConfig.load(out)
     diff = [k for k, v in old.__dict__.items() if k != "steps" and getattr(cfg, k) != v]
@@ -186,8 +170,7 @@ def train(
     data = make_data(cfg)
     model = build_model(cfg).train()
     opt = _optimizer(model, cfg)
-    rows: list[dict[str, float]] = []
-    run = GrokRun(cfg, model, data, rows, outp)
+    run = GrokRun(cfg, model, data, [], outp)
     start = 0
     if outp is not None:
         ckpt = latest_checkpoint(outp) if resume else None
@@ -196,17 +179,18 @@ def train(
         if ckpt is not None:
             _check_resume(outp, cfg)
             start = _load_checkpoint(ckpt, model, opt)
-            rows.extend(r for r in _read_rows(outp) if r["step"] <= start)
         elif (outp / "config.json").exists() and latest_checkpoint(outp) is not None:
             raise GrokConfigError(f"{outp} already holds a run; pass resume=True (--resume) or choose a new directory")
         outp.mkdir(parents=True, exist_ok=True)
         (outp / "snapshots").mkdir(exist_ok=True)
         (outp / "config.json").write_text(cfg.to_json())
-        _write_rows(outp, rows)
+    # the row of the checkpoint's own step was logged before it was saved: keep rows up to ``start``
+    log = MetricsLog(outp, start=start + 1 if start else 0, resume=start > 0)
+    run.rows = log.rows
     x, y = data.train
     with torch_threads(threads):
         if start == 0:
-            _record(run, 0, 0.0)
+            _record(run, log, 0, 0.0)
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, file=sys.stderr,
                    desc=f"grok p={cfg.p} {cfg.op}", dynamic_ncols=True)
         for step in range(start, cfg.steps):
@@ -221,12 +205,12 @@ def train(
             s = step + 1
             bar.update(1)
             if s % cfg.eval_every == 0 or s == cfg.steps:
-                row = _record(run, s, lr)
+                row = _record(run, log, s, lr)
                 bar.set_postfix(train=f"{row['train_acc']:.3f}", test=f"{row['test_acc']:.3f}")
             if cfg.snapshot_every and s % cfg.snapshot_every == 0 or s == cfg.steps:
                 _snapshot(run, s)
             if outp is not None and (cfg.checkpoint_every and s % cfg.checkpoint_every == 0 or s == cfg.steps):
-                _save_checkpoint(outp, s, model, opt, rows)
+                _save_checkpoint(outp, s, model, opt, run.rows)
         bar.close()
     model.eval()
     if outp is not None:
@@ -239,13 +223,11 @@ def _read_rows(out: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _record(run: GrokRun, step: int, lr: float) -> dict[str, float]:
+def _record(run: GrokRun, log: MetricsLog, step: int, lr: float) -> dict[str, float]:
     row: dict[str, Any] = {"step": step, "lr": lr, **evaluate(run.model, run.data),
                            "weight_norm": weight_norm(run.model)}
     row["embed_gini"] = embed_gini(run.model, run.cfg)
-    run.rows.append(row)
-    if run.out is not None:
-        _append_row(run.out, row)
+    log.write(row)  # appends to run.rows (the same list) and to the run directory's files
     if step == 0:
         _snapshot(run, 0)
     return row

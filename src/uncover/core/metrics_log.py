@@ -1,6 +1,7 @@
-"""Where SAE training metrics go: ``metrics.csv``, ``metrics.jsonl`` and TensorBoard.
+"""Where training metrics go: ``metrics.csv``, ``metrics.jsonl`` and TensorBoard.
 
-One row per logged step (``step``, ``loss``, ``mse``, ``fve``, ``l0``, ``dead``, ``lr`` ...).
+One row per logged step (``step`` and the run's metrics: an SAE's ``loss``, ``mse``, ``fve``,
+``l0`` ...; a grokking run's ``train_loss``, ``test_acc`` ...). Used by the SAE and grokking trainers.
 The CSV and JSONL files live in the run directory; the same scalars go to TensorBoard event
 files (through ``tensorboardX``, the optional extra ``uncover[tensorboard]``) under the tag
 ``train/<name>`` at the row's step. On resume from a checkpoint taken at step ``s``, rows
@@ -58,8 +59,8 @@ def summary_writer(logdir: Path, purge_step: int | None = None) -> Any:
 class MetricsLog:
     """Collects metric rows and writes them to CSV/JSONL in ``out`` and to TensorBoard.
 
-    ``start`` is the step training (re)starts from: on ``resume`` the rows already on disk
-    with ``step < start`` are kept (and returned in :attr:`rows`), later ones dropped.
+    ``start`` is the first step not yet logged: on ``resume`` the rows already on disk with
+    ``step < start`` are kept (and returned in :attr:`rows`), later ones dropped.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as d:
