@@ -12,12 +12,12 @@ from uncover.core.results import Result
 MODEL_OPTION = typer.Option(None, "--model", "-m", help="Model: .gguf file, HF directory or hub id (default: embedded)")
 
 
-def load_model(name: str | None):
+def load_model(name: str | None, device: str | None = None, dtype: str | None = None):
     """Load a model, with progress on stderr."""
     import uncover
 
     print(f"uncover: loading {name or 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr, flush=True)
-    return uncover.load(name)
+    return uncover.load(name, device=device, dtype=dtype)
 
 
 def emit(result: Result, as_json: bool, html: Path | None) -> None:
@@ -28,7 +28,7 @@ def emit(result: Result, as_json: bool, html: Path | None) -> None:
     if as_json:
         sys.stdout.write(result.to_json() + "\n")
     else:
-        print(result.summary())
+        print(result.cli_text())
 
 
 def resolve_pair(model, task: str | None, clean: str | None, corrupt: str | None, answer: str | None,  # noqa: ANN001

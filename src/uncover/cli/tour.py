@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from uncover.cli.common import MODEL_OPTION, load_model
+from uncover.core.config import check_writable
 
 
 def tour(
@@ -17,6 +18,7 @@ def tour(
     """Run the tour (logit lens, direct logit attribution, ...) and write one self-contained HTML report."""
     from uncover.report.tour import run_tour
 
+    check_writable(out, what="--out")
     m = load_model(model)
     path = run_tour(m, out)
     print(f"uncover: wrote the tour to {path}", file=sys.stderr)

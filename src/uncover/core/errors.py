@@ -14,6 +14,10 @@ class UncoverError(Exception):
     """Base class of every error uncover raises on purpose (bad input, unsupported model)."""
 
 
+class UsageError(UncoverError, ValueError):
+    """A value the user gave that is out of range, of the wrong kind, or inconsistent with another."""
+
+
 class UnknownHookName(UncoverError, KeyError):
     """A hook name that this model does not have."""
 

@@ -2,7 +2,9 @@
 
 A result is a dataclass with documented fields and four views: ``to_frame()`` (a
 pandas table), ``plot()`` (a plotly figure), ``to_html()`` (a self-contained page that
-works offline: plotly.js is inlined, no CDN) and ``to_json()``.
+works offline: plotly.js is inlined, no CDN) and ``to_json()``. It saves losslessly
+(``save()``; ``uncover.load_result``) and, when an operation made it, carries its
+``provenance`` (operation, config, model identity, versions, time), which reports show.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
+    from uncover.ops.provenance import Provenance
+
 
 @dataclass
 class Result:
     """Base class of technique results; subclasses implement ``to_frame`` and ``plot``."""
+
+    provenance: ClassVar[Provenance | None] = None  # set per instance by uncover.execute (not a field)
 
     @property
     def title(self) -> str:
@@ -29,6 +35,10 @@ class Result:
     def summary(self) -> str:
         """A short plain-text description shown above the figure in reports."""
         return ""
+
+    def cli_text(self) -> str:
+        """What the CLI prints without ``--json``: the summary, or where an artefact was written."""
+        return self.summary()
 
     def to_frame(self) -> pd.DataFrame:
         """The result as a tidy table (one row per observation)."""
@@ -40,12 +50,21 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: the kind, title, summary and the table's records."""
-        return {
+        out = {
             "kind": type(self).__name__,
             "title": self.title,
             "summary": self.summary(),
             "records": json.loads(self.to_frame().to_json(orient="records")),
         }
+        if self.provenance is not None:
+            out["provenance"] = self.provenance.to_dict()
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Save every field (tensors bit-exact) and the provenance to one file; see ``uncover.load_result``."""
+        from uncover.ops.persist import save_result
+
+        return save_result(self, path)
 
     def to_json(self, indent: int | None = 1) -> str:
         """``to_dict()`` as a JSON string."""
@@ -57,7 +76,9 @@ class Result:
 
         page = render_page(self.title, [Section.from_result(self)])
         if path is not None:
-            Path(path).write_text(page, encoding="utf-8")
+            from uncover.ops.persist import atomic_write
+
+            atomic_write(Path(path), lambda tmp: tmp.write_text(page, encoding="utf-8"))
         return page
 
     def _repr_html_(self) -> str:  # notebooks

@@ -44,6 +44,7 @@ class HookedModel(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.source: str | None = None  # what uncover.load was given (None: the embedded model or built in memory)
         self.adapter = Adapter(model, family_for(model.config.model_type))
         self.state = ForwardState()
         self._sites: dict[str, Site] = {}

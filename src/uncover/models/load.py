@@ -231,7 +231,9 @@ def load(
             model, tok = _hub(str(name), dtype, device)
     model.eval()
     model.requires_grad_(False)
-    return HookedModel(model, tok, name=label)
+    hooked = HookedModel(model, tok, name=label)
+    hooked.source = None if name is None else str(name)
+    return hooked
 
 
 def _hub(name: str, dtype: torch.dtype | None, device: str) -> tuple[Any, Any]:

@@ -47,6 +47,10 @@ class Section:
         table = frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
         more = f" (first {max_rows} of {len(frame)})" if len(frame) > max_rows else ""
         parts.append(f"<details><summary>Table{more}</summary>{table}</details>")
+        prov = getattr(result, "provenance", None)
+        if prov is not None:
+            lines = "".join(f"<li>{html.escape(line)}</li>" for line in prov.lines())
+            parts.append(f'<details class="meta"><summary>Provenance</summary><ul>{lines}</ul></details>')
         return Section(result.title, "\n".join(parts))
 
 

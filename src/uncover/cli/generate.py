@@ -1,0 +1,183 @@
+"""The CLI, generated from the operation registry: one command per operation.
+
+Options come from the config's fields (:func:`uncover.core.config.fields_of`); every command
+shares the same run options (``--model --device --dtype --seed --json --html --result``) and one
+table of short flags (:data:`SHORT`). A command builds the config (so bad input is refused
+before the model loads), checks its output paths, loads the model, executes the operation and
+prints its text (or one JSON document with ``--json``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import typer
+
+from uncover.core.config import FieldInfo, _optional, check_writable, fields_of
+from uncover.core.progress import Progress
+from uncover.ops.registry import Operation, execute
+
+#: the one table of short flags, by field name (used where it is unambiguous within a command)
+SHORT = {
+    "model": "-m", "targets": "-t", "target": "-t", "text": "-t", "layer": "-l", "layers": "-l", "out": "-o",
+    "answer": "-a", "wrong": "-w", "data": "-d", "detect": "-d", "feature": "-f", "prompt": "-p",
+    "prompts": "-p", "pattern": "-p", "scale": "-s", "sparsity": "-s", "subject": "-s", "neuron": "-n",
+    "max_new_tokens": "-n", "features": "-n", "dims": "-m",
+}
+
+#: run options shared by every command: (parameter, option, type, default, help)
+RUN_OPTIONS = (
+    ("model", "--model", str | None, None, "Model: .gguf file, HF directory or hub id (default: embedded)"),
+    ("device", "--device", str | None, None, "Device: cpu, cuda, cuda:1, mps (default: cuda if available)"),
+    ("dtype", "--dtype", str | None, None, "Model dtype: float32, bfloat16, float16, float64"),
+    ("seed", "--seed", int | None, None, "Seed Python, NumPy and torch before the run"),
+    ("as_json", "--json", bool, False, "Print one JSON document on stdout (progress goes to stderr)"),
+    ("html", "--html", Path | None, None, "Write a self-contained HTML report here"),
+    ("result_path", "--result", Path | None, None, "Save the result (tensors and provenance) here, for "
+                                                     "`uncover rerun` and `uncover compare`"),
+)
+
+
+def split_list(text: str) -> list[str]:
+    """``"1,2 3"`` -> ``["1", "2", "3"]``."""
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+def _parser(f: FieldInfo) -> Any:
+    """How the CLI text of a list-of-numbers field becomes its value (``None``: typer parses it)."""
+    if f.spec.parse is not None:
+        return f.spec.parse
+    inner, _ = _optional(f.type)
+    if get_origin(inner) in (list, tuple):
+        (item,) = get_args(inner)[:1] or (str,)
+        if item in (int, float):
+            def parse(text: str, item: type = item) -> list[Any]:
+                from uncover.core.errors import UsageError
+
+                try:
+                    return [item(t) for t in split_list(text)]
+                except ValueError:
+                    raise UsageError(f"{f.option}: expected comma-separated {item.__name__}s, got {text!r}") from None
+            return parse
+    return None
+
+
+def _cli_type(f: FieldInfo) -> Any:
+    inner, optional = _optional(f.type)
+    if _parser(f) is not None:
+        return str | None if optional or not f.required else str
+    origin = get_origin(inner)
+    if origin is Literal:
+        base: Any = type(get_args(inner)[0])
+    elif origin in (list, tuple):
+        base = list[str]
+        return base
+    elif origin in (typing.Union, types.UnionType):
+        base = str
+    else:
+        base = inner
+    return base | None if optional else base
+
+
+def _short(f: FieldInfo, taken: set[str]) -> list[str]:
+    s = SHORT.get(f.name)
+    if s is None or s in taken:
+        return []
+    taken.add(s)
+    return [s]
+
+
+def _cli_default(f: FieldInfo) -> Any:
+    if f.required:
+        return ...
+    d = f.default
+    if _parser(f) is not None and isinstance(d, list | tuple):
+        return ",".join(str(x) for x in d)
+    if isinstance(d, tuple):
+        return list(d)
+    return d
+
+
+def _typer_param(f: FieldInfo, taken: set[str]) -> Any:
+    choices = get_args(_optional(f.type)[0]) if get_origin(_optional(f.type)[0]) is Literal else ()
+    help_ = f.spec.help + (f" [{', '.join(map(str, choices))}]" if choices else "")
+    if f.spec.positional:
+        return typer.Argument(_cli_default(f), help=help_, show_default=not f.required)
+    return typer.Option(_cli_default(f), f.option, *_short(f, taken), help=help_)
+
+
+def build_config(op: Operation, values: dict[str, Any]) -> Any:
+    """The operation's config from parsed CLI values (list fields' text parsed first)."""
+    kw = {}
+    for f in fields_of(op.config):
+        if not f.spec.cli or f.name not in values:
+            continue
+        v = values[f.name]
+        parse = _parser(f)
+        if parse is not None and isinstance(v, str):
+            v = parse(v)
+        kw[f.name] = v
+    return op.config(**kw)
+
+
+def command(op: Operation) -> Any:
+    """A typer command function for ``op``."""
+    fields = [f for f in fields_of(op.config) if f.spec.cli]
+    taken: set[str] = set()
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_typer_param(f, taken),
+                                annotation=_cli_type(f)) for f in sorted(fields, key=lambda f: not f.spec.positional)]
+    names = {f.name for f in fields}
+    for pname, flag, tp, default, help_ in RUN_OPTIONS:
+        if pname in names or (pname in ("model", "device", "dtype") and not op.needs_model):
+            continue
+        short = [SHORT[pname]] if pname in SHORT and SHORT[pname] not in taken else []
+        params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY,
+                                        default=typer.Option(default, flag, *short, help=help_), annotation=tp))
+
+    def cmd(**values: Any) -> None:
+        run_command(op, values)
+
+    cmd.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    cmd.__doc__ = op.help
+    cmd.__name__ = op.name.replace(" ", "_").replace("-", "_")
+    return cmd
+
+
+def run_command(op: Operation, values: dict[str, Any]) -> None:
+    """Config, output checks, model, execute, output: the body of every generated command."""
+    from uncover.cli.common import emit, load_model
+
+    config = build_config(op, values)
+    html, result_path = values.get("html"), values.get("result_path")
+    if html is not None:
+        check_writable(html, what="--html")
+    if result_path is not None:
+        check_writable(result_path, what="--result")
+    model = None
+    if op.needs_model:
+        model = load_model(values.get("model"), device=values.get("device"), dtype=values.get("dtype"))
+    seed = values.get("seed") if "seed" not in {f.name for f in fields_of(op.config)} else None
+    result = execute(op, config, model, progress=Progress(enabled=True), seed=seed)
+    if result_path is not None:
+        result.save(result_path)
+        print(f"uncover: saved the result to {Path(result_path).resolve()}", file=sys.stderr)
+    emit(result, bool(values.get("as_json")), html)
+
+
+def add_operations(app: typer.Typer, ops: list[Operation]) -> None:
+    """Add one command per operation; ``"sae train"`` goes into the ``sae`` group."""
+    groups: dict[str, typer.Typer] = {}
+    for op in ops:
+        group, _, leaf = op.name.rpartition(" ")
+        target = app
+        if group:
+            if group not in groups:
+                groups[group] = typer.Typer(no_args_is_help=True, help=f"{group} operations")
+                app.add_typer(groups[group], name=group)
+            target = groups[group]
+        target.command(leaf, help=op.help)(command(op))
