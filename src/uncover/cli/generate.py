@@ -30,6 +30,12 @@ SHORT = {
     "max_new_tokens": "-n", "features": "-n", "dims": "-m",
 }
 
+#: help lines of command groups (``"sae train"`` is in the ``sae`` group)
+GROUP_HELP = {
+    "sae": "Sparse autoencoders: train, evaluate, feature dashboards.",
+    "memorization": "Memorization: extraction scans and canary training runs.",
+}
+
 #: run options shared by every command: (parameter, option, type, default, help)
 RUN_OPTIONS = (
     ("model", "--model", str | None, None, "Model: .gguf file, HF directory or hub id (default: embedded)"),
@@ -177,7 +183,7 @@ def add_operations(app: typer.Typer, ops: list[Operation]) -> None:
         target = app
         if group:
             if group not in groups:
-                groups[group] = typer.Typer(no_args_is_help=True, help=f"{group} operations")
+                groups[group] = typer.Typer(no_args_is_help=True, help=GROUP_HELP.get(group, f"{group} operations"))
                 app.add_typer(groups[group], name=group)
             target = groups[group]
         target.command(leaf, help=op.help)(command(op))
