@@ -111,7 +111,7 @@ def _cli_default(f: FieldInfo) -> Any:
 
 def _typer_param(f: FieldInfo, taken: set[str]) -> Any:
     choices = get_args(_optional(f.type)[0]) if get_origin(_optional(f.type)[0]) is Literal else ()
-    help_ = f.spec.help + (f" [{', '.join(map(str, choices))}]" if choices else "")
+    help_ = f.spec.help + (f" (one of: {', '.join(map(str, choices))})" if choices else "")
     if f.spec.positional:
         return typer.Argument(_cli_default(f), help=help_, show_default=not f.required)
     return typer.Option(_cli_default(f), f.option, *_short(f, taken), help=help_)

@@ -20,6 +20,8 @@ import torch
 
 from uncover.core.errors import UncoverError
 
+#: module prefixes whose classes results may hold and files may rebuild (extend for your own result classes)
+TRUSTED = {"uncover."}
 _TRANSIENT = "transient"  # dataclass field metadata key: not saved (a live model, undo buffers)
 
 
@@ -75,7 +77,7 @@ class Encoder:
             s = df[name]
             if s.dtype.kind in "biuf":
                 cols.append([self.encode(name), str(s.dtype), {"__ndarray__": self._tensor(torch.from_numpy(
-                    np.ascontiguousarray(s.to_numpy())))}])
+                    np.array(s.to_numpy(), copy=True)))}])
             else:
                 cols.append([self.encode(name), str(s.dtype), [self.encode(x) for x in s.tolist()]])
         return {"__frame__": cols, "index": self.encode(list(df.index))}
@@ -100,16 +102,18 @@ def _is_frame(v: Any) -> bool:
 
 
 def _qualname(cls: type) -> str:
-    if not cls.__module__.startswith("uncover."):
-        raise UncoverError(f"cannot save {cls.__module__}.{cls.__qualname__}: only uncover's own classes are saved")
+    if not cls.__module__.startswith(tuple(TRUSTED)):
+        raise UncoverError(f"cannot save {cls.__module__}.{cls.__qualname__}: only classes of trusted modules are "
+                           f"saved ({', '.join(sorted(TRUSTED))}; add yours to uncover.ops.codec.TRUSTED)")
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def resolve_class(name: str) -> type:
     """An ``uncover`` class from ``module:QualName``; anything outside the package is refused."""
     module, _, qual = name.partition(":")
-    if not module.startswith("uncover.") or not qual or "<" in qual:
-        raise UncoverError(f"refusing to load class {name!r}: only uncover's own classes are loaded")
+    if not module.startswith(tuple(TRUSTED)) or not qual or "<" in qual:
+        raise UncoverError(f"refusing to load class {name!r}: only classes of trusted modules are loaded "
+                           f"({', '.join(sorted(TRUSTED))})")
     try:
         obj: Any = importlib.import_module(module)
         for part in qual.split("."):
