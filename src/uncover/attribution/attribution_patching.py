@@ -46,11 +46,40 @@ _NAME = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "mlp_out": 
 
 @dataclass
 class AttributionResult(PatchResult):
-    """A :class:`PatchResult` whose grid is the attribution-patching estimate (same fields and views)."""
+    """A :class:`PatchResult` whose grid is the attribution-patching estimate (same fields and views).
+
+    Attributes:
+        exact: exact activation patching of the same grid, when it was run to compare
+            (:meth:`comparison`); the summary, table and plot then compare the two.
+    """
+
+    exact: PatchResult | None = None
 
     @property
     def title(self) -> str:
+        if self.exact is not None:
+            return self.comparison().title
         return f"Attribution patching ({self.direction}) of {self.hook} per {self.per.replace('_', ' & ')}"
+
+    def comparison(self) -> AttributionComparison:
+        """This estimate next to :attr:`exact` (an ``UncoverError`` when exact patching was not run)."""
+        if self.exact is None:
+            raise UncoverError("no exact patching to compare with: run with compare (--compare)")
+        return AttributionComparison(exact=[self.exact], approx=[self])
+
+    def summary(self) -> str:
+        return self.comparison().summary() if self.exact is not None else super().summary()
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per site; with :attr:`exact`, its value in an ``exact`` column."""
+        frame = super().to_frame()
+        if self.exact is not None:
+            frame["exact"] = self.exact.grid.flatten().tolist()
+        return frame
+
+    def plot(self) -> go.Figure:
+        """The heatmap of the estimate, or with :attr:`exact` the scatter of estimate against exact."""
+        return self.comparison().plot() if self.exact is not None else super().plot()
 
 
 def _check_sites(sites: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -4,8 +4,9 @@ A circuit keeps the graph (:class:`~uncover.circuits.graph.Graph`), a score for 
 edge (EAP's attribution, or ACDC's measured effect) and which edges are kept. It prunes
 by count (:meth:`Circuit.top`) or by score (:meth:`Circuit.threshold`), lists its edges and
 nodes, plots the graph with layers on the x axis, and saves to / loads from JSON
-(:meth:`Circuit.save`, :meth:`Circuit.load`), all scores included so a loaded circuit
-can be pruned again.
+(:meth:`Circuit.save_json`, :meth:`Circuit.load`), all scores included so a loaded circuit
+can be pruned again; :meth:`Circuit.save` writes that JSON for a ``.json`` name and the lossless
+result file otherwise.
 """
 
 from __future__ import annotations
@@ -167,15 +168,35 @@ class Circuit(Result):
             scores[idx[:, 0], idx[:, 1]] = torch.tensor(d["kept_scores"], dtype=torch.float32)
         return cls(g, scores, kept & g.valid, d["method"], d["metric"], d.get("meta", {}))
 
-    def save(self, path: str | Path) -> None:
-        """Write :meth:`to_dict` with every edge's score as JSON."""
+    def save(self, path: str | Path) -> Path:
+        """Save to ``path``: the JSON of :meth:`save_json` when the name ends in ``.json``, else the lossless
+        result file of :meth:`Result.save` (for ``uncover.load_result``, ``rerun`` and ``compare``).
+        :meth:`load` reads both."""
+        if Path(path).suffix.lower() == ".json":
+            return self.save_json(path)
+        return super().save(path)
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` with every edge's score as JSON (readable by :meth:`load` and other tools)."""
         Path(path).write_text(json.dumps(self.to_dict(all_scores=True)), encoding="utf-8")
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
-        """Read a circuit written by :meth:`save`."""
+        """Read a circuit written by :meth:`save` (JSON or a result file)."""
         try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            raw = Path(path).read_bytes()
+        except OSError as e:
+            raise UncoverError(f"cannot read circuit {path}: {e}") from None
+        if raw[8:9] == b"{" and int.from_bytes(raw[:8], "little") <= len(raw) - 8:  # a safetensors header
+            from uncover.ops.persist import load_result
+
+            c = load_result(path)
+            if not isinstance(c, Circuit):
+                raise UncoverError(f"{path} holds a {type(c).__name__}, not a circuit")
+            return c
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UncoverError(f"cannot read circuit {path}: {e}") from None
         return cls.from_dict(d)

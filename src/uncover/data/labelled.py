@@ -12,22 +12,24 @@ project generates, and loaders for users' files:
 - :func:`sentiment_pairs`, :func:`sentiment_texts`: positive/negative sentence pairs;
 - :func:`honesty_pairs`: honest/dishonest instructions before the same statement (RepE);
 - :func:`from_file` (CSV or JSONL ``text,label``) and :func:`pairs_from_file`
-  (``positive,negative[,label]``).
+  (``positive,negative[,label]``);
+- the registry of names the CLI and operations take (:func:`load_labelled`,
+  :func:`load_pairs`, :func:`check_dataset`): a built-in name or a file.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
-from uncover.core.errors import UncoverError
+from uncover.core.errors import UncoverError, UsageError
+from uncover.data.containers import ContrastPairs, Labelled
 from uncover.data.tasks import FACTS
 
 if TYPE_CHECKING:
@@ -64,101 +66,6 @@ SENTIMENT_WORDS = (
 HONESTY_PERSONAS = (
     ("an honest", "a dishonest"), ("a truthful", "a lying"), ("a sincere", "a deceitful"),
 )
-
-
-@dataclass
-class Labelled:
-    """Texts with integer labels.
-
-    Attributes:
-        name: what the set is (shown in results).
-        texts: one text per example.
-        labels: ``0 .. n_classes - 1`` per example.
-        groups: the "type" of each example for control tasks (examples of a group share a
-            random control label); ``None``: every example is its own group.
-        label_names: a name per label value.
-    """
-
-    name: str
-    texts: list[str]
-    labels: list[int]
-    groups: list[str] | None = None
-    label_names: tuple[str, ...] = ("0", "1")
-
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels):
-            raise UncoverError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels")
-        if self.groups is not None and len(self.groups) != len(self.texts):
-            raise UncoverError(f"{self.name}: {len(self.texts)} texts but {len(self.groups)} groups")
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @property
-    def y(self) -> torch.Tensor:
-        """``[n]`` labels as a long tensor."""
-        return torch.tensor(self.labels, dtype=torch.long)
-
-    def subset(self, idx: Sequence[int]) -> Labelled:
-        """The examples at ``idx``, in that order."""
-        g = None if self.groups is None else [self.groups[i] for i in idx]
-        return Labelled(self.name, [self.texts[i] for i in idx], [self.labels[i] for i in idx], g, self.label_names)
-
-    def check(self, min_per_class: int = 2) -> Labelled:
-        """Raise ``UncoverError`` unless there are at least two classes with ``min_per_class`` examples each."""
-        if not self.texts:
-            raise UncoverError(f"{self.name}: empty dataset (no texts)")
-        counts = {c: self.labels.count(c) for c in set(self.labels)}
-        if len(counts) < 2 or min(counts.values()) < min_per_class:
-            raise UncoverError(f"{self.name}: need at least 2 classes with {min_per_class} examples each, "
-                               f"got counts {dict(sorted(counts.items()))}")
-        return self
-
-
-@dataclass
-class ContrastPairs:
-    """Pairs of texts that differ in one property (``positive`` has it, ``negative`` not).
-
-    Attributes:
-        name: what the set is.
-        positive, negative: the two texts of each pair.
-        labels: for CCS-style pairs, which answer is correct (1: the positive text is the true
-            one); used only to report accuracy, never for training. ``None`` when not known.
-        groups: a type per pair (as in :class:`Labelled`).
-    """
-
-    name: str
-    positive: list[str]
-    negative: list[str]
-    labels: list[int] | None = None
-    groups: list[str] | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        if len(self.positive) != len(self.negative):
-            raise UncoverError(f"{self.name}: {len(self.positive)} positive but {len(self.negative)} negative texts")
-        if self.labels is not None and len(self.labels) != len(self.positive):
-            raise UncoverError(f"{self.name}: {len(self.positive)} pairs but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.positive)
-
-    def subset(self, idx: Sequence[int]) -> ContrastPairs:
-        """The pairs at ``idx``, in that order."""
-        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
-        return ContrastPairs(self.name, pick(self.positive), pick(self.negative), pick(self.labels),
-                             pick(self.groups))
-
-    def check(self) -> ContrastPairs:
-        """Raise ``UncoverError`` for an empty set."""
-        if not self.positive:
-            raise UncoverError(f"{self.name}: empty dataset (no pairs)")
-        return self
-
-    def as_labelled(self) -> Labelled:
-        """Every text once, labelled 1 (positive) or 0 (negative), grouped by pair."""
-        n = len(self)
-        g = self.groups or [str(i) for i in range(n)]
-        return Labelled(self.name, self.positive + self.negative, [1] * n + [0] * n, g + g, ("negative", "positive"))
 
 
 def _fact_triples() -> list[tuple[str, str, str]]:
@@ -292,46 +199,68 @@ def honesty_pairs(model: HookedModel | None = None, *, seed: int = 0) -> Contras
 
 
 def _rows(path: str | Path) -> list[dict]:
+    """The rows of a CSV or JSONL file as dicts; any unreadable or non-text file is an :class:`UncoverError`."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UncoverError(f"{p}: no such file")
     suffix = p.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise UncoverError(f"{p}: unknown format {p.suffix!r}; valid: .csv, .jsonl")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UncoverError(f"{p}: not UTF-8 text (byte {e.start}); give a CSV or JSONL text file") from None
+    except OSError as e:
+        raise UncoverError(f"{p}: cannot read the file ({e.strerror or e})") from None
+    if "\x00" in text:
+        raise UncoverError(f"{p}: holds NUL bytes: binary data, not a CSV or JSONL text file")
     if suffix == ".csv":
-        with open(p, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    if suffix in (".jsonl", ".json"):
-        rows = []
-        with open(p, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise UncoverError(f"{p}:{i}: not JSON ({e.msg})") from None
-        return rows
-    raise UncoverError(f"{p}: unknown format {p.suffix!r}; valid: .csv, .jsonl")
+        try:
+            return list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            raise UncoverError(f"{p}: not a readable CSV file ({e})") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UncoverError(f"{p}:{i}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UncoverError(f"{p}:{i}: each line must be a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
 def _need(rows: list[dict], keys: Sequence[str], path: str | Path) -> None:
     if not rows:
         raise UncoverError(f"{path}: empty dataset (no rows)")
     for i, r in enumerate(rows, 1):
-        missing = [k for k in keys if k not in r]
+        missing = [k for k in keys if r.get(k) is None]
         if missing:
             raise UncoverError(f"{path}: row {i} lacks {', '.join(missing)}; columns needed: {', '.join(keys)}")
+        empty = [k for k in keys if k != "label" and not str(r[k]).strip()]
+        if empty:
+            raise UncoverError(f"{path}: row {i} has an empty {empty[0]}; every text needs some words")
 
 
 def from_file(path: str | Path) -> Labelled:
     """Labelled texts from a CSV (header ``text,label``) or JSONL file (``{"text", "label"}``).
 
-    Labels may be integers or names (names are numbered in sorted order); an optional
-    ``group`` column gives control-task groups.
+    Labels may be integers ``0, 1, ...`` or names (names are numbered in sorted order); an
+    optional ``group`` column gives control-task groups.
+
+    >>> from_file("statements.csv").label_names  # doctest: +SKIP
+    ('false', 'true')
     """
     rows = _rows(path)
     _need(rows, ("text", "label"), path)
     raw = [str(r["label"]).strip() for r in rows]
     if all(x.lstrip("-").isdigit() for x in raw):
         labels = [int(x) for x in raw]
+        if min(labels) < 0:
+            raise UncoverError(f"{path}: row {labels.index(min(labels)) + 1}: label {min(labels)} is negative; "
+                               "use 0, 1, ... or names")
         names = tuple(str(i) for i in range(max(labels) + 1))
     else:
         names = tuple(sorted(set(raw)))
@@ -340,14 +269,103 @@ def from_file(path: str | Path) -> Labelled:
     return Labelled(Path(path).stem, [str(r["text"]) for r in rows], labels, groups, names)
 
 
+def _pair_label(value: object, i: int, path: str | Path) -> int:
+    text = str(value).strip().lower()
+    if text in ("1", "0", "1.0", "0.0", "true", "false"):
+        return int(text in ("1", "1.0", "true"))
+    raise UncoverError(f"{path}: row {i}: label {value!r} is not 0 or 1 (1: the positive text is the true one)")
+
+
 def pairs_from_file(path: str | Path) -> ContrastPairs:
-    """Contrast pairs from CSV/JSONL with ``positive``, ``negative`` and an optional 0/1 ``label``."""
+    """Contrast pairs from CSV/JSONL with ``positive``, ``negative`` and an optional 0/1 ``label`` column.
+
+    >>> pairs_from_file("pairs.csv").positive[:1]  # doctest: +SKIP
+    ['The movie was great.']
+    """
     rows = _rows(path)
     _need(rows, ("positive", "negative"), path)
-    labels = [int(r["label"]) for r in rows] if all(r.get("label") not in (None, "") for r in rows) else None
+    labels = None
+    if all(r.get("label") not in (None, "") for r in rows):
+        labels = [_pair_label(r["label"], i, path) for i, r in enumerate(rows, 1)]
     return ContrastPairs(Path(path).stem, [str(r["positive"]) for r in rows], [str(r["negative"]) for r in rows],
                          labels)
 
 
 BUILTIN = ("truth", "sentiment", "honesty", "truth-pairs")
-"""Names of the built-in sets (for the CLI)."""
+"""Names of the built-in sets."""
+
+FILE_SUFFIXES = (".csv", ".jsonl", ".json")
+"""File name endings read as datasets (``.json`` is read as JSON lines)."""
+
+DATA_HELP = "truth, sentiment, honesty, truth-pairs, or a CSV/JSONL file"
+"""The valid values of a dataset name, for help and error messages."""
+
+
+def check_dataset(data: str, *, what: str = "dataset") -> str:
+    """Refuse a dataset name that is neither built in nor an existing, readable CSV/JSONL file.
+
+    Only the name is checked (cheap, before a model loads); the file's rows are checked
+    when it is read. Raises :class:`UsageError` naming the valid choices.
+
+    >>> check_dataset("truth")
+    'truth'
+    >>> check_dataset("turth")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: unknown dataset 'turth'; valid: truth, sentiment, honesty, truth-pairs, or a \
+CSV/JSONL file
+    """
+    if data in BUILTIN:
+        return data
+    p = Path(data).expanduser()
+    if p.suffix.lower() not in FILE_SUFFIXES:
+        raise UsageError(f"unknown {what} {data!r}; valid: {DATA_HELP}")
+    if not p.is_file():
+        raise UsageError(f"{what} {data}: no such file" + (" (a directory)" if p.is_dir() else ""))
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{what} {data}: the file is not readable")
+    return data
+
+
+def load_labelled(data: str, model: HookedModel | None = None) -> Labelled:
+    """The labelled texts called ``data``: a built-in set or a CSV/JSONL file (``text,label``).
+
+    ``truth``: true and false statements (kept to the facts ``model`` knows); ``sentiment``:
+    positive and negative sentences; ``honesty`` and ``truth-pairs``: both sides of each
+    contrast pair, labelled 1 (positive) and 0 (negative).
+
+    >>> load_labelled("sentiment").label_names
+    ('negative', 'positive')
+    """
+    check_dataset(data)
+    if data == "truth":
+        return truth_statements(model)
+    if data == "sentiment":
+        return sentiment_texts()
+    if data in ("honesty", "truth-pairs"):
+        return (honesty_pairs(model) if data == "honesty" else truth_pairs(model)).as_labelled()
+    return from_file(data)
+
+
+def load_pairs(data: str, model: HookedModel | None = None) -> ContrastPairs:
+    """The contrast pairs called ``data``: a built-in set or a CSV/JSONL file (``positive,negative[,label]``).
+
+    ``truth`` and ``truth-pairs``: the true and the false completion of each fact (with
+    labels); ``sentiment``: positive/negative sentences; ``honesty``: honest/dishonest
+    instructions before the same statement.
+
+    >>> load_pairs("sentiment").positive[0]
+    'The movie was lovely.'
+    """
+    check_dataset(data)
+    if data in ("truth", "truth-pairs"):
+        return truth_pairs(model)
+    if data == "sentiment":
+        return sentiment_pairs()
+    if data == "honesty":
+        return honesty_pairs(model)
+    return pairs_from_file(data)
+
+
+PAIRS_WITH_LABELS = ("truth", "truth-pairs")
+"""Built-in contrast sets whose pairs say which side is true (what CCS needs to report accuracy)."""

@@ -14,6 +14,10 @@ activations can be patched position by position.
   lasted from the year 17YY to the year 17" → the next digit should be ≥ Y's first digit.
 - :func:`repeated_tokens`: random token sequences repeated twice (induction).
 - :func:`from_jsonl`: users' own pairs.
+
+:func:`right_pairs` keeps the pairs of a named task that a model gets right (with equal token
+counts), and :func:`task_pair` picks the one pair a patching command studies: the first such
+pair of a task, or the user's explicit clean/corrupt/answer/wrong.
 """
 
 from __future__ import annotations
@@ -297,3 +301,50 @@ def from_jsonl(path: str | Path) -> Task:
 
 TASKS = {"ioi": ioi, "facts": facts, "greater_than": greater_than}
 """Task generators by name (for the CLI's ``--task``)."""
+
+
+def right_pairs(model: HookedModel, task: str, *, n: int = 16, ioi_corrupt: str = "swap") -> Task:
+    """The pairs of the task called ``task`` that ``model`` gets right, clean and corrupt of equal token counts.
+
+    ``n`` pairs are generated first (``facts``: every fact, via :func:`facts_for`); ``ioi_corrupt`` is
+    :func:`ioi`'s corruption (``swap`` or ``abc``). Raises ``UncoverError`` for an unknown task and when
+    the model gets no pair right.
+
+    >>> t = right_pairs(model, "ioi", n=4)
+    >>> len(t) > 0 and t.name
+    'ioi'
+    """
+    if task not in TASKS:
+        raise UncoverError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if task == "facts":
+        t = facts_for(model)
+    elif task == "ioi":
+        t = ioi(n, corrupt=ioi_corrupt).filter_correct(model)
+    else:
+        t = TASKS[task](n).filter_correct(model)
+    same = [p for p in t.pairs if len(model.to_tokens(p.clean)[0]) == len(model.to_tokens(p.corrupt)[0])]
+    if not same:
+        raise UncoverError(f"the model gets no {task} pair right")
+    return Task(t.name, same)
+
+
+def task_pair(model: HookedModel | None, task: str | None, clean: str | None = None, corrupt: str | None = None,
+              answer: str | None = None, wrong: str | None = None) -> tuple[str, str, str, str]:
+    """``(clean, corrupt, answer, wrong)``: the first pair of ``task`` the model gets right, or the explicit pair.
+
+    Without a task all four parts are required (the error names the missing ones); no model is
+    needed then.
+
+    >>> task_pair(None, None, "a b", "a c", " x", " y")
+    ('a b', 'a c', ' x', ' y')
+    >>> task_pair(model, "facts")
+    ('The Eiffel Tower is in the city of', 'The Colosseum is in the city of', ' Paris', ' Rome')
+    """
+    if task is not None:
+        p = right_pairs(model, task).pairs[0]
+        return p.clean, p.corrupt, p.answer, p.wrong
+    parts = (("--clean", clean), ("--corrupt", corrupt), ("--answer", answer), ("--wrong", wrong))
+    missing = [name for name, v in parts if v is None]
+    if missing:
+        raise UncoverError(f"missing {', '.join(missing)} (or give --task)")
+    return clean, corrupt, answer, wrong  # type: ignore[return-value]

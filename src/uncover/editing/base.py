@@ -8,9 +8,10 @@ touched.
 Every edit returns an :class:`Edit`: the weight deltas it added (in the parameters' own
 orientation), the original tensors it touched (so :meth:`Edit.revert` is bit-exact), and a
 way to save the deltas as safetensors plus JSON metadata and to re-apply them to a freshly
-loaded model (:meth:`Edit.load`). :func:`apply_deltas` writes all weight changes at the end
-of an edit, inside a ``try`` that restores what was written if anything fails, so a model is
-never left half-edited.
+loaded model (:meth:`Edit.load`). Weights are written through the shared mechanism of
+:mod:`uncover.hooks.weights` (also used by pruning): :func:`apply_deltas` writes all of an
+edit's changes at its end, all-or-nothing, so an error or Ctrl-C never leaves a model
+half-edited.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
+from uncover.hooks import weights
+from uncover.ops.codec import transient
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -140,40 +143,27 @@ def to_param_layout(model: HookedModel, delta: torch.Tensor) -> torch.Tensor:
     return (delta.T if model.adapter.family.conv1d else delta).contiguous()
 
 
-# ---- writing weights --------------------------------------------------------------------------
+# ---- writing weights (the shared mechanism: uncover.hooks.weights) ------------------------------
 def apply_deltas(model: HookedModel, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Add ``deltas`` (``{param path: tensor}``) to the model; return the originals.
 
-    All-or-nothing: shapes are checked first, and if a write fails the ones already done are
-    restored before the error propagates. The new value is ``original + delta`` computed in the
-    parameter's dtype, so re-applying the same delta to the same weights gives the same bits.
+    All-or-nothing (:func:`uncover.hooks.weights.apply_change` in ``add`` mode): shapes are checked
+    first, everything to be written is copied before the first write, and any failure, Ctrl-C
+    included, restores the model before the error propagates. The new value is ``original + delta``
+    computed in the parameter's dtype, so re-applying the same delta to the same weights gives the
+    same bits.
+
+    >>> originals = apply_deltas(model, {})  # doctest: +SKIP
     """
-    params = dict(model.model.named_parameters())
-    missing = [k for k in deltas if k not in params]
-    if missing:
-        raise EditError(f"the edit names parameters this model lacks: {missing[:3]}; it was made for another model")
-    bad = [k for k, v in deltas.items() if tuple(v.shape) != tuple(params[k].shape)]
-    if bad:
-        raise EditError(f"shape mismatch for {bad[:3]}: the edit was made for another model")
-    originals: dict[str, torch.Tensor] = {}
-    try:
-        with torch.no_grad():
-            for k, d in deltas.items():
-                p = params[k]
-                originals[k] = p.detach().clone()
-                p.copy_(originals[k] + d.to(p.device, p.dtype))
-    except BaseException:
-        restore(model, originals)
-        raise
-    return originals
+    return weights.apply_change(model, deltas, "add", what="edit", error=EditError)
 
 
 def restore(model: HookedModel, originals: dict[str, torch.Tensor]) -> None:
-    """Copy ``originals`` back into the model's parameters (bit-exact)."""
-    params = dict(model.model.named_parameters())
-    with torch.no_grad():
-        for k, v in originals.items():
-            params[k].copy_(v)
+    """Copy ``originals`` back into the model's parameters (bit-exact; Ctrl-C held off until done).
+
+    >>> restore(model, apply_deltas(model, {}))  # doctest: +SKIP
+    """
+    weights.restore(model, originals)
 
 
 @dataclass
@@ -181,7 +171,11 @@ class Edit(Result):
     """A weight edit applied to a model; reverts bit-exactly, saves and re-applies its deltas.
 
     ``to_frame()``: one row per edited parameter (layer, path, Frobenius norm of the delta and
-    of the original weight, rank of the delta).
+    of the original weight, rank of the delta). Saved as a result (``save``/``uncover.load_result``)
+    it keeps its deltas but not the model: :meth:`apply_to` puts it on a model again.
+
+    >>> e = rome(model, "{} is in the city of", "The Eiffel Tower", " Rome")  # doctest: +SKIP
+    >>> with e.applied(): ...  # doctest: +SKIP
     """
 
     method: str
@@ -195,9 +189,17 @@ class Edit(Result):
     options: dict[str, Any] = field(default_factory=dict)
     """Method options and diagnostics (loss trace, neurons, ...)."""
     seconds: float = 0.0
-    model: Any = field(default=None, repr=False)
-    originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Wall time of the edit."""
+    model: Any = transient(default=None, repr=False)
+    """The edited model (not saved)."""
+    originals: dict[str, torch.Tensor] | None = transient(default=None, repr=False)
+    """The touched parameters as they were before the edit (the undo buffer; not saved)."""
     is_applied: bool = False
+    """Whether the deltas are in the model now (as of saving, for a loaded edit)."""
+
+    def __post_init__(self) -> None:
+        if self.originals is None:
+            self.originals = {}
 
     @property
     def title(self) -> str:
@@ -213,7 +215,7 @@ class Edit(Result):
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
-        params = dict(self.model.model.named_parameters()) if self.model is not None else {}
+        params = weights.parameters(self.model) if self.model is not None else {}
         rows = []
         for k, d in self.deltas.items():
             d64 = d.double()
@@ -233,17 +235,32 @@ class Edit(Result):
         return fig
 
     # ---- apply / revert ----
+    def _model(self) -> Any:
+        if self.model is None:
+            raise EditError("this edit has no model (it was loaded from a result file); put it on one with "
+                            "edit.apply_to(model)")
+        return self.model
+
     def apply(self) -> Edit:
-        """Add the deltas to the model (no-op when already applied)."""
+        """Add the deltas to the model, all-or-nothing (no-op when already applied)."""
         if not self.is_applied:
-            self.originals = apply_deltas(self.model, self.deltas)
+            self.originals = apply_deltas(self._model(), self.deltas)
             self.is_applied = True
         return self
+
+    def apply_to(self, model: HookedModel) -> Edit:
+        """A copy of this edit applied to ``model`` (e.g. an edit loaded from a result file).
+
+        >>> e = uncover.load_result("edit.safetensors").edit.apply_to(model)  # doctest: +SKIP
+        """
+        e = Edit(self.method, [dict(r) for r in self.requests], list(self.layers), dict(self.deltas),
+                 dict(self.options), self.seconds, model=model)
+        return e.apply()
 
     def revert(self) -> None:
         """Put every touched tensor back, bit-exactly. Idempotent."""
         if self.is_applied:
-            restore(self.model, self.originals)
+            restore(self._model(), self.originals)
             self.is_applied = False
 
     @contextlib.contextmanager
@@ -259,14 +276,16 @@ class Edit(Result):
 
     # ---- save / load ----
     def save(self, path: str | Path) -> Path:
-        """Write ``delta.safetensors`` and ``edit.json`` into the directory ``path``."""
-        from safetensors.torch import save_file
+        """Write ``delta.safetensors`` and ``edit.json`` into the directory ``path``.
 
+        (``uncover.load_result`` files come from :meth:`Result.save` through the operation layer;
+        this directory format is the one :meth:`load` re-applies to a model.)
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise EditError(f"{path} exists and is not a directory; give a directory to save the edit in")
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.deltas.items()}, str(path / DELTA_FILE))
+        weights.save_change(path / DELTA_FILE, self.deltas, "add")
         meta = {"method": self.method, "requests": self.requests, "layers": self.layers,
                 "options": _jsonable(self.options), "seconds": self.seconds,
                 "model": getattr(self.model, "name", None)}
@@ -280,25 +299,34 @@ class Edit(Result):
         >>> e = Edit.load("eiffel-rome", model)  # doctest: +SKIP
         >>> e.revert()  # doctest: +SKIP
         """
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not (path / DELTA_FILE).is_file() or not (path / META_FILE).is_file():
             raise EditError(f"{path} is not a saved edit: expected {DELTA_FILE} and {META_FILE} in it")
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        e = cls(meta["method"], meta["requests"], meta["layers"], load_file(str(path / DELTA_FILE)),
-                meta.get("options", {}), meta.get("seconds", 0.0), model=model)
+        deltas, mode, _ = weights.load_change(path / DELTA_FILE, default_mode="add", error=EditError)
+        if mode != "add":
+            raise EditError(f"{path / DELTA_FILE} holds new weight values (mode {mode!r}), not edit deltas")
+        e = cls(meta["method"], meta["requests"], meta["layers"], deltas, meta.get("options", {}),
+                meta.get("seconds", 0.0), model=model)
         return e.apply() if apply else e
 
 
 def make_edit(model: HookedModel, method: str, requests: Sequence[Request], layers: Sequence[int],
               deltas: dict[str, torch.Tensor], options: dict[str, Any], start: float) -> Edit:
-    """Build the :class:`Edit` record and apply its deltas (atomically)."""
-    params = dict(model.model.named_parameters())
+    """Build the :class:`Edit` record and apply its deltas (atomically; the model is unchanged if this raises).
+
+    >>> e = make_edit(model, "rome", [req], [6], {down_proj_path(model, 6): delta}, {}, t0)  # doctest: +SKIP
+    """
+    params = weights.check_fits(model, deltas, what="edit", error=EditError)
     deltas = {k: v.to(params[k].dtype).contiguous() for k, v in deltas.items()}
     e = Edit(method, [asdict(r) for r in requests], sorted(set(layers)), deltas, options, model=model)
-    e.apply()
-    e.seconds = time.perf_counter() - start
+    saved = weights.snapshot(model, deltas)  # so that even Ctrl-C right after the write leaves no half-state
+    try:
+        e.apply()
+        e.seconds = time.perf_counter() - start
+    except BaseException:
+        weights.restore(model, saved)
+        raise
     return e
 
 

@@ -43,9 +43,9 @@ from uncover.editing.base import (
     down_proj,
     down_proj_path,
     make_edit,
-    restore,
     to_param_layout,
 )
+from uncover.hooks import weights
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -207,11 +207,13 @@ def _search(model: HookedModel, prompts: list[str], old_id: int, new_id: int, up
     """Smallest ``λ`` (to a factor ``1 + 2^-iters``) whose edit reaches ``margin``; restores the model each try."""
 
     def ok(lam: float) -> bool:
-        originals = apply_deltas(model, update(lam))
+        deltas = update(lam)
+        saved = weights.snapshot(model, deltas)  # before the write: an interrupt anywhere below restores it
         try:
+            apply_deltas(model, deltas)
             return _gap(model, prompts, old_id, new_id) >= margin
         finally:
-            restore(model, originals)
+            weights.restore(model, saved)
 
     lo, hi = start, start
     if ok(start):  # halve until it fails

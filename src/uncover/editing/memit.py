@@ -34,11 +34,11 @@ from uncover.editing.base import (
     check_request,
     down_proj_path,
     make_edit,
-    restore,
     to_param_layout,
 )
 from uncover.editing.rome import RomeConfig, context_prefixes, encode, optimise_delta, pad, rome_layer, subject_keys
 from uncover.editing.stats import damped, layer_mom2
+from uncover.hooks import weights
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -125,7 +125,7 @@ def memit(
     deltas = [optimise_delta(model, r, t, prefixes, block, cfg) for r, t in zip(reqs, targets)]
     z = _residuals(model, last, reqs) + torch.stack([d for d, _ in deltas])
     total: dict[str, torch.Tensor] = {}
-    undo: list[dict[str, torch.Tensor]] = []
+    saved = weights.snapshot(model, [down_proj_path(model, x) for x in layers])  # before the first write
     try:
         for i, layer in enumerate(layers):
             K = torch.stack([subject_keys(model, layer, r, prefixes).mean(0) for r in reqs])
@@ -133,10 +133,9 @@ def memit(
             upd = to_param_layout(model, memit_update(R, K, covs[layer], mom2_weight))
             key = down_proj_path(model, layer)
             total[key] = upd
-            undo.append(apply_deltas(model, {key: upd}))
-    finally:
-        for originals in reversed(undo):
-            restore(model, originals)
+            apply_deltas(model, {key: upd})
+    finally:  # the per-layer updates were only for computing the next layer's keys: undo them all
+        weights.restore(model, saved)
     opts = {"mom2_samples": mom2_samples, "mom2_weight": mom2_weight, "config": cfg.__dict__,
             "prefixes": prefixes, "nll": [info["nll"] for _, info in deltas],
             "edit_seconds": time.perf_counter() - t1}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -119,6 +120,7 @@ class KnowledgeNeurons(Result):
         neurons: the knowledge neurons ``(layer, index)``, most shared and strongest first.
         counts: in how many prompts each neuron passed the threshold.
         threshold, share: the filter parameters.
+        effect: the effect of suppressing / amplifying them (:func:`knowledge_effect`), when measured.
     """
 
     prompts: list[str]
@@ -131,6 +133,7 @@ class KnowledgeNeurons(Result):
     counts: list[int]
     threshold: float
     share: float
+    effect: KnowledgeEffect | None = None
 
     @property
     def title(self) -> str:
@@ -157,6 +160,18 @@ class KnowledgeNeurons(Result):
         fig.update_layout(title=self.summary()[:110], xaxis_title="layer",
                           yaxis_title="sum of positive IG attribution (mean over prompts)")
         return fig
+
+    def to_html(self, path: str | Path | None = None) -> str:
+        """The page of the neurons, and of their :attr:`effect` when it was measured."""
+        from uncover.report.html import Section, render_page
+
+        sections = [Section.from_result(self)] + ([Section.from_result(self.effect)] if self.effect is not None else [])
+        page = render_page(self.title, sections)
+        if path is not None:
+            from uncover.ops.persist import atomic_write
+
+            atomic_write(Path(path), lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        return page
 
 
 def knowledge_neurons(model: HookedModel, prompts: Sequence[str], target: str | int,

@@ -7,8 +7,9 @@ are handled "output rows first" (``[d_out, d_in]``, as ``nn.Linear`` stores them
 
 Every pruning returns a :class:`Pruning`: it keeps the original tensors of everything it
 touched, reverts them bit-exactly, saves the pruned tensors as safetensors and re-applies
-them. Arguments are validated before any weight changes, and a failure half-way restores
-what was already changed (:func:`edit_weights`), so a model is never left half-pruned.
+them, all through the weight-change mechanism shared with editing (:mod:`uncover.hooks.weights`).
+Arguments are validated before any weight changes, and a failure half-way, Ctrl-C included,
+restores what was already changed (:func:`edit_weights`), so a model is never left half-pruned.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from torch import nn
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
+from uncover.hooks import weights
+from uncover.ops.codec import transient
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -208,34 +211,25 @@ def matrix_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     return lowest_mask(score.flatten(), n_pruned(score.numel(), sparsity)).view(score.shape)
 
 
-# ---- editing and reverting ------------------------------------------------------------------
+# ---- editing and reverting (the shared mechanism: uncover.hooks.weights) ---------------------
 @contextlib.contextmanager
-def edit_weights(model: HookedModel) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield a dict to fill with ``{param path: original clone}`` *before* each write.
+def edit_weights(model: HookedModel) -> Iterator[weights.Transaction]:
+    """A block of in-place weight writes that is all-or-nothing (:func:`uncover.hooks.weights.transaction`).
 
-    If the block raises, every recorded parameter is restored and the error propagates, so a
-    failed pruning leaves the model untouched.
+    Call :func:`remember` (or ``tx.remember(path)``) *before* each write; if the block raises,
+    Ctrl-C included, every recorded parameter is restored and the error propagates, so a failed
+    pruning leaves the model untouched.
+
+    >>> with edit_weights(model) as tx:  # doctest: +SKIP
+    ...     remember(tx, site); site.rows.zero_()
     """
-    originals: dict[str, torch.Tensor] = {}
-    try:
-        yield originals
-    except BaseException:
-        _restore(model, originals)
-        raise
+    with weights.transaction(model) as tx:
+        yield tx
 
 
-def _restore(model: HookedModel, tensors: dict[str, torch.Tensor]) -> None:
-    params = dict(model.model.named_parameters())
-    with torch.no_grad():
-        for k, v in tensors.items():
-            params[k].copy_(v)
-
-
-def remember(originals: dict[str, torch.Tensor], site: LinearSite, what: str = "weight") -> None:
+def remember(tx: weights.Transaction, site: LinearSite, what: str = "weight") -> None:
     """Record the original of ``site``'s ``weight`` (or ``bias``) once, before it is written."""
-    key = f"{site.path}.{what}"
-    if key not in originals:
-        originals[key] = getattr(site.module, what).detach().clone()
+    tx.remember(f"{site.path}.{what}", getattr(site.module, what))
 
 
 @dataclass
@@ -257,9 +251,16 @@ class Pruning(Result):
     """Measured sparsity per pruned module."""
     seconds: float = 0.0
     """Wall time of the pruning."""
-    model: Any = field(default=None, repr=False)
-    originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    model: Any = transient(default=None, repr=False)
+    """The pruned model (not saved)."""
+    originals: dict[str, torch.Tensor] | None = transient(default=None, repr=False)
+    """The touched parameters as they were before pruning (the undo buffer; not saved)."""
     applied: bool = True
+    """Whether the pruning is in the model now (as of saving, for a loaded result)."""
+
+    def __post_init__(self) -> None:
+        if self.originals is None:
+            self.originals = {}
 
     @property
     def title(self) -> str:
@@ -288,43 +289,36 @@ class Pruning(Result):
         return sparsity_figure(self.to_frame(), self.title)
 
     # ---- revert / save / load ----
+    def _model(self) -> Any:
+        if self.model is None:
+            raise PruningError("this pruning has no model (it was loaded from a result file); the pruned "
+                               "weights are not in a result file: save them with Pruning.save and use Pruning.load")
+        return self.model
+
     def revert(self) -> None:
         """Put every touched tensor back, bit-exactly. Idempotent."""
         if self.applied:
-            _restore(self.model, self.originals)
+            weights.restore(self._model(), self.originals)
             self.applied = False
 
     def reapply(self, pruned: dict[str, torch.Tensor]) -> None:
-        """Write ``pruned`` tensors (``{param path: tensor}``) into the model, keeping the originals."""
-        params = dict(self.model.model.named_parameters())
-        missing = [k for k in pruned if k not in params]
-        if missing:
-            raise PruningError(f"this record names parameters the model lacks: {missing[:3]}")
-        bad = [k for k, v in pruned.items() if v.shape != params[k].shape]
-        if bad:
-            raise PruningError(f"shape mismatch for {bad[:3]}: the record was made for another model")
-        with torch.no_grad():
-            for k, v in pruned.items():
-                self.originals.setdefault(k, params[k].detach().clone())
-                params[k].copy_(v)
+        """Write ``pruned`` tensors (``{param path: tensor}``) into the model, all-or-nothing, keeping the originals."""
+        old = weights.apply_change(self._model(), pruned, "set", what="pruning record", error=PruningError)
+        for k, v in old.items():
+            self.originals.setdefault(k, v)
         self.applied = True
 
     def pruned_tensors(self) -> dict[str, torch.Tensor]:
         """The current (pruned) values of every touched parameter."""
         if not self.applied:
             raise PruningError("this pruning has been reverted; nothing to save (re-apply it first)")
-        params = dict(self.model.model.named_parameters())
-        return {k: params[k].detach().contiguous() for k in self.originals}
+        return weights.current(self._model(), self.originals)
 
     def save(self, path: str | Path) -> Path:
         """Write the pruned tensors and the description to one ``.safetensors`` file."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
         meta = {"method": self.method, "sparsity": repr(self.sparsity), "pattern": self.pattern or "",
                 "options": json.dumps(self.options), "rows": json.dumps(self.rows), "seconds": repr(self.seconds)}
-        save_file(self.pruned_tensors(), str(path), metadata=meta)
-        return path
+        return weights.save_change(path, self.pruned_tensors(), "set", meta)
 
     @classmethod
     def load(cls, path: str | Path, model: HookedModel) -> Pruning:
@@ -333,12 +327,8 @@ class Pruning(Result):
         >>> p = Pruning.load("wanda.safetensors", model)  # doctest: +SKIP
         >>> p.revert()  # doctest: +SKIP
         """
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if "method" not in meta:
+        tensors, mode, meta = weights.load_change(path, default_mode="set", error=PruningError)
+        if "method" not in meta or mode != "set":
             raise PruningError(f"{path}: not a saved uncover pruning (no 'method' metadata)")
         rec = cls(meta["method"], float(meta["sparsity"]), meta["pattern"] or None, json.loads(meta["options"]),
                   json.loads(meta["rows"]), float(meta.get("seconds", 0.0)), model=model, applied=False)

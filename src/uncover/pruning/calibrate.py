@@ -190,11 +190,11 @@ def prune_linears(
     if stats is not None and (tokens is None or tokens.dim() != 2 or tokens.shape[0] < 1):
         raise PruningError("calibration tokens must be a LongTensor [n_samples, seq_len]")
     t0 = time.perf_counter()
-    with edit_weights(model) as originals:
+    with edit_weights(model) as tx:
 
         def do(site: LinearSite, st: InputStats | None) -> None:
             new = weight_fn(site.rows.detach(), st, target, nm)
-            remember(originals, site)
+            remember(tx, site)
             with torch.no_grad():
                 site.rows.copy_(new)
 
@@ -209,6 +209,7 @@ def prune_linears(
                 do(s, None)
         else:
             sequential(model, tokens, stats, block)
+        rows = measured_rows(sites)  # inside the transaction: an interrupt here still restores the model
     pat = None if nm is None else f"{nm[0]}:{nm[1]}"
-    return Pruning(method, target, pat, options or {}, measured_rows(sites), time.perf_counter() - t0,
-                   model=model, originals=originals)
+    return Pruning(method, target, pat, options or {}, rows, time.perf_counter() - t0, model=model,
+                   originals=tx.originals)

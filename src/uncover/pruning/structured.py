@@ -180,7 +180,7 @@ def prune_structured(
         scores = fn(model, tokens, unit).detach().float().cpu()
     chosen = choose_units(scores, s, scope)
     a, f = model.adapter, model.adapter.family
-    with edit_weights(model) as originals, torch.no_grad():
+    with edit_weights(model) as tx, torch.no_grad():
 
         def zero(mod: nn.Module | None, what: str, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None,
                  path: str = "") -> None:
@@ -189,7 +189,7 @@ def prune_structured(
             t = getattr(mod, what, None)
             if t is None:
                 return
-            originals.setdefault(f"{path}.{what}", t.detach().clone())
+            tx.remember(f"{path}.{what}", t)
             v = _rows(mod) if what == "weight" else t
             if rows is not None:
                 v[rows] = 0.0
@@ -211,8 +211,8 @@ def prune_structured(
                         zero(a.mlp_part(layer, name), "weight", rows=ids, path=p)
                         zero(a.mlp_part(layer, name), "bias", rows=ids, path=p)
                 zero(a.mlp_part(layer, f.mlp_out), "weight", cols=ids, path=f"{base}.{f.mlp}.{f.mlp_out}")
+        rows = measured_rows(linear_sites(model))  # inside the transaction: an interrupt here still restores
     pruned = [[int(i), int(j)] for i, j in chosen.nonzero().tolist()]
     name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
-    return Pruning(unit, s, None, {"scorer": "given" if given else name, "scope": scope,
-                                   "pruned": pruned}, measured_rows(linear_sites(model)),
-                   time.perf_counter() - t0, model=model, originals=originals)
+    return Pruning(unit, s, None, {"scorer": "given" if given else name, "scope": scope, "pruned": pruned},
+                   rows, time.perf_counter() - t0, model=model, originals=tx.originals)

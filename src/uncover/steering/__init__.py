@@ -1,4 +1,5 @@
-"""Steering: reading vectors (RepE), ActAdd, CAA, ITI, directional ablation, sweeps, vector files."""
+"""Steering: reading vectors (RepE), ActAdd, CAA, ITI, directional ablation, sweeps, side-by-side
+generations, vector files."""
 
 from uncover.steering.iti import ITI, fit_iti
 from uncover.steering.methods import (
@@ -14,9 +15,11 @@ from uncover.steering.methods import (
     steering,
 )
 from uncover.steering.reading import ReadingResult, lat_direction, mean_direction, reading_vectors
+from uncover.steering.side_by_side import SteerResult, side_by_side
 from uncover.steering.sweep import SweepResult, lexicon_sentiment, sweep
 from uncover.steering.vectors import SteeringVector
 
-__all__ = ["CAA", "ITI", "ActAdd", "Control", "DirectionalAblation", "ReadingResult", "Steering", "SteeringVector",
-           "SweepResult", "actadd", "caa", "fit_iti", "generate", "lat_direction", "lexicon_sentiment",
-           "mean_difference", "mean_direction", "reading_vectors", "steering", "sweep"]
+__all__ = ["CAA", "ITI", "ActAdd", "Control", "DirectionalAblation", "ReadingResult", "SteerResult", "Steering",
+           "SteeringVector", "SweepResult", "actadd", "caa", "fit_iti", "generate", "lat_direction",
+           "lexicon_sentiment", "mean_difference", "mean_direction", "reading_vectors", "side_by_side", "steering",
+           "sweep"]

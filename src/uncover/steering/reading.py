@@ -147,6 +147,10 @@ def reading_vectors(
     for h in hooks:
         xp, xn = pos[h].flatten(1).float(), neg[h].flatten(1).float()
         d = (xp - xn)[train]
+        if float(d.mean(0).norm()) == 0.0:
+            raise UncoverError(f"{h}: the positive and negative texts of the training pairs have the same "
+                               "activations here (as at layer 0's resid_pre, where the last token sees only itself), "
+                               "so there is no direction to read; choose other layers")
         for m, v in (("pca", lat_direction(d, seed=seed)), ("mean", mean_direction(d))):
             acc[m].append(pair_accuracy(v, xp[test], xn[test]))
             dirs[m].append(v)

@@ -105,13 +105,20 @@ class SteeringVector:
             return SteeringVector.from_gguf(path)
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("uncover")
-            if raw is None:
-                raise UncoverError(f"{path}: not an uncover steering vector (no 'uncover' metadata)")
-            meta = json.loads(raw)
-            vecs = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys()}
-        return SteeringVector(vecs, meta["point"], meta.get("model", ""), meta.get("meta", {}))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("uncover")
+                if raw is None:
+                    raise UncoverError(f"{path}: not an uncover steering vector (no 'uncover' metadata)")
+                meta = json.loads(raw)
+                vecs = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys()}
+            return SteeringVector(vecs, meta["point"], meta.get("model", ""), meta.get("meta", {}))
+        except UncoverError:
+            raise
+        except Exception as e:  # a damaged header, bad JSON, odd tensor names: never a traceback
+            raise UncoverError(f"{path}: not a readable steering vector file ({type(e).__name__}: "
+                               f"{str(e).strip()[:120]}); give a .safetensors file saved by uncover or a .gguf "
+                               "control vector") from None
 
     # ---- GGUF (llama.cpp control vectors) -------------------------------------------------
     def to_gguf(self, path: str | Path) -> Path:
@@ -135,7 +142,11 @@ class SteeringVector:
         """Read a llama.cpp control vector as ``hook_resid_post`` vectors (``direction.{n}`` -> layer ``n - 1``)."""
         import gguf
 
-        r = gguf.GGUFReader(str(path))
+        try:
+            r = gguf.GGUFReader(str(path))
+        except Exception as e:  # not GGUF at all
+            raise UncoverError(f"{path}: not a readable GGUF file ({type(e).__name__}: "
+                               f"{str(e).strip()[:120]})") from None
         arch = r.fields.get("general.architecture")
         if arch is None or bytes(arch.parts[arch.data[0]]).decode() != "controlvector":
             raise UncoverError(f"{path}: not a GGUF control vector (general.architecture is not 'controlvector')")
