@@ -193,16 +193,28 @@ def evaluate_edits(
 
 @dataclass
 class EditReport(Result):
-    """Before/after view of one edit: top next tokens and a greedy generation per prompt."""
+    """Before/after view of one edit: top next tokens and a greedy generation per prompt (what ``edit`` returns).
+
+    The model stays edited; :meth:`revert` undoes it.
+    """
 
     edit: Edit
+    """The applied edit (its deltas are saved with the result; the model is not)."""
     rows: list[dict[str, Any]]
     """One per (prompt, stage): ``top`` (list of ``[token, prob]``), ``p_target``, ``generation``."""
     saved: str | None = None
+    """The directory the edit was saved in (``delta.safetensors`` + ``edit.json``), if any."""
 
     @property
     def title(self) -> str:
         return self.edit.title
+
+    def revert(self) -> None:
+        """Undo the edit in the model, bit-exactly (:meth:`Edit.revert`). Idempotent.
+
+        >>> uncover.run("edit", model, prompt="{} is in", subject="Paris", target=" Rome").revert()  # doctest: +SKIP
+        """
+        self.edit.revert()
 
     def summary(self) -> str:
         lines = [self.edit.summary()]

@@ -216,12 +216,22 @@ class PruneReport(Result):
     """
 
     pruning: Pruning
+    """The applied pruning (measured sparsity per module; the model and undo buffer are not saved)."""
     evaluation: PruneEval | None = None
+    """Perplexity and fact accuracy of the dense and the pruned model (``None``: not evaluated)."""
     saved_to: str | None = None
+    """The directory the pruned model was saved in, if any."""
 
     @property
     def title(self) -> str:
         return self.pruning.title
+
+    def revert(self) -> None:
+        """Undo the pruning in the model, bit-exactly (:meth:`Pruning.revert`). Idempotent.
+
+        >>> uncover.run("prune", model, method="magnitude", sparsity=0.3).revert()  # doctest: +SKIP
+        """
+        self.pruning.revert()
 
     def summary(self) -> str:
         parts = [self.pruning.summary()]

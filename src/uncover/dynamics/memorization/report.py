@@ -4,12 +4,14 @@ inference (Tirumala et al. 2022; Carlini et al. 2021, 2023)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from uncover.core.results import Result
+from uncover.dynamics.memorization.localize import LocalizationResult
 from uncover.dynamics.memorization.metrics import auroc, membership_scores
 
 if TYPE_CHECKING:
@@ -103,3 +105,61 @@ def membership_table(run: MemRun) -> pd.DataFrame:
 def memorization_report(run: MemRun) -> MemorizationResult:
     """The :class:`MemorizationResult` of a finished run."""
     return MemorizationResult(run.history, membership_table(run), run.cfg.__dict__)
+
+
+@dataclass
+class MemorizationTraining(Result):
+    """What the ``memorization train`` operation returns: the run's memorization report and, with
+    ``--localize``, where in the model the memorized sequences live.
+
+    Without a localization it shows the :class:`MemorizationResult` itself (title, summary, table,
+    figure, JSON); with one, the text holds both summaries, the JSON is
+    ``{"memorization": ..., "localization": ...}`` and the HTML page has a section for each.
+
+    >>> h = pd.DataFrame({"step": [0], "kind": ["canary"], "dups": [4], "n": [2], "loss": [5.0],
+    ...                   "token_mem": [0.1], "extractable": [0.0]})
+    >>> r = MemorizationTraining(MemorizationResult(h, pd.DataFrame(columns=["attack", "members", "auroc"]), {}))
+    >>> r.to_dict()["kind"]
+    'MemorizationResult'
+    """
+
+    memorization: MemorizationResult
+    """Memorization over training and by copies, and membership-inference AUROCs."""
+    localization: LocalizationResult | None = None
+    """Per-layer attribution and the ablation check (only with ``--localize``)."""
+
+    @property
+    def title(self) -> str:
+        return self.memorization.title
+
+    def summary(self) -> str:
+        parts = [self.memorization.summary()]
+        if self.localization is not None:
+            parts.append(self.localization.summary())
+        return "\n".join(parts)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.memorization.to_frame()
+
+    def plot(self) -> go.Figure:
+        return self.memorization.plot()
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.localization is None:
+            d = self.memorization.to_dict()
+        else:
+            d = {"memorization": self.memorization.to_dict(), "localization": self.localization.to_dict()}
+        if self.provenance is not None:
+            d["provenance"] = self.provenance.to_dict()
+        return d
+
+    def to_html(self, path: str | Path | None = None) -> str:
+        if self.localization is None:
+            return super().to_html(path)
+        from uncover.ops.persist import atomic_write
+        from uncover.report.html import render_results
+
+        page = render_results("Memorization", [self.memorization, self.localization])
+        if path is not None:
+            atomic_write(Path(path), lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        return page
