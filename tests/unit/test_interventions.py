@@ -496,7 +496,7 @@ def test_to_dict_from_dict_round_trip_through_json():
             if isinstance(x, torch.Tensor):
                 assert x.dtype == y.dtype and torch.equal(x, y)
     d = Zero("blocks.0.hook_mlp_out", positions=[-1]).to_dict()
-    assert d == {"kind": "Zero", "hook": "blocks.0.hook_mlp_out", "positions": [-1], "heads": None}
+    assert d == {"kind": "Zero", "hook": "blocks.0.hook_mlp_out", "positions": [-1], "heads": None, "units": None}
 
 
 def test_from_dict_errors_list_valid_choices():
@@ -512,9 +512,9 @@ def test_from_dict_errors_list_valid_choices():
 
 def test_repr_shows_kind_and_fields():
     r = repr(Zero("blocks.0.attn.hook_z", heads=[1]))
-    assert r == "Zero(hook='blocks.0.attn.hook_z', positions=None, heads=(1,))"
+    assert r == "Zero(hook='blocks.0.attn.hook_z', positions=None, heads=(1,), units=None)"
     r = repr(Add("hook_embed", vector=[1.0, 2.0], scale=0.5, positions=-1))
-    assert r.startswith("Add(hook='hook_embed', positions=(-1,), heads=None, vector=tensor([1., 2.])")
+    assert r.startswith("Add(hook='hook_embed', positions=(-1,), heads=None, units=None, vector=tensor([1., 2.])")
     assert "scale=0.5" in r
 
 
@@ -615,3 +615,46 @@ def test_interventions_keep_the_model_dtype(dtype):
     with m.intervene([Mean("blocks.0.attn.hook_z")]), manual(m.adapter.block(1), add_last, pre=True):
         ref = m(toks)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_units_select_the_last_axis_exactly(one_thread_no_grad):
+    from uncover import Add, Zero
+
+    model = tiny("llama")
+    ids = tokens()
+    name = "blocks.1.mlp.hook_post"
+    _, clean = model.run_with_cache(ids, names=[name])
+
+    def zero_units(v, hp):
+        v = v.clone()
+        v[:, -1, [3, 7]] = 0
+        return v
+
+    ref = model.run_with_hooks(ids, [(name, zero_units)])
+    with model.intervene([Zero(name, positions=[-1], units=[3, 7])]):
+        out = model(ids)
+        _, seen = model.run_with_cache(ids, names=[name])
+    assert torch.equal(out, ref)
+    assert seen[name][:, -1, [3, 7]].abs().max() == 0 and torch.equal(seen[name][:, :-1], clean[name][:, :-1])
+    keep = [i for i in range(seen[name].shape[-1]) if i not in (3, 7)]
+    assert torch.equal(seen[name][:, -1, keep], clean[name][:, -1, keep])
+    with model.intervene([Add(name, vector=torch.ones(2), units=[0, 1])]):
+        _, added = model.run_with_cache(ids, names=[name])
+    assert torch.allclose(added[name][..., :2], clean[name][..., :2] + 1) and torch.equal(added[name][..., 2:],
+                                                                                           clean[name][..., 2:])
+
+
+def test_bad_intervention_values_are_refused(one_thread_no_grad):
+    from uncover import Add, Replace, Zero
+    from uncover.core.errors import UncoverError
+
+    with pytest.raises(UncoverError, match="NaN"):
+        Replace("hook_embed", source=torch.tensor([float("nan")]))
+    with pytest.raises(UncoverError, match="finite"):
+        Add("hook_embed", vector=[1.0], scale=float("inf"))
+    model = tiny("llama")
+    with pytest.raises(UncoverError, match="beyond every prompt"), model.intervene([Zero("hook_embed",
+                                                                                         positions=[99])]):
+        model(tokens())
+    with pytest.raises(UncoverError, match="units"), model.intervene([Zero("hook_embed", units=[999])]):
+        model(tokens())

@@ -7,6 +7,7 @@ import torch
 
 from tests.conftest import KINDS, tiny, tokens
 from uncover import Add, Mean, Zero
+from uncover.core.errors import UncoverError
 from uncover.hooks.engine import ForwardState
 from uncover.hooks.tokens import Batch, position_columns
 
@@ -127,8 +128,10 @@ def test_positions_missing_in_a_row_leave_that_row_alone():
     torch.testing.assert_close(got[1, :3], m(alone[1])[0], rtol=1e-5, atol=1e-5)  # row 1 has no position 4
     assert (got[0, 4:] - m(alone[0])[0, 4:]).abs().max() > 1e-4
     torch.testing.assert_close(got[0, :4], m(alone[0])[0, :4], rtol=1e-5, atol=1e-5)
-    with m.intervene([Zero("blocks.0.hook_resid_post", positions=[40])]):  # nowhere at all
-        torch.testing.assert_close(m(batch), m(batch), rtol=0, atol=0)
+    # a position in no row at all is a mistake (issue 13: it used to do nothing, silently)
+    with pytest.raises(UncoverError, match="beyond every prompt"), m.intervene(
+            [Zero("blocks.0.hook_resid_post", positions=[40])]):
+        m(batch)
 
 
 def test_mean_ablation_of_a_padded_batch_ignores_padding():

@@ -52,6 +52,13 @@ class Selection:
             if bad:
                 raise UncoverError(f"{iv.hook!r} has {n} heads (0..{n - 1}); got heads {bad}")
             self.heads = torch.tensor([h % n for h in iv.heads], device=dev)
+        self.units: torch.Tensor | None = None
+        if iv.units is not None:
+            n = self.full.shape[-1]
+            bad = [u for u in iv.units if not -n <= u < n]
+            if bad:
+                raise UncoverError(f"{iv.hook!r} has {n} units on its last axis (0..{n - 1}); got units {bad}")
+            self.units = torch.tensor([u % n for u in iv.units], device=dev)
         self.rows: torch.Tensor | None = None
         self.cols: torch.Tensor | None = None
         self.empty = False
@@ -62,6 +69,13 @@ class Selection:
                     f"{iv.hook!r} has batch {self.full.shape[0]} but the forward pass has {c.shape[0]} rows; "
                     "positions cannot be addressed per row there"
                 )
+            if hp.state.offset == 0:  # the whole prompt is in this forward: every position must exist somewhere
+                missing = [p for p, absent in zip(iv.positions, (c < 0).all(0).tolist()) if absent]
+                if missing:
+                    m = hp.state.attention_mask
+                    lengths = m.sum(-1).tolist() if m is not None else [self.full.shape[1]]
+                    raise UncoverError(f"{type(iv).__name__} on {iv.hook!r}: position(s) {missing} are beyond "
+                                       f"every prompt (real lengths {sorted(set(lengths))})")
             ok = c >= 0
             self.empty = not bool(ok.any())
             self.rows = torch.arange(c.shape[0], device=dev)[:, None].expand_as(c)[ok]
@@ -69,11 +83,15 @@ class Selection:
 
     @property
     def whole(self) -> bool:
-        """Whether the whole value is selected (no positions, no heads)."""
-        return self.rows is None and self.heads is None
+        """Whether the whole value is selected (no positions, no heads, no units)."""
+        return self.rows is None and self.heads is None and self.units is None
 
     def pick(self, t: torch.Tensor) -> torch.Tensor:
         """Restrict ``t`` shaped like :attr:`full` (working layout)."""
+        t = self._pick_rows_heads(t)
+        return t if self.units is None else t.index_select(-1, self.units)
+
+    def _pick_rows_heads(self, t: torch.Tensor) -> torch.Tensor:
         if self.rows is not None:
             t = t[self.rows, self.cols]  # [n, head?, ...]
             return t if self.heads is None else t.index_select(1, self.heads)
@@ -82,6 +100,15 @@ class Selection:
     def select(self, t: torch.Tensor) -> torch.Tensor:
         """Restrict ``t`` (broadcastable to the hook's value, in the hook's layout)."""
         t = t.to(device=self.value.device, dtype=self.value.dtype)
+        if self.units is not None and t.shape[-1] == len(self.units) != self.value.shape[-1]:
+            # a tensor over the selected units only: broadcast it to the rows/heads part
+            shape = (*self.value.shape[:-1], len(self.units))
+            try:
+                t = t.expand(shape)
+            except RuntimeError as e:
+                raise UncoverError(f"tensor of shape {tuple(t.shape)} does not broadcast to the {len(self.units)} "
+                                   f"selected units of {self.hp.name!r}, shape {shape}") from e
+            return self._pick_rows_heads(t.transpose(1, 2) if self.qk else t)
         try:
             t = t.expand_as(self.value)
         except RuntimeError as e:
@@ -106,6 +133,12 @@ class Selection:
 
     def write(self, new: torch.Tensor) -> torch.Tensor:
         """The whole value (hook layout) with the selection replaced by ``new``."""
+        if self.units is not None:  # put the units back into the rows/heads part, then write that
+            part = self._pick_rows_heads(self.full).clone()
+            part[..., self.units] = new
+            new = part
+            if self.rows is None and self.heads is None:
+                return part.transpose(1, 2) if self.qk else part
         if self.whole:  # a fresh tensor: never hand the model a view of a stored source
             out = new.expand_as(self.full).clone()
             return out.transpose(1, 2) if self.qk else out

@@ -21,7 +21,7 @@ from uncover.hooks.cache import ActivationCache
 from uncover.hooks.engine import Attachment, ForwardState, HookFn
 from uncover.hooks.interventions import Intervention
 from uncover.hooks.sites import Site, resolve
-from uncover.hooks.tokens import Batch
+from uncover.hooks.tokens import Batch, check_texts, check_token_ids
 from uncover.models.adapter import Adapter, ModelConfig
 from uncover.models.families import family_for
 
@@ -108,11 +108,9 @@ class HookedModel(nn.Module):
         if isinstance(inputs, Batch):
             return inputs.to(self.device)
         if isinstance(inputs, torch.Tensor):
-            ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+            ids = check_token_ids(inputs, self.cfg.d_vocab)
             return Batch(ids.to(self.device), torch.ones_like(ids, device=self.device))
-        texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        if not texts:
-            raise UncoverError("no prompts given")
+        texts = check_texts(inputs)
         tok = self.tokenizer
         old = tok.padding_side
         tok.padding_side = padding_side
@@ -158,6 +156,9 @@ class HookedModel(nn.Module):
 
         A leading space matters: ``" Paris"`` and ``"Paris"`` are different tokens.
         """
+        if not isinstance(text, str):
+            raise TokenError(f"a token must be given as text, got {type(text).__name__} {text!r}")
+        check_texts(text, "token")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             parts = [self.tokenizer.decode([i]) for i in ids]

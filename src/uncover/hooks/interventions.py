@@ -11,6 +11,7 @@ Kinds: :class:`Zero`, :class:`Mean`, :class:`Replace`, :class:`Add`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from uncover.hooks.apply import Selection
 
 
-def _tensor_field(x: Any, what: str) -> torch.Tensor:
+def _tensor_field(x: Any, what: str, allow_inf: bool = False) -> torch.Tensor:
     """A private float copy of ``x`` (lists become float32), so the value cannot change under us."""
     if isinstance(x, dict) and "data" in x:  # to_dict form of a non-float32 tensor
         return torch.tensor(x["data"], dtype=getattr(torch, x.get("dtype", "float32")))
@@ -34,6 +35,8 @@ def _tensor_field(x: Any, what: str) -> torch.Tensor:
         raise UncoverError(f"{what} must be a tensor or a (nested) list of numbers, got {type(x).__name__}") from e
     if not t.is_floating_point():
         t = t.float()
+    if bool(torch.isnan(t).any()) or (not allow_inf and not bool(torch.isfinite(t).all())):
+        raise UncoverError(f"{what} holds NaN{'' if allow_inf else ' or infinite'} values")
     return t
 
 
@@ -59,16 +62,21 @@ def _tensor_key(t: torch.Tensor) -> tuple:
 
 @dataclass(frozen=True, eq=False)
 class Intervention:
-    """Base class: a change to the value at ``hook`` (at ``positions`` and ``heads``).
+    """Base class: a change to the value at ``hook`` (at ``positions``, ``heads`` and ``units``).
 
     ``positions`` are real-token positions (``-1``: each prompt's last real token, whatever
     the padding), ``heads`` index the head axis of per-head hooks (``attn.hook_q/k/v`` index
-    key/value heads under grouped-query attention).
+    key/value heads under grouped-query attention), ``units`` index the last axis (neurons of
+    ``mlp.hook_post``, dimensions of the residual stream, SAE latents of an attached SAE).
+
+    >>> Zero("blocks.3.mlp.hook_post", positions=[-1], units=[5, 17])
+    Zero(hook='blocks.3.mlp.hook_post', positions=(-1,), heads=None, units=(5, 17))
     """
 
     hook: str
     positions: tuple[int, ...] | None = field(default=None, kw_only=True)
     heads: tuple[int, ...] | None = field(default=None, kw_only=True)
+    units: tuple[int, ...] | None = field(default=None, kw_only=True)
     kind: ClassVar[str] = "intervention"
 
     def __post_init__(self) -> None:
@@ -76,6 +84,7 @@ class Intervention:
             raise UncoverError(f"hook must be a hook name string, got {type(self.hook).__name__}")
         object.__setattr__(self, "positions", _int_tuple(self.positions, "positions"))
         object.__setattr__(self, "heads", _int_tuple(self.heads, "heads"))
+        object.__setattr__(self, "units", _int_tuple(self.units, "units"))
         if self.heads is not None and not HookName.parse(self.hook).per_head:
             raise UncoverError(
                 f"{type(self).__name__} on {self.hook!r} names heads, but that hook has no head axis; "
@@ -108,7 +117,7 @@ class Intervention:
         """JSON-ready dict (float32 tensors become nested lists, others ``{"dtype", "data"}``).
 
         >>> Zero("blocks.0.hook_mlp_out", positions=[-1]).to_dict()
-        {'kind': 'Zero', 'hook': 'blocks.0.hook_mlp_out', 'positions': [-1], 'heads': None}
+        {'kind': 'Zero', 'hook': 'blocks.0.hook_mlp_out', 'positions': [-1], 'heads': None, 'units': None}
         """
         d: dict[str, Any] = {"kind": type(self).__name__}
         for f in fields(self):
@@ -166,7 +175,7 @@ class Zero(Intervention):
     """Set the value to zero (zero ablation).
 
     >>> Zero("blocks.0.attn.hook_z", heads=[1])
-    Zero(hook='blocks.0.attn.hook_z', positions=None, heads=(1,))
+    Zero(hook='blocks.0.attn.hook_z', positions=None, heads=(1,), units=None)
     """
 
     def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
@@ -207,7 +216,8 @@ class Replace(Intervention):
         super().__post_init__()
         if self.source is None:
             raise UncoverError("Replace needs a source tensor (for example a cached activation)")
-        object.__setattr__(self, "source", _tensor_field(self.source, "source"))
+        # -inf is meaningful in attention scores; NaN never is
+        object.__setattr__(self, "source", _tensor_field(self.source, "source", allow_inf=True))
 
     def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
         return sel.select(self.source)
@@ -228,9 +238,9 @@ class Add(Intervention):
         super().__post_init__()
         if self.vector is None:
             raise UncoverError("Add needs a vector")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float):
-            raise UncoverError(f"scale must be a number, got {self.scale!r}")
-        object.__setattr__(self, "vector", _tensor_field(self.vector, "vector"))
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not math.isfinite(self.scale):
+            raise UncoverError(f"scale must be a finite number, got {self.scale!r}")
+        object.__setattr__(self, "vector", _tensor_field(self.vector, "vector", allow_inf=True))  # -inf masks scores
 
     def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
         return value + self.scale * sel.select(self.vector)

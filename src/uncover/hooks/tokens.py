@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from uncover.core.errors import UsageError
+
 Positions = int | Sequence[int] | None
 
 
@@ -75,3 +77,58 @@ def position_columns(
     col = hit.float().argmax(-1) - offset
     ok = found & (target >= 0) & (target < n_real) & (col >= 0) & (col < q_len)
     return torch.where(ok, col, torch.full_like(col, -1))
+
+
+def check_texts(inputs: object, what: str = "prompt") -> list[str]:
+    """Prompts as a non-empty list of non-empty UTF-8 strings, or a :class:`UsageError` saying which is wrong.
+
+    >>> check_texts("Hello")
+    ['Hello']
+    >>> check_texts(["ok", "  "])
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: prompt 1 is empty or whitespace only; give some text
+    """
+    if inputs is None:
+        raise UsageError(f"no {what} given (None); give a string, a list of strings or token ids [batch, pos]")
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, Sequence) or isinstance(texts, bytes):
+        raise UsageError(f"{what}s must be a string or a list of strings, got {type(inputs).__name__}")
+    texts = list(texts)
+    if not texts:
+        raise UsageError(f"no {what}s given (an empty list)")
+    for i, t in enumerate(texts):
+        where = what if isinstance(inputs, str) else f"{what} {i}"
+        if not isinstance(t, str):
+            raise UsageError(f"{where} must be a string, got {type(t).__name__} {t!r}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UsageError(f"{where} is not valid text (a lone surrogate at character {e.start})") from None
+        if not t.strip():
+            raise UsageError(f"{where} is empty or whitespace only; give some text")
+    return texts
+
+
+def check_token_ids(ids: torch.Tensor, d_vocab: int) -> torch.Tensor:
+    """Token ids as ``[batch, pos]`` integers within the vocabulary, or a :class:`UsageError`.
+
+    >>> check_token_ids(torch.tensor([1, 2]), 10).shape
+    torch.Size([1, 2])
+    >>> check_token_ids(torch.tensor([[1.0, 2.0]]), 10)
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: token ids must be integers, got a torch.float32 tensor
+    """
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise UsageError(f"token ids must be integers, got a {ids.dtype} tensor")
+    if ids.dim() == 1:
+        ids = ids.unsqueeze(0)
+    if ids.dim() != 2:
+        raise UsageError(f"token ids must be [batch, pos] (or [pos]), got shape {tuple(ids.shape)}")
+    if ids.numel() == 0:
+        raise UsageError(f"token ids are empty (shape {tuple(ids.shape)})")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= d_vocab:
+        raise UsageError(f"token ids must be in 0..{d_vocab - 1} (the vocabulary), got values {lo}..{hi}")
+    return ids.long() if ids.dtype != torch.long else ids
