@@ -156,6 +156,7 @@ def test_convert_gguf_writes_a_verified_entry_atomically(model_dir, tmp_path, mo
 
     monkeypatch.setattr(T.AutoModelForCausalLM, "from_pretrained", fake_model)
     monkeypatch.setattr(T.AutoTokenizer, "from_pretrained", fake_tok)
+    monkeypatch.setattr(L, "check_gguf_complete", lambda path: None)  # the fake GGUF has no real header
     gguf = _fake_gguf(tmp_path)
     entry = tmp_path / "cache" / "gguf" / "x"
     L.convert_gguf(gguf, entry)

