@@ -162,15 +162,19 @@ def apply_change(model: Any, tensors: Mapping[str, torch.Tensor], mode: Mode = "
     params = check_fits(model, tensors, what=what, error=error)
     originals = {k: p.detach().clone() for k, p in params.items()}
     try:
-        with torch.no_grad():
-            for k, t in tensors.items():
-                p = params[k]
-                new = t.to(p.device, p.dtype)
-                p.copy_(originals[k] + new if mode == "add" else new)
+        for k, t in tensors.items():
+            _write(params[k], originals[k], t, mode)
     except BaseException:
         restore(model, originals)
         raise
     return originals
+
+
+def _write(p: torch.Tensor, original: torch.Tensor, t: torch.Tensor, mode: Mode) -> None:
+    """Write one parameter: ``original + t`` (``add``) or ``t`` (``set``), in the parameter's dtype and device."""
+    new = t.to(p.device, p.dtype)
+    with torch.no_grad():
+        p.copy_(original + new if mode == "add" else new)
 
 
 class Transaction:
