@@ -95,3 +95,40 @@ def act_name(kind: str, layer: int | None = None) -> str:
             kind, kind
         )
     return f"blocks.{layer}.{short.get(kind, kind)}"
+
+
+# ---- component labels: one style in every table and figure ---------------------------------------------
+def head_label(layer: int, head: int) -> str:
+    """``L{layer}H{head}``.
+
+    >>> head_label(23, 3)
+    'L23H3'
+    """
+    return f"L{layer}H{head}"
+
+
+def mlp_label(layer: int) -> str:
+    """``MLP{layer}``.
+
+    >>> mlp_label(4)
+    'MLP4'
+    """
+    return f"MLP{layer}"
+
+
+def neuron_label(layer: int, neuron: int) -> str:
+    """``L{layer}N{neuron}``.
+
+    >>> neuron_label(10, 2047)
+    'L10N2047'
+    """
+    return f"L{layer}N{neuron}"
+
+
+def attn_bias_label(layer: int) -> str:
+    """``L{layer} attn bias``: the attention output bias, a component of its own in attributions.
+
+    >>> attn_bias_label(0)
+    'L0 attn bias'
+    """
+    return f"L{layer} attn bias"
