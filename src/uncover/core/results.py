@@ -70,11 +70,20 @@ class Result:
         """``to_dict()`` as a JSON string."""
         return json.dumps(self.to_dict(), indent=indent)
 
+    def html_sections(self) -> list[Any]:
+        """The report's sections (:class:`uncover.report.html.Section`): figure, summary, table, provenance.
+
+        Override to add sections (feature cards, contexts); :meth:`to_html` and shared-script reports use them.
+        """
+        from uncover.report.html import Section
+
+        return [Section.from_result(self)]
+
     def to_html(self, path: str | Path | None = None) -> str:
         """A self-contained HTML page (figure + table); written to ``path`` when given."""
-        from uncover.report.html import Section, render_page
+        from uncover.report.html import render_page
 
-        page = render_page(self.title, [Section.from_result(self)])
+        page = render_page(self.title, self.html_sections())
         if path is not None:
             from uncover.ops.persist import atomic_write
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _CSS = """
@@ -54,20 +55,62 @@ class Section:
         return Section(result.title, "\n".join(parts))
 
 
-def render_page(title: str, sections: list[Section], intro: str = "") -> str:
-    """A complete HTML document with the given sections; plotly.js is inlined once in the head."""
-    from plotly.offline import get_plotlyjs
+PLOTLY_FILE = "plotly.min.js"
 
+
+def render_page(title: str, sections: list[Section], intro: str = "", plotly: str = "inline") -> str:
+    """A complete HTML document with the given sections.
+
+    ``plotly``: ``"inline"`` puts plotly.js in the page (self-contained, works offline); any other
+    value is the relative path of a shared copy next to the page (see :func:`write_reports`).
+    """
     body = "\n".join(f"<section><h2>{html.escape(s.title)}</h2>\n{s.body}</section>" for s in sections)
     intro_html = f'<p class="meta">{intro}</p>' if intro else ""
+    if plotly == "inline":
+        from plotly.offline import get_plotlyjs
+
+        script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
+    else:
+        script = f'<script type="text/javascript" src="{html.escape(plotly)}"></script>'
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f'<style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>'
+        f"<style>{_CSS}</style>{script}</head>"
         f"<body><h1>{html.escape(title)}</h1>{intro_html}\n{body}\n</body></html>"
     )
 
 
+def write_reports(results: dict[str, Any], folder: str | Path) -> list[Path]:
+    """Write one page per result (``{file stem: result}``) into ``folder``, sharing one copy of plotly.js.
+
+    Each page loads ``plotly.min.js`` from its folder (written once, 4.8 MB) instead of inlining it,
+    so many reports cost one copy; they still work offline. A single report from
+    ``Result.to_html`` stays self-contained.
+
+    >>> import tempfile, uncover as uc
+    >>> r = uc.run("lens", model, prompt="The Eiffel Tower is in the city of")
+    >>> paths = write_reports({"a": r, "b": r}, tempfile.mkdtemp())
+    >>> sorted(p.name for p in paths[0].parent.iterdir())
+    ['a.html', 'b.html', 'plotly.min.js']
+    """
+    from plotly.offline import get_plotlyjs
+
+    from uncover.core.config import check_writable
+    from uncover.ops.persist import atomic_write
+
+    folder = Path(folder)
+    check_writable(folder, directory=True, what="report folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    js = folder / PLOTLY_FILE
+    if not js.is_file() or js.stat().st_size == 0:
+        atomic_write(js, lambda tmp: tmp.write_text(get_plotlyjs(), encoding="utf-8"))
+    out = []
+    for stem, r in results.items():
+        page = render_page(r.title, r.html_sections(), plotly=PLOTLY_FILE)
+        out.append(atomic_write(folder / f"{stem}.html", lambda tmp, page=page: tmp.write_text(page, encoding="utf-8")))
+    return out
+
+
 def render_results(title: str, results: list[Any], intro: str = "") -> str:
     """A page with one section per result, plotly.js inlined once."""
-    sections = [Section.from_result(r) for r in results]
+    sections = [s for r in results for s in r.html_sections()]
     return render_page(title, sections, intro)
