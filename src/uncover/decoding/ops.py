@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DolaConfig(Config):
-    """DoLa and greedy continuations of one or more prompts."""
+    """DoLa and greedy continuations of one or more prompts.
+
+    >>> DolaConfig(prompts=["The capital of France is"], layers="16,18").layers
+    '16,18'
+    """
 
     prompts: list[str] = param(help="One or more prompts", positional=True, nonempty=True, min_items=1)
     layers: str = param("high", help=f"Premature-layer bucket ({', '.join(BUCKETS)}) or layers like 16,18,20",

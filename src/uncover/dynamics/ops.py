@@ -36,7 +36,13 @@ _GROK_DEFAULTS = GrokConfig()
 # ---- grok ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GrokOpConfig(Config):
-    """Train (or resume) a grokking run on modular arithmetic, or compare runs."""
+    """Train (or resume) a grokking run on modular arithmetic, or compare runs.
+
+    >>> GrokOpConfig(op="^")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: GrokOpConfig: unknown op (--op) '^'; valid: +, -, *, /
+    """
 
     p: int = param(113, help="Prime modulus", ge=5)
     op: str = param("+", help=f"Operation: {', '.join(OPS)}")
@@ -140,7 +146,11 @@ def grok(model: Any, cfg: GrokOpConfig, progress: Progress) -> GrokReport:
 # ---- memorization -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MemScanConfig(Config):
-    """Extractable-memorization scan of a text."""
+    """Extractable-memorization scan of a text.
+
+    >>> MemScanConfig(text="lorem", k=16).suffix
+    16
+    """
 
     text: str = param("mit", help=f"Built-in text ({', '.join(TEXTS)}) or a .txt file", nonempty=True)
     k: int = param(32, help="Prefix tokens", ge=1)
@@ -204,7 +214,11 @@ def int_list(text: str) -> list[int]:
 
 @dataclass(frozen=True)
 class MemTrainConfig(Config):
-    """Train a tiny byte-level GPT-2 with canaries and duplicated texts."""
+    """Train a tiny byte-level GPT-2 with canaries and duplicated texts.
+
+    >>> MemTrainConfig(dup_counts=[1, 8]).mem_config().dup_counts
+    (1, 8)
+    """
 
     steps: int = param(800, help="Training steps", ge=1)
     dup_counts: list[int] = param([1, 4, 16, 64], help="Copies of each injected sequence, comma list", ge=1,

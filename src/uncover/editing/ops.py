@@ -28,7 +28,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EditConfig(Config):
-    """Rewrite one fact in the model's weights."""
+    """Rewrite one fact in the model's weights.
+
+    >>> EditConfig(prompt="{} is in the city of", subject="The Eiffel Tower", target=" Rome").method
+    'rome'
+    """
 
     prompt: str = param(help="Prompt with {} for the subject, or containing the subject", nonempty=True)
     subject: str = param(help="The subject whose fact is rewritten", nonempty=True)

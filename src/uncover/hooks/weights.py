@@ -57,7 +57,12 @@ class WeightError(UncoverError):
 
 
 def module_of(model: Any) -> nn.Module:
-    """The ``nn.Module`` whose ``named_parameters()`` paths a change uses (a HookedModel's HF model)."""
+    """The ``nn.Module`` whose ``named_parameters()`` paths a change uses (a HookedModel's HF model).
+
+    >>> lin = torch.nn.Linear(2, 2)
+    >>> module_of(lin) is lin
+    True
+    """
     inner = getattr(model, "model", None)
     return inner if isinstance(inner, nn.Module) and hasattr(model, "adapter") else model
 
@@ -181,6 +186,10 @@ class Transaction:
     """Originals recorded before in-place writes, restored if the block that writes fails.
 
     Use through :func:`transaction`; :attr:`originals` is ``{path: original}``.
+
+    >>> tx = Transaction(torch.nn.Linear(2, 2))
+    >>> tx.remember("bias"); list(tx.originals)
+    ['bias']
     """
 
     def __init__(self, model: Any):
@@ -226,7 +235,11 @@ def transaction(model: Any) -> Iterator[Transaction]:
 
 
 def current(model: Any, paths: Any) -> dict[str, torch.Tensor]:
-    """The present values of the parameters at ``paths`` (detached, contiguous; not copies)."""
+    """The present values of the parameters at ``paths`` (detached, contiguous; not copies).
+
+    >>> current(torch.nn.Linear(2, 3), ["bias"])["bias"].shape
+    torch.Size([3])
+    """
     params = parameters(model)
     return {k: params[k].detach().contiguous() for k in paths}
 

@@ -30,7 +30,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PruneConfig(Config):
-    """Prune the linear layers of the blocks (or whole heads/neurons)."""
+    """Prune the linear layers of the blocks (or whole heads/neurons).
+
+    >>> PruneConfig(method="obs")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: PruneConfig: unknown method (--method) 'obs'; valid: magnitude, wanda, sparsegpt
+    """
 
     method: str | None = param(None, help=f"Unstructured method: {', '.join(METHODS)} (default wanda)")
     sparsity: float | None = param(None, help="Fraction of weights (or heads/neurons) removed, in [0, 1); "
