@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uncover.sae.base import SAE
+from uncover.sae.base import SAE, SAEConfig  # noqa: F401  (the result codec finds an SAE's config class here)
 
 
 class _GatheredEncode(torch.autograd.Function):

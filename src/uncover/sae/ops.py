@@ -1,0 +1,214 @@
+"""Operations of sparse autoencoders: ``sae train``, ``sae eval`` and ``sae show`` (the ``sae`` group).
+
+``sae train`` harvests activations at a hook from a corpus and trains an SAE in a resumable
+run directory (:func:`~uncover.sae.train.train_sae`: checkpoints, metrics, the SAE in
+``out/sae``); ``sae eval`` scores an SAE on held-out text
+(:func:`~uncover.sae.evaluate.evaluate_sae`); ``sae show`` builds feature dashboards
+(:func:`~uncover.sae.dashboard.feature_dashboard`). ``eval`` and ``show`` read a run directory
+or an SAE directory in SAELens format (:func:`~uncover.sae.sites.sae_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from uncover.core.config import Config, param
+from uncover.core.errors import UsageError
+from uncover.neurons.ops import check_corpus
+from uncover.ops.registry import operation
+from uncover.sae.dashboard import FeatureDashboard
+from uncover.sae.evaluate import SAEEval
+from uncover.sae.sites import check_sae_hook, sae_dir, sae_input_width
+from uncover.sae.train import TrainResult
+
+if TYPE_CHECKING:
+    from uncover.core.progress import Progress
+    from uncover.hooks.hooked import HookedModel
+    from uncover.sae.base import SAEConfig
+
+
+def _max_positions(model: HookedModel) -> int | None:
+    from uncover.heads.ops import max_positions
+
+    return max_positions(model)
+
+
+@dataclass(frozen=True)
+class SAETrainConfig(Config):
+    """Train an SAE on activations at one hook, in a resumable run directory."""
+
+    out: Path = param(help="Run directory (checkpoints, metrics, the SAE in out/sae)", path="out_dir")
+    hook: str = param("blocks.15.hook_resid_post", help="Hook whose activations to encode", nonempty=True,
+                      unit="hook")
+    arch: Literal["standard", "topk", "jumprelu"] = param("topk", help="SAE architecture (standard: ReLU + L1)")
+    expansion: int = param(4, help="d_sae = expansion x d_in", ge=1)
+    k: int = param(32, help="Active latents per token (topk)", ge=1)
+    tokens: int = param(65536, help="Activations to harvest from the corpus", ge=1)
+    block_len: int = param(128, help="Tokens per corpus block", ge=2)
+    steps: int = param(1000, help="Optimizer steps", ge=1)
+    batch_size: int = param(1024, help="Activations per step", ge=1)
+    lr: float = param(1e-3, help="Peak learning rate", gt=0)
+    sparsity_coeff: float = param(1.0, help="L1 (standard) or L0 (jumprelu) coefficient", ge=0)
+    resample_every: int = param(0, help="Resample dead latents every N steps (standard)", ge=0)
+    init_threshold: float = param(0.05, help="Initial threshold (jumprelu; inputs are scaled to E||x||^2 = d_in)",
+                                  gt=0)
+    bandwidth: float = param(0.05, help="Straight-through kernel width (jumprelu)", gt=0)
+    aux_coeff: float = param(1 / 32, help="Dead-latent loss weight: AuxK (topk), pre-activation loss (jumprelu)",
+                             ge=0)
+    shards: bool = param(False, help="Cache activations as safetensors shards in out/acts")
+    checkpoint_every: int = param(100, help="Steps between checkpoints (0: only at the end)", ge=0)
+    resume: bool = param(False, help="Continue from out/checkpoint")
+    tensorboard: Path | None = param(None, help="Also write the metrics as TensorBoard events to this directory",
+                                     path="out_dir")
+    corpus: Path | None = param(None, help=".txt or .jsonl corpus (default: embedded)", path="in")
+    seed: int = param(0, help="Seed of the initialisation, the corpus sample and the batches")
+
+    def validate(self) -> None:
+        check_sae_hook(self.hook, "SAETrainConfig: hook (--hook)")
+        check_corpus(self.corpus, "SAETrainConfig")
+        if self.tokens < self.batch_size:
+            raise UsageError(f"SAETrainConfig: tokens (--tokens) {self.tokens} is less than one batch "
+                             f"(--batch-size {self.batch_size}); harvest at least as many activations as a batch")
+        if self.resume:
+            ckpt = self.out / "checkpoint"
+            if not any((d / "trainer_state.json").is_file() for d in (ckpt, ckpt.with_name("checkpoint.old"))):
+                raise UsageError(f"SAETrainConfig: resume (--resume): {self.out} holds no checkpoint to resume "
+                                 "from; run without --resume first")
+
+    def check_model(self, model: HookedModel) -> None:
+        super().check_model(model)
+        d_sae = self.expansion * sae_input_width(model, self.hook)
+        if self.arch == "topk" and self.k > d_sae:
+            raise UsageError(f"SAETrainConfig: k (--k) must be at most d_sae = expansion x d_in = {d_sae}, "
+                             f"got {self.k}")
+        longest = _max_positions(model)
+        if longest and self.block_len > longest:
+            raise UsageError(f"SAETrainConfig: block_len (--block-len) must be at most {longest} (the model's "
+                             f"context), got {self.block_len}")
+
+
+@operation("sae train", SAETrainConfig, TrainResult, long=True, rtol=1e-3, atol=1e-4,
+           example={"out": "sae-run", "hook": "blocks.2.hook_resid_post", "tokens": 512, "block_len": 64,
+                    "steps": 6, "batch_size": 128, "expansion": 1, "k": 8, "checkpoint_every": 3})
+def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> TrainResult:
+    """Harvest activations at a hook and train an SAE on them (resumable)."""
+    import torch
+
+    from uncover.data.corpus import corpus_texts, token_blocks
+    from uncover.sae import ARCHITECTURES, SAEConfig, ShardSource, TensorSource, TrainConfig, harvest, train_sae
+
+    texts = corpus_texts(cfg.corpus) if cfg.corpus is not None else None
+    blocks = token_blocks(model, texts, block_len=cfg.block_len)
+    n_blocks = min(len(blocks), -(-cfg.tokens // (cfg.block_len - 1)))
+    blocks = blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))[:n_blocks]]
+    acts_dir = cfg.out / "acts"
+    if cfg.shards and cfg.resume and any(acts_dir.glob("shard_*.safetensors")):
+        source = ShardSource(acts_dir, cfg.batch_size, cfg.seed)
+    else:
+        progress.message(f"harvesting {n_blocks * (cfg.block_len - 1)} activations at {cfg.hook} ...")
+        acts = harvest(model, cfg.hook, blocks, out_dir=acts_dir if cfg.shards else None)
+        source = ShardSource(acts, cfg.batch_size, cfg.seed) if cfg.shards else TensorSource(acts, cfg.batch_size,
+                                                                                               cfg.seed)
+    d_in = int(source.batch(0).shape[-1])
+    sae_cfg = SAEConfig(d_in=d_in, d_sae=cfg.expansion * d_in, architecture=cfg.arch, hook_name=cfg.hook,
+                        k=cfg.k if cfg.arch == "topk" else None, model_name=model.name or "")
+    jump = {"init_threshold": cfg.init_threshold, "bandwidth": cfg.bandwidth} if cfg.arch == "jumprelu" else {}
+    sae = ARCHITECTURES[cfg.arch](sae_cfg, seed=cfg.seed, **jump)
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, sparsity_coeff=cfg.sparsity_coeff,
+                       resample_every=cfg.resample_every, aux_coeff=cfg.aux_coeff,
+                       checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+    result = train_sae(sae, source, tcfg, out_dir=cfg.out, resume=cfg.resume, progress=bool(progress),
+                       tensorboard=cfg.tensorboard)
+    progress.message(f"SAE written to {(cfg.out / 'sae').resolve()}")
+    return result
+
+
+def _saved_config(path: Path) -> SAEConfig:
+    """The :class:`SAEConfig` of the SAE at ``path`` (run or SAE directory), without loading its weights."""
+    from uncover.sae.base import CFG_FILE, SAEConfig
+
+    return SAEConfig.from_saelens(json.loads((sae_dir(path) / CFG_FILE).read_text(encoding="utf-8")))
+
+
+def _check_sae_fits(owner: str, path: Path, model: HookedModel) -> SAEConfig:
+    """The saved SAE's hook exists in ``model`` and has the SAE's input width."""
+    from uncover.core.errors import UncoverError
+
+    sc = _saved_config(path)
+    try:
+        model.site(sc.hook_name)
+    except UncoverError as e:
+        raise UsageError(f"{owner}: the SAE at {path} reads {sc.hook_name}, which this model lacks ({e})") from None
+    try:
+        width = sae_input_width(model, sc.hook_name)
+    except UsageError:
+        return sc
+    if width != sc.d_in:
+        raise UsageError(f"{owner}: the SAE at {path} reads {sc.d_in}-wide activations at {sc.hook_name}, but this "
+                         f"model's are {width} wide: it was trained on another model")
+    return sc
+
+
+@dataclass(frozen=True)
+class SAEEvalConfig(Config):
+    """Evaluate an SAE on held-out text."""
+
+    path: Path = param(help="SAE directory (SAELens format) or a training run directory", positional=True,
+                       path="in_dir")
+    blocks: int = param(64, help="Held-out corpus blocks of 128 tokens", ge=1)
+
+    def validate(self) -> None:
+        sae_dir(self.path, f"{type(self).__name__}: path")
+
+    def check_model(self, model: HookedModel) -> None:
+        super().check_model(model)
+        _check_sae_fits("SAEEvalConfig", self.path, model)
+
+
+@operation("sae eval", SAEEvalConfig, SAEEval, example={"path": "sae-run", "blocks": 2})
+def sae_eval(model: HookedModel, cfg: SAEEvalConfig, progress: Progress) -> SAEEval:
+    """MSE, variance explained, L0, dead/dense latents and CE loss recovered on held-out text."""
+    from uncover.data.corpus import token_blocks
+    from uncover.sae import evaluate_sae
+    from uncover.sae.sites import load_sae_dir
+
+    sae = load_sae_dir(cfg.path)
+    return evaluate_sae(model, sae, token_blocks(model, block_len=128, split="heldout")[: cfg.blocks])
+
+
+@dataclass(frozen=True)
+class SAEShowConfig(Config):
+    """Feature dashboards of an SAE: chosen features, or random live ones."""
+
+    path: Path = param(help="SAE directory (SAELens format) or a training run directory", positional=True,
+                       path="in_dir")
+    feature: list[int] | None = param(None, help="Feature indices, comma-separated", ge=0, min_items=1)
+    n_random: int = param(12, help="Without --feature: this many random live features", flag="--random", ge=1)
+    blocks: int = param(128, help="Held-out corpus blocks of 64 tokens to stream", ge=1)
+    seed: int = param(0, help="Seed of the random choice of features")
+
+    def validate(self) -> None:
+        sae_dir(self.path, f"{type(self).__name__}: path")
+
+    def check_model(self, model: HookedModel) -> None:
+        super().check_model(model)
+        sc = _check_sae_fits("SAEShowConfig", self.path, model)
+        bad = [f for f in self.feature or [] if f >= sc.d_sae]
+        if bad:
+            raise UsageError(f"SAEShowConfig: feature (--feature) {bad[0]} is out of range; this SAE has features "
+                             f"0..{sc.d_sae - 1}")
+
+
+@operation("sae show", SAEShowConfig, FeatureDashboard, example={"path": "sae-run", "feature": [0, 1], "blocks": 2})
+def sae_show(model: HookedModel, cfg: SAEShowConfig, progress: Progress) -> FeatureDashboard:
+    """Feature dashboards: top contexts with highlighting, logit effects, density."""
+    from uncover.data.corpus import token_blocks
+    from uncover.sae import feature_dashboard
+    from uncover.sae.sites import load_sae_dir
+
+    sae = load_sae_dir(cfg.path)
+    toks = token_blocks(model, block_len=64, split="heldout")[: cfg.blocks]
+    return feature_dashboard(model, sae, cfg.feature, tokens=toks, n_random=cfg.n_random, seed=cfg.seed)
