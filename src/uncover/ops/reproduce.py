@@ -263,20 +263,16 @@ class Comparison(Result):
         fig.update_layout(title=self.title, xaxis_title="A", yaxis_title="B", showlegend=False)
         return fig
 
-    def to_html(self, path=None) -> str:  # noqa: ANN001
-        """Both results' reports side by side under the comparison."""
-        from pathlib import Path
+    def html_sections(self) -> list[Any]:
+        """The comparison, then both results' reports side by side."""
+        from uncover.report.html import Section
 
-        from uncover.ops.persist import atomic_write
-        from uncover.report.html import Section, render_page
+        def column(label: str, r: Result) -> str:
+            body = "".join(f"<h3>{label}: {s.title}</h3>{s.body}" for s in r.html_sections())
+            return f'<div style="flex:1;min-width:0">{body}</div>'
 
-        sa, sb = Section.from_result(self.a), Section.from_result(self.b)
-        side = (f'<div style="display:flex;gap:1rem"><div style="flex:1;min-width:0"><h3>A: {sa.title}</h3>{sa.body}'
-                f'</div><div style="flex:1;min-width:0"><h3>B: {sb.title}</h3>{sb.body}</div></div>')
-        page = render_page(self.title, [Section.from_result(self), Section("Side by side", side)])
-        if path is not None:
-            atomic_write(Path(path), lambda tmp: tmp.write_text(page, encoding="utf-8"))
-        return page
+        side = f'<div style="display:flex;gap:1rem">{column("A", self.a)}{column("B", self.b)}</div>'
+        return [Section.from_result(self), Section("Side by side", side)]
 
 
 def compare(a: Result, b: Result) -> Comparison:
