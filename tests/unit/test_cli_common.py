@@ -1,11 +1,11 @@
-"""CLI helpers that need no model: the clean/corrupt pair of patch-style commands."""
+"""The clean/corrupt pair of patch-style operations, resolved without a model (formerly a CLI helper)."""
 
 from __future__ import annotations
 
 import pytest
 
-from uncover.cli.common import resolve_pair
 from uncover.core.errors import UncoverError
+from uncover.data.tasks import task_pair as resolve_pair
 
 
 def test_explicit_pair_passes_through_and_missing_parts_are_named():

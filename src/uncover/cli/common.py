@@ -29,24 +29,3 @@ def emit(result: Result, as_json: bool, html: Path | None) -> None:
         sys.stdout.write(result.to_json() + "\n")
     else:
         print(result.cli_text())
-
-
-def resolve_pair(model, task: str | None, clean: str | None, corrupt: str | None, answer: str | None,  # noqa: ANN001
-                 wrong: str | None) -> tuple[str, str, str, str]:
-    """The first pair of ``task`` that the model gets right, or the explicit pair (all four parts required)."""
-    from uncover.core.errors import UncoverError
-    from uncover.data.tasks import TASKS, facts_for
-
-    if task is not None:
-        if task not in TASKS:
-            raise UncoverError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-        t = facts_for(model) if task == "facts" else TASKS[task]().filter_correct(model)
-        if not len(t):
-            raise UncoverError(f"the model gets no {task} pair right")
-        p = t.pairs[0]
-        return p.clean, p.corrupt, p.answer, p.wrong
-    parts = (("--clean", clean), ("--corrupt", corrupt), ("--answer", answer), ("--wrong", wrong))
-    missing = [n for n, v in parts if v is None]
-    if missing:
-        raise UncoverError(f"missing {', '.join(missing)} (or give --task)")
-    return clean, corrupt, answer, wrong  # type: ignore[return-value]

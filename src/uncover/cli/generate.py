@@ -27,7 +27,7 @@ SHORT = {
     "model": "-m", "targets": "-t", "target": "-t", "text": "-t", "layer": "-l", "layers": "-l", "out": "-o",
     "answer": "-a", "wrong": "-w", "data": "-d", "detect": "-d", "feature": "-f", "prompt": "-p",
     "prompts": "-p", "pattern": "-p", "scale": "-s", "sparsity": "-s", "subject": "-s", "neuron": "-n",
-    "max_new_tokens": "-n", "features": "-n", "dims": "-m",
+    "max_new_tokens": "-n", "features": "-n", "dims": "-m", "receivers": "-r", "edges": "-n",
 }
 
 #: help lines of command groups (``"sae train"`` is in the ``sae`` group)

@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
-from uncover.core.errors import UsageError, did_you_mean
+from uncover.core.errors import UsageError, close_matches, did_you_mean
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -254,7 +254,9 @@ def _coerce(f: FieldInfo, owner: str, value: Any, tp: Any) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise UsageError(f"{owner}: {did_you_mean(str(value), [str(c) for c in choices], f.label)}")
+            close = close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"{owner}: unknown {f.label} {value!r}; valid: {', '.join(map(str, choices))}{hint}")
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from uncover.core.config import param
+from uncover.core.config import Config, param
 from uncover.core.errors import UncoverError, UsageError
 from uncover.core.progress import Progress
 from uncover.ops.registry import operation
 from uncover.patching.activation import PatchResult, activation_patching
 from uncover.patching.causal_tracing import CausalTraceResult, causal_trace, trace_facts
-from uncover.patching.pair_config import ChoiceConfig, PairConfig
+from uncover.patching.pair_config import PairConfig
 from uncover.patching.path import PathPatchResult, parse_receiver, path_patching
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def path(model: HookedModel, cfg: PathConfig, progress: Progress) -> PathPatchRe
 
 
 @dataclass(frozen=True)
-class TraceConfig(ChoiceConfig):
+class TraceConfig(Config):
     """Causal tracing of one factual prompt, or averaged over the facts the model gets right."""
 
     prompt: str | None = param(None, help="Factual prompt, e.g. 'The Eiffel Tower is in'", nonempty=True)

@@ -1,7 +1,5 @@
 """Configs shared by the pair-based operations (``patch``, ``attribute``, ``path``, ``circuit``).
 
-:class:`ChoiceConfig` refuses a value outside a field's ``Literal`` choices with one line that
-lists every valid choice (``unknown hook (--hook) 'q'; valid: resid_pre, attn_out, mlp_out, z``).
 :class:`PairConfig` declares once the clean/corrupt prompt pair, its answer and wrong token and
 the ``--task`` alternative, with their checks: the answer differs from the wrong token, either a
 task or all four parts, and (after the model loads) one token each for answer and wrong and an
@@ -35,29 +33,7 @@ def choices_of(tp: object) -> tuple:
 
 
 @dataclass(frozen=True)
-class ChoiceConfig(Config):
-    """A config whose ``Literal`` fields name every valid choice when given another value.
-
-    >>> @dataclass(frozen=True)
-    ... class Demo(ChoiceConfig):
-    ...     metric: Literal["logit_diff", "prob"] = param("prob", help="Metric")
-    >>> Demo(metric="kl")
-    Traceback (most recent call last):
-    ...
-    uncover.core.errors.UsageError: Demo: unknown metric (--metric) 'kl'; valid: logit_diff, prob
-    """
-
-    def __post_init__(self) -> None:
-        for f in fields_of(type(self)):
-            choices, value = choices_of(f.type), getattr(self, f.name)
-            if choices and value is not None and value not in choices:
-                raise UsageError(f"{type(self).__name__}: unknown {f.label} {value!r}; valid: "
-                                 f"{', '.join(map(str, choices))}")
-        super().__post_init__()
-
-
-@dataclass(frozen=True)
-class PairConfig(ChoiceConfig):
+class PairConfig(Config):
     """One clean/corrupt pair, given explicitly or taken from a task.
 
     Either ``task`` or all four of ``clean``, ``corrupt``, ``answer`` and ``wrong``, not both
