@@ -283,6 +283,8 @@ def test_sae_eval_show_config(name, tmp_path):
     m = tiny("llama")
     for p in (tmp_path / "run", tmp_path / "run" / "sae"):  # a run directory or the SAE directory itself
         _cfg(name, path=p).check_model(m)
+    assert build_config(get_operation(name), {"path": None}).path is None  # the quick SAE
+    _cfg(name).check_model(m)
     _saved_sae(tmp_path, d_in=48)
     with pytest.raises(UsageError, match="trained on another model"):
         _cfg(name, path=tmp_path / "run").check_model(m)
@@ -301,6 +303,8 @@ def test_sae_show_features(tmp_path):
         cfg.replace(feature=[1, 16]).check_model(tiny("llama"))
     with pytest.raises(UsageError, match=r"n_random \(--random\)"):
         cfg.replace(n_random=0)
+    with pytest.raises(UsageError, match=r"this SAE has features 0..127"):  # the quick SAE: 4 x d_model
+        _cfg("sae show", feature=[128]).check_model(tiny("llama"))
 
 
 def test_train_result_roundtrip(tmp_path):

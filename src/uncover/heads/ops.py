@@ -48,7 +48,16 @@ def max_positions(model: HookedModel) -> int | None:
 
 @dataclass(frozen=True)
 class HeadsConfig(Config):
-    """Attention heads: one of --detect KIND, --pattern PROMPT or --compose q|k|v."""
+    """Attention heads: one of --detect KIND, --pattern PROMPT or --compose q|k|v.
+
+    >>> HeadsConfig(pattern="The cat sat. The cat", heads=["18.6", "L16H0"]).mode
+    'pattern'
+    >>> HeadsConfig(detect="induction", compose="k")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: HeadsConfig: give exactly one of --detect KIND, --pattern PROMPT or --compose \
+q|k|v (got 2)
+    """
 
     detect: Literal["induction", "previous", "duplicate", "copying", "loss"] | None = param(
         None, help="Head detector to run, or loss (the induction loss curve)")

@@ -45,7 +45,11 @@ def check_corpus(path: Path | None, owner: str, label: str = "corpus (--corpus)"
 
 @dataclass(frozen=True)
 class NeuronsConfig(Config):
-    """Top-activating contexts of MLP neurons, or (logits) the tokens their value vectors promote."""
+    """Top-activating contexts of MLP neurons, or (logits) the tokens their value vectors promote.
+
+    >>> NeuronsConfig(layer=20, neuron=[5, 7]).neuron
+    [5, 7]
+    """
 
     layer: int = param(help="MLP layer", ge=0, unit="layer")
     neuron: list[int] = param([0], help="Neuron indices, comma-separated", ge=0, unit="neuron", min_items=1)
@@ -101,7 +105,11 @@ def neurons(model: HookedModel, cfg: NeuronsConfig, progress: Progress) -> Neuro
 
 @dataclass(frozen=True)
 class KnowledgeNeuronsConfig(Config):
-    """Knowledge neurons of a fact: paraphrase prompts and their one-token answer."""
+    """Knowledge neurons of a fact: paraphrase prompts and their one-token answer.
+
+    >>> KnowledgeNeuronsConfig(prompts=["The capital of France is"], target=" Paris", layers=[28, 29]).steps
+    20
+    """
 
     prompts: list[str] = param(help="A paraphrase prompt (repeat the option)", flag="--prompt", nonempty=True,
                                unit="tokens", min_items=1)
@@ -130,7 +138,11 @@ def knowledge_neurons(model: HookedModel, cfg: KnowledgeNeuronsConfig, progress:
 
 @dataclass(frozen=True)
 class SuperpositionConfig(Config):
-    """Toy models of superposition: n features in m hidden dimensions, one model per sparsity."""
+    """Toy models of superposition: n features in m hidden dimensions, one model per sparsity.
+
+    >>> SuperpositionConfig(features=6, dims=2, sparsity=[0, 0.9]).sparsity
+    [0.0, 0.9]
+    """
 
     features: int = param(20, help="Number of features", ge=2)
     dims: int = param(5, help="Hidden dimensions", ge=1)

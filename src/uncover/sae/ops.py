@@ -5,7 +5,9 @@ run directory (:func:`~uncover.sae.train.train_sae`: checkpoints, metrics, the S
 ``out/sae``); ``sae eval`` scores an SAE on held-out text
 (:func:`~uncover.sae.evaluate.evaluate_sae`); ``sae show`` builds feature dashboards
 (:func:`~uncover.sae.dashboard.feature_dashboard`). ``eval`` and ``show`` read a run directory
-or an SAE directory in SAELens format (:func:`~uncover.sae.sites.sae_dir`).
+or an SAE directory in SAELens format (:func:`~uncover.sae.sites.sae_dir`); without one they use
+the model's quick SAE (:func:`~uncover.sae.quick.quick_sae`, the tour's features: trained on
+first use, then cached), so that they run right away.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from uncover.core.config import Config, param
 from uncover.core.errors import UsageError
+from uncover.heads.ops import max_positions
 from uncover.neurons.ops import check_corpus
 from uncover.ops.registry import operation
 from uncover.sae.dashboard import FeatureDashboard
@@ -27,18 +30,21 @@ from uncover.sae.train import TrainResult
 if TYPE_CHECKING:
     from uncover.core.progress import Progress
     from uncover.hooks.hooked import HookedModel
-    from uncover.sae.base import SAEConfig
-
-
-def _max_positions(model: HookedModel) -> int | None:
-    from uncover.heads.ops import max_positions
-
-    return max_positions(model)
+    from uncover.sae.base import SAE, SAEConfig
 
 
 @dataclass(frozen=True)
 class SAETrainConfig(Config):
-    """Train an SAE on activations at one hook, in a resumable run directory."""
+    """Train an SAE on activations at one hook, in a resumable run directory.
+
+    >>> SAETrainConfig(out=Path("."), hook="blocks.15.attn.hook_pattern")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: SAETrainConfig: hook (--hook) blocks.15.attn.hook_pattern cannot feed an SAE: \
+attention patterns hold one value per (query, key) pair, not one vector per token; use a residual hook \
+(blocks.15.hook_resid_post), blocks.15.hook_attn_out, blocks.15.hook_mlp_out, blocks.15.mlp.hook_post or \
+blocks.15.attn.hook_z
+    """
 
     out: Path = param(help="Run directory (checkpoints, metrics, the SAE in out/sae)", path="out_dir")
     hook: str = param("blocks.15.hook_resid_post", help="Hook whose activations to encode", nonempty=True,
@@ -84,7 +90,7 @@ class SAETrainConfig(Config):
         if self.arch == "topk" and self.k > d_sae:
             raise UsageError(f"SAETrainConfig: k (--k) must be at most d_sae = expansion x d_in = {d_sae}, "
                              f"got {self.k}")
-        longest = _max_positions(model)
+        longest = max_positions(model)
         if longest and self.block_len > longest:
             raise UsageError(f"SAETrainConfig: block_len (--block-len) must be at most {longest} (the model's "
                              f"context), got {self.block_len}")
@@ -133,10 +139,16 @@ def _saved_config(path: Path) -> SAEConfig:
     return SAEConfig.from_saelens(json.loads((sae_dir(path) / CFG_FILE).read_text(encoding="utf-8")))
 
 
-def _check_sae_fits(owner: str, path: Path, model: HookedModel) -> SAEConfig:
-    """The saved SAE's hook exists in ``model`` and has the SAE's input width."""
-    from uncover.core.errors import UncoverError
+def _check_sae_fits(owner: str, path: Path | None, model: HookedModel) -> int:
+    """The SAE's hook exists in ``model`` and has the SAE's input width; returns the SAE's ``d_sae``.
 
+    ``path`` ``None`` is the quick SAE, which is made for the model (its ``d_sae`` follows from the model).
+    """
+    from uncover.core.errors import UncoverError
+    from uncover.sae.quick import QuickSAESpec
+
+    if path is None:
+        return QuickSAESpec().expansion * model.cfg.d_model
     sc = _saved_config(path)
     try:
         model.site(sc.hook_name)
@@ -145,70 +157,91 @@ def _check_sae_fits(owner: str, path: Path, model: HookedModel) -> SAEConfig:
     try:
         width = sae_input_width(model, sc.hook_name)
     except UsageError:
-        return sc
+        return sc.d_sae
     if width != sc.d_in:
         raise UsageError(f"{owner}: the SAE at {path} reads {sc.d_in}-wide activations at {sc.hook_name}, but this "
                          f"model's are {width} wide: it was trained on another model")
-    return sc
+    return sc.d_sae
+
+
+def _load(model: HookedModel, path: Path | None, progress: Progress) -> SAE:
+    """The SAE at ``path``, or the model's quick SAE (trained on first use, then cached) for ``None``."""
+    from uncover.sae.quick import quick_sae
+    from uncover.sae.sites import load_sae_dir
+
+    if path is not None:
+        return load_sae_dir(path)
+    progress.message("no SAE path given: using the quick SAE (the tour's features; trained on first use, then cached)")
+    return quick_sae(model, progress=bool(progress))
+
+
+_PATH_HELP = ("SAE directory (SAELens format) or a training run directory (default: the model's quick SAE, "
+              "trained on first use in about a CPU-minute and cached)")
 
 
 @dataclass(frozen=True)
 class SAEEvalConfig(Config):
-    """Evaluate an SAE on held-out text."""
+    """Evaluate an SAE on held-out text: a run or SAE directory, or (no path) the model's quick SAE.
 
-    path: Path = param(help="SAE directory (SAELens format) or a training run directory", positional=True,
-                       path="in_dir")
+    >>> SAEEvalConfig(blocks=16).path is None
+    True
+    """
+
+    path: Path | None = param(None, help=_PATH_HELP, positional=True, path="in_dir")
     blocks: int = param(64, help="Held-out corpus blocks of 128 tokens", ge=1)
 
     def validate(self) -> None:
-        sae_dir(self.path, f"{type(self).__name__}: path")
+        if self.path is not None:
+            sae_dir(self.path, f"{type(self).__name__}: path")
 
     def check_model(self, model: HookedModel) -> None:
         super().check_model(model)
         _check_sae_fits("SAEEvalConfig", self.path, model)
 
 
-@operation("sae eval", SAEEvalConfig, SAEEval, example={"path": "sae-run", "blocks": 2})
+@operation("sae eval", SAEEvalConfig, SAEEval, example={"blocks": 1})
 def sae_eval(model: HookedModel, cfg: SAEEvalConfig, progress: Progress) -> SAEEval:
     """MSE, variance explained, L0, dead/dense latents and CE loss recovered on held-out text."""
     from uncover.data.corpus import token_blocks
     from uncover.sae import evaluate_sae
-    from uncover.sae.sites import load_sae_dir
 
-    sae = load_sae_dir(cfg.path)
+    sae = _load(model, cfg.path, progress)
     return evaluate_sae(model, sae, token_blocks(model, block_len=128, split="heldout")[: cfg.blocks])
 
 
 @dataclass(frozen=True)
 class SAEShowConfig(Config):
-    """Feature dashboards of an SAE: chosen features, or random live ones."""
+    """Feature dashboards of an SAE: chosen features, or random live ones.
 
-    path: Path = param(help="SAE directory (SAELens format) or a training run directory", positional=True,
-                       path="in_dir")
+    >>> SAEShowConfig(feature=[10, 20]).feature
+    [10, 20]
+    """
+
+    path: Path | None = param(None, help=_PATH_HELP, positional=True, path="in_dir")
     feature: list[int] | None = param(None, help="Feature indices, comma-separated", ge=0, min_items=1)
     n_random: int = param(12, help="Without --feature: this many random live features", flag="--random", ge=1)
     blocks: int = param(128, help="Held-out corpus blocks of 64 tokens to stream", ge=1)
     seed: int = param(0, help="Seed of the random choice of features")
 
     def validate(self) -> None:
-        sae_dir(self.path, f"{type(self).__name__}: path")
+        if self.path is not None:
+            sae_dir(self.path, f"{type(self).__name__}: path")
 
     def check_model(self, model: HookedModel) -> None:
         super().check_model(model)
-        sc = _check_sae_fits("SAEShowConfig", self.path, model)
-        bad = [f for f in self.feature or [] if f >= sc.d_sae]
+        d_sae = _check_sae_fits("SAEShowConfig", self.path, model)
+        bad = [f for f in self.feature or [] if f >= d_sae]
         if bad:
             raise UsageError(f"SAEShowConfig: feature (--feature) {bad[0]} is out of range; this SAE has features "
-                             f"0..{sc.d_sae - 1}")
+                             f"0..{d_sae - 1}")
 
 
-@operation("sae show", SAEShowConfig, FeatureDashboard, example={"path": "sae-run", "feature": [0, 1], "blocks": 2})
+@operation("sae show", SAEShowConfig, FeatureDashboard, example={"feature": [0, 1], "blocks": 2})
 def sae_show(model: HookedModel, cfg: SAEShowConfig, progress: Progress) -> FeatureDashboard:
     """Feature dashboards: top contexts with highlighting, logit effects, density."""
     from uncover.data.corpus import token_blocks
     from uncover.sae import feature_dashboard
-    from uncover.sae.sites import load_sae_dir
 
-    sae = load_sae_dir(cfg.path)
+    sae = _load(model, cfg.path, progress)
     toks = token_blocks(model, block_len=64, split="heldout")[: cfg.blocks]
     return feature_dashboard(model, sae, cfg.feature, tokens=toks, n_random=cfg.n_random, seed=cfg.seed)
