@@ -11,7 +11,6 @@ technique's function would give.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uncover.core.results import Result
@@ -59,10 +58,10 @@ class ModeResult(Result):
         with self._provenance():
             return self.result.to_dict()
 
-    def to_html(self, path: str | Path | None = None) -> str:
-        """The inner result's page (some results add sections: contexts, dashboards), with this provenance."""
+    def html_sections(self) -> list[Any]:
+        """The inner result's sections (some add contexts or dashboards), with this result's provenance."""
         with self._provenance():
-            return self.result.to_html(path)
+            return self.result.html_sections()
 
     def _repr_html_(self) -> str:
         with self._provenance():

@@ -24,7 +24,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -161,17 +160,9 @@ class KnowledgeNeurons(Result):
                           yaxis_title="sum of positive IG attribution (mean over prompts)")
         return fig
 
-    def to_html(self, path: str | Path | None = None) -> str:
-        """The page of the neurons, and of their :attr:`effect` when it was measured."""
-        from uncover.report.html import Section, render_page
-
-        sections = [Section.from_result(self)] + ([Section.from_result(self.effect)] if self.effect is not None else [])
-        page = render_page(self.title, sections)
-        if path is not None:
-            from uncover.ops.persist import atomic_write
-
-            atomic_write(Path(path), lambda tmp: tmp.write_text(page, encoding="utf-8"))
-        return page
+    def html_sections(self) -> list[Any]:
+        """The neurons' section, and their :attr:`effect`'s when it was measured."""
+        return super().html_sections() + (self.effect.html_sections() if self.effect is not None else [])
 
 
 def knowledge_neurons(model: HookedModel, prompts: Sequence[str], target: str | int,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -209,13 +208,11 @@ class TopActivations(Result):
             parts.append(f"<h3>{self.units[u]}</h3>" + contexts_html(rows, float(self.values[u, 0])))
         return "\n".join(parts)
 
-    def to_html(self, path: str | Path | None = None) -> str:
-        from uncover.report.html import Section, render_page
+    def html_sections(self) -> list[Any]:
+        """The figure and table, then each unit's top contexts with token highlighting."""
+        from uncover.report.html import Section
 
-        page = render_page(self.title, [Section.from_result(self), Section("Top contexts", self.contexts_section())])
-        if path is not None:
-            Path(path).write_text(page, encoding="utf-8")
-        return page
+        return [Section.from_result(self), Section("Top contexts", self.contexts_section())]
 
 
 def resolve_hook(hook: str | int) -> str:

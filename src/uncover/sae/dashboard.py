@@ -13,8 +13,7 @@ from __future__ import annotations
 import html as _html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -100,14 +99,12 @@ class FeatureDashboard(Result):
                 f"<p>suppresses: {toks(self.bottom_tokens[j])}</p>"
                 + contexts_html(rows, float(c.values[j, 0])))
 
-    def to_html(self, path: str | Path | None = None) -> str:
-        from uncover.report.html import Section, render_page
+    def html_sections(self) -> list[Any]:
+        """The figure and table, then one card per feature (contexts, logit effects, density)."""
+        from uncover.report.html import Section
 
         cards = "\n".join(self.feature_html(j) for j in range(len(self.features)))
-        page = render_page(self.title, [Section.from_result(self), Section("Features", cards)])
-        if path is not None:
-            Path(path).write_text(page, encoding="utf-8")
-        return page
+        return [Section.from_result(self), Section("Features", cards)]
 
 
 def decoder_logits(model: HookedModel, sae: SAE, features: Sequence[int]) -> torch.Tensor:
