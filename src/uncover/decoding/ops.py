@@ -45,7 +45,7 @@ class DolaConfig(Config):
 
 
 @operation("dola", DolaConfig, DecodingComparison,
-           example={"prompts": ["The capital of France is"], "max_new_tokens": 3})
+           example={"prompts": ["The capital of France is"], "max_new_tokens": 2})
 def dola(model: HookedModel, cfg: DolaConfig, progress: Progress) -> DecodingComparison:
     """Generate with DoLa and with greedy decoding, side by side.
 

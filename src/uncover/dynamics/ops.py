@@ -187,7 +187,7 @@ class MemScanConfig(Config):
 
 
 @operation("memorization scan", MemScanConfig, ExtractionScanResult,
-           example={"text": "lorem", "k": 16, "suffix": 8, "stride": 16})
+           example={"text": "lorem", "k": 16, "suffix": 4, "stride": 32})
 def memorization_scan(model: HookedModel, cfg: MemScanConfig, progress: Progress) -> ExtractionScanResult:
     """Which spans of a text does the model reproduce verbatim from the k tokens before them?
 
