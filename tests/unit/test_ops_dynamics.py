@@ -178,3 +178,15 @@ def test_memorization_training_with_localization(tmp_path):
     assert "Memorization vs duplication" in page and "Localising memorization" in page
     back = round_trip(r, tmp_path)
     assert back.localization.top_neurons == [(0, 3), (0, 7)] and back.memorization.config["dup_counts"] == (4,)
+
+
+def test_choices_are_the_library_ones():
+    from typing import get_args
+
+    from uncover.core.config import _optional, fields_of
+    from uncover.dynamics.grokking import OPS
+    from uncover.dynamics.ops import COMPARISONS
+
+    types = {f.name: _optional(f.type)[0] for f in fields_of(GROK.config)}
+    assert get_args(types["op"]) == OPS and get_args(types["compare"]) == COMPARISONS
+    assert GROK.config.schema()["fields"][1]["choices"] == list(OPS)

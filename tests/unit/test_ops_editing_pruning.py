@@ -432,3 +432,20 @@ def test_ctrl_c_is_held_off_until_a_restore_is_done():
             seen.append("went on")
             weights.restore(m, originals)
     assert seen == ["went on"] and digest(m) == snap
+
+
+def test_choices_are_the_library_ones():
+    from typing import get_args
+
+    from uncover.core.config import _optional, fields_of
+    from uncover.editing import METHODS as EDIT_METHODS
+    from uncover.pruning import METHODS as PRUNE_METHODS
+    from uncover.pruning.structured import SCORERS, UNITS
+
+    def choices(cfg, name):
+        return get_args(_optional(next(f.type for f in fields_of(cfg) if f.name == name))[0])
+
+    assert choices(EDIT.config, "method") == EDIT_METHODS
+    assert choices(PRUNE.config, "method") == PRUNE_METHODS
+    assert choices(PRUNE.config, "structured") == UNITS
+    assert choices(PRUNE.config, "scorer") == tuple(SCORERS)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from uncover.core.config import Config, param
 from uncover.core.errors import UsageError
-from uncover.editing import METHODS, Edit, EditError, Request, edit
+from uncover.editing import Edit, EditError, Request, edit
 from uncover.editing.base import check_request
 from uncover.editing.evaluate import EditReport, prediction_rows
 from uncover.ops.registry import operation
@@ -37,7 +37,7 @@ class EditConfig(Config):
     prompt: str = param(help="Prompt with {} for the subject, or containing the subject", nonempty=True)
     subject: str = param(help="The subject whose fact is rewritten", nonempty=True)
     target: str = param(help="The new object, with its leading space: ' Rome'")
-    method: str = param("rome", help=f"Editing method: {', '.join(METHODS)}")
+    method: Literal["rome", "memit", "kn"] = param("rome", help="Editing method")
     layer: int | None = param(None, help="Edited layer (rome, kn) or centre of the 5 MEMIT layers; "
                                          "default: from causal tracing", ge=0, unit="layer")
     check: list[str] = param([], help="Another prompt to show before/after (repeatable)", nonempty=True)
@@ -49,8 +49,6 @@ class EditConfig(Config):
                               path="out_dir")
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"EditConfig: unknown method (--method) {self.method!r}; valid: {', '.join(METHODS)}")
         if self.margin is not None and self.method != "kn":
             raise UsageError(f"EditConfig: margin (--margin) is for --method kn only, not {self.method}")
         if not self.target.strip():
