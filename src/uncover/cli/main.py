@@ -21,32 +21,6 @@ from uncover.cli.generate import add_operations
 from uncover.core.errors import UncoverError
 from uncover.ops.registry import operations
 
-_LEGACY = {  # hand-written commands of techniques not yet declared as operations (go away as they are declared)
-    "dla": "dla:dla", "circuit": "circuit:circuit", "patch": "patch:patch", "path": "path:path",
-    "probe": "probe:probe", "ccs": "probe:ccs", "read": "probe:read", "steer": "steer:steer", "grok": "grok:grok",
-    "heads": "heads:heads", "trace": "trace:trace", "attribute": "attribute:attribute", "prune": "prune:prune",
-    "dola": "dola:dola", "neurons": "neurons:neurons", "knowledge-neurons": "neurons:knowledge_neurons",
-    "superposition": "superposition:superposition", "edit": "edit:edit", "memorization": "memorization:app",
-    "sae": "sae:app",
-}
-
-
-def _add_legacy(app: typer.Typer, names: set[str]) -> None:
-    import importlib
-
-    for name, ref in _LEGACY.items():
-        if name in names or any(n.startswith(name + " ") for n in names):
-            continue
-        module, attr = ref.split(":")
-        try:
-            obj = getattr(importlib.import_module(f"uncover.cli.{module}"), attr)
-        except (ImportError, AttributeError):
-            continue
-        if isinstance(obj, typer.Typer):
-            app.add_typer(obj, name=name)
-        else:
-            app.command(name)(obj)
-
 
 def build_app() -> typer.Typer:
     """The typer application: hand-written commands plus one per operation."""
@@ -61,9 +35,7 @@ def build_app() -> typer.Typer:
     app.command("list")(results.list_operations)
     app.command("rerun")(results.rerun)
     app.command("compare")(results.compare)
-    ops = operations()
-    add_operations(app, ops)
-    _add_legacy(app, {op.name for op in ops})
+    add_operations(app, operations())
     return app
 
 

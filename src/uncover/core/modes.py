@@ -28,7 +28,7 @@ class ModeResult(Result):
         mode: the mode that ran (e.g. ``detect``, ``pattern``, ``compose``).
         result: the mode's result.
 
-    >>> from uncover.heads.detectors import HeadScores
+    >>> from uncover.heads.detectors import HeadScores  # any result
     >>> r = ModeResult("detect", HeadScores("previous", torch.tensor([[0.5, 0.25]])))
     >>> r.to_dict()["kind"], r.title
     ('HeadScores', 'Previous head scores')

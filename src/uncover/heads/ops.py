@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Literal
 
 from uncover.core.config import Config, param
 from uncover.core.errors import UncoverError, UsageError
+from uncover.core.modes import ModeResult
 from uncover.heads.composition import CompositionScores
 from uncover.heads.detectors import HeadScores
 from uncover.heads.induction import InductionLoss
-from uncover.heads.modes import ModeResult
 from uncover.heads.patterns import AttentionPatterns, parse_head
 from uncover.ops.registry import operation
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from uncover.core.config import Config, param
 from uncover.core.errors import UsageError
-from uncover.heads.modes import ModeResult
+from uncover.core.modes import ModeResult
 from uncover.neurons.knowledge import KnowledgeNeurons
 from uncover.neurons.kv import NeuronLogits
 from uncover.neurons.superposition import ToyModels

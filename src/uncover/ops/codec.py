@@ -86,7 +86,9 @@ class Encoder:
         cls = type(m)
         cfg = m.cfg.to_dict() if hasattr(m.cfg, "to_dict") else dataclasses.asdict(m.cfg)
         state = {k: self.encode(t) for k, t in m.state_dict().items()}
-        return {"__module__": _qualname(cls), "cfg": self.encode(cfg), "state": state}
+        extra = {k: self.encode(getattr(m, k)) for k in getattr(m, "init_options", ()) if hasattr(m, k)}
+        return {"__module__": _qualname(cls), "cfg_class": _qualname(type(m.cfg)), "cfg": self.encode(cfg),
+                "state": state, "options": extra}
 
     def _dataclass(self, obj: Any) -> dict[str, Any]:
         fields = {}
@@ -182,10 +184,10 @@ class Decoder:
 
     def _module(self, v: dict[str, Any]) -> Any:
         cls = resolve_class(v["__module__"])
-        cfg_cls = getattr(importlib.import_module(cls.__module__), "SAEConfig", None)
+        cfg_cls = resolve_class(v["cfg_class"]) if "cfg_class" in v else None
         cfg_data = self.decode(v["cfg"])
         cfg = cfg_cls(**cfg_data) if cfg_cls is not None else cfg_data
-        m = cls(cfg)
+        m = cls(cfg, **{k: self.decode(x) for k, x in v.get("options", {}).items()})
         m.load_state_dict({k: self.decode(t) for k, t in v["state"].items()})
         return m
 

@@ -48,6 +48,12 @@ def _walk(a: Any, b: Any, path: str, rtol: float, atol: float, out: list[dict[st
         if not ok:
             out.append({"path": path, "a": _short(a), "b": _short(b), "max_abs_diff": m})
         return m
+    if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):  # SAEs: type, config, then weights
+        if type(a) is not type(b):
+            out.append({"path": path, "a": type(a).__name__, "b": type(b).__name__, "max_abs_diff": None})
+            return 0.0
+        m = _walk(getattr(a, "cfg", None), getattr(b, "cfg", None), f"{path}.cfg", rtol, atol, out)
+        return max(m, _walk(dict(a.state_dict()), dict(b.state_dict()), path, rtol, atol, out))
     if type(a).__name__ == "DataFrame" and type(b).__name__ == "DataFrame":
         if list(a.columns) != list(b.columns) or len(a) != len(b):
             out.append({"path": path, "a": f"table {a.shape}", "b": f"table {b.shape}", "max_abs_diff": math.inf})

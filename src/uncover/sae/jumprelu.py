@@ -71,6 +71,8 @@ class JumpReLUSAE(SAE):
     state_keys = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
     unit_decoder = False
 
+    init_options = ("bandwidth",)  # constructor options that are not weights: saved with results
+
     def __init__(self, cfg: SAEConfig, seed: int = 0, init_threshold: float = 0.05, bandwidth: float = 0.05):
         # Defaults are in the units the trainer feeds (inputs scaled to E||x||^2 = d_in, i.e. about
         # unit scale per coordinate): the paper's 0.001 assumes inputs scaled to E||x||^2 = 1, and

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from uncover.sae.base import SAE, SAEConfig  # noqa: F401  (the result codec finds an SAE's config class here)
+from uncover.sae.base import SAE
 
 
 class ReLUSAE(SAE):

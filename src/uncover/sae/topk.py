@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uncover.sae.base import SAE, SAEConfig  # noqa: F401  (the result codec finds an SAE's config class here)
+from uncover.sae.base import SAE
 
 
 class _GatheredEncode(torch.autograd.Function):
