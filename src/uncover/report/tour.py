@@ -118,7 +118,7 @@ def editing_section(model: HookedModel, step: Step) -> list[Result]:
 
 def pruning_section(model: HookedModel, step: Step) -> list[Result]:
     """Wanda at 50 % sparsity: perplexity and measured sparsity before and after; reverted."""
-    return [step("prune", method="wanda", sparsity=0.5, calib=8, eval_blocks=4)]
+    return [step("prune", method="wanda", sparsity=0.5, n_samples=8, eval_blocks=4)]
 
 
 def dynamics_section(model: HookedModel, step: Step) -> list[Result]:
