@@ -131,6 +131,35 @@ def build_config(op: Operation, values: dict[str, Any]) -> Any:
     return op.config(**kw)
 
 
+def example_command(op: Operation) -> str:
+    """The operation's example as a command line.
+
+    >>> from uncover.ops.registry import get_operation
+    >>> example_command(get_operation("lens"))
+    "uncover lens 'The Eiffel Tower is in the city of' --target ' Paris'"
+    """
+    import shlex
+
+    words = ["uncover", *op.name.split()]
+    ex = op.example or {}
+    for f in sorted(fields_of(op.config), key=lambda f: not f.spec.positional):
+        if f.name not in ex or not f.spec.cli:
+            continue
+        v = ex[f.name]
+        if f.spec.positional:
+            words += [shlex.quote(str(x)) for x in (v if isinstance(v, list | tuple) else [v])]
+        elif isinstance(v, bool):
+            words += [f.option] if v else []
+        elif isinstance(v, list | tuple) and _parser(f) is None:
+            for x in v:
+                words += [f.option, shlex.quote(str(x))]
+        elif isinstance(v, list | tuple):
+            words += [f.option, ",".join(str(x) for x in v)]
+        elif v is not None:
+            words += [f.option, shlex.quote(str(v))]
+    return " ".join(words)
+
+
 def command(op: Operation) -> Any:
     """A typer command function for ``op``."""
     fields = [f for f in fields_of(op.config) if f.spec.cli]
@@ -186,4 +215,5 @@ def add_operations(app: typer.Typer, ops: list[Operation]) -> None:
                 groups[group] = typer.Typer(no_args_is_help=True, help=GROUP_HELP.get(group, f"{group} operations"))
                 app.add_typer(groups[group], name=group)
             target = groups[group]
-        target.command(leaf, help=op.help)(command(op))
+        epilog = f"Example: {example_command(op)}" if op.example is not None else None
+        target.command(leaf, help=op.help, epilog=epilog)(command(op))

@@ -14,6 +14,7 @@ from uncover.cli.common import emit
 def list_operations(as_json: bool = typer.Option(False, "--json", help="Print every operation with its config "
                                                                         "schema as JSON")) -> None:
     """List every operation (the commands generated from the registry) with its options."""
+    from uncover.cli.generate import example_command
     from uncover.ops.registry import operations
 
     ops = operations()
@@ -23,6 +24,8 @@ def list_operations(as_json: bool = typer.Option(False, "--json", help="Print ev
     for op in ops:
         flags = [k for k in ("long", "changes_weights") if getattr(op, k)]
         print(f"{op.name:22s} {op.help}" + (f"  [{', '.join(flags)}]" if flags else ""))
+        if op.example is not None:
+            print(f"    example: {example_command(op)}")
         for f in op.config.schema()["fields"]:
             default = "" if f["required"] else f" = {f['default']!r}"
             name = f["name"] if f["positional"] else f["option"]

@@ -81,11 +81,25 @@ class Operation:
         """Build the config from ``fields`` and :func:`execute` it; the result carries provenance."""
         return execute(self, self.config(**fields), model, progress=progress, seed=seed)
 
+    def example_code(self) -> str:
+        """The example as a doctest: ``model`` is the loaded model (omitted for model-free operations).
+
+        The registry test runs it on the embedded model (and round-trips and reruns its result ``r``).
+
+        >>> get_operation("lens").example_code().splitlines()[1]
+        ">>> r = uc.run('lens', model, prompt='The Eiffel Tower is in the city of', targets=[' Paris'])"
+        """
+        args = ", ".join([repr(self.name), *(["model"] if self.needs_model else []),
+                          *(f"{k}={v!r}" for k, v in (self.example or {}).items())])
+        return (f">>> import uncover as uc\n>>> r = uc.run({args})\n"
+                f">>> r.provenance.operation\n{self.name!r}\n")
+
     def describe(self) -> dict[str, Any]:
         """Name, help, flags and the config schema (what ``uncover list --json`` prints)."""
         return {"name": self.name, "help": self.help, "result": self.result.__name__,
                 "needs_model": self.needs_model, "deterministic": self.deterministic,
                 "changes_weights": self.changes_weights, "long": self.long, "example": self.example,
+                "example_code": self.example_code(),
                 "config": self.config.schema()}
 
 
