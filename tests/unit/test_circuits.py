@@ -258,7 +258,7 @@ def test_faithfulness_of_full_and_empty_circuits(ablation):
         x = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
         m = p.clean.attention_mask[:, :, None].double()
         mean = ((x * m).sum(0) / m.sum(0)).expand_as(x)
-        from uncover.lenses.common import decode_resid
+        from uncover.hooks.decode import decode_resid
 
         base = float(metric_values("logit_diff", decode_resid(model, p.last_logits(mean)), p).mean().detach())
     assert empty == pytest.approx(base, rel=1e-9, abs=1e-9)

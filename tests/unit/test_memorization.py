@@ -107,7 +107,7 @@ def test_ablation_hook_equals_zeroing_output_weights():
     hm = HookedModel(model, None)
     x = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(1))
     neurons = [(0, 3), (0, 10), (1, 5)]
-    with torch.no_grad(), hm.hooks(ablate_neurons(neurons)):
+    with torch.no_grad(), hm.intervene(ablate_neurons(neurons)):
         hooked_logits = hm(x)
     edited = build_model(cfg)
     with torch.no_grad():

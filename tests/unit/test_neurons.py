@@ -8,11 +8,11 @@ import torch
 
 from tests.conftest import tiny, tokens
 from uncover.core.errors import UncoverError
-from uncover.neurons import ablate_neurons, knowledge_neurons, neuron_hooks, neuron_logits, top_activations
+from uncover.hooks.streaming import StreamingTopK
+from uncover.neurons import ablate_neurons, knowledge_neurons, neuron_logits, set_neurons, top_activations
 from uncover.neurons.ablation import last_logits, neuron_means
 from uncover.neurons.knowledge import ig_attributions, random_neurons
 from uncover.neurons.kv import value_logits
-from uncover.neurons.top import StreamingTopK
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +94,8 @@ def test_ig_completeness(kind):
             v[:, -1] = 0
             return v
 
-        p0 = float(last_logits(m, prompt, [(f"blocks.{layer}.mlp.hook_post", zero_last)]).softmax(-1)[0, target])
+        with m.hooks([(f"blocks.{layer}.mlp.hook_post", zero_last)]):
+            p0 = float(last_logits(m, prompt).softmax(-1)[0, target])
         assert float(attr[j].sum()) == pytest.approx(p - p0, rel=0.03, abs=1e-6)
     # one layer per pass gives the same attributions as two layers batched together
     with torch.enable_grad():
@@ -153,12 +154,13 @@ def test_knowledge_filter_matches_manual():
     assert len(random_neurons(m, kn.neurons)) == len(kn.neurons)
 
 
-def test_neuron_hooks_equal_weight_edits():
+def test_set_neurons_equals_weight_edits():
     m = tiny("llama")
     toks = tokens(batch=2, pos=6, seed=6)
     neurons = [(1, 3), (1, 8), (2, 0)]
     for mode, factor in (("zero", 0.0), ("scale", 2.0)):
-        got = last_logits(m, toks, neuron_hooks(neurons, mode, factor))
+        with set_neurons(m, neurons, mode, factor):
+            got = last_logits(m, toks)
         saved = {n: m.W_out(n[0])[n[1]].detach().clone() for n in neurons}
         with torch.no_grad():
             for (layer, i) in neurons:
@@ -181,8 +183,10 @@ def test_ablate_neurons_mean_and_metric():
     assert means[(0, 2)] == pytest.approx(float(cache["blocks.0.mlp.hook_post"][..., 2].mean()), abs=1e-6)
     metric = lambda logits: logits[:, 3]  # noqa: E731
     r = ablate_neurons(m, toks, neurons, metric, mode="mean")
-    ref = metric(last_logits(m, toks, neuron_hooks(neurons, "mean", means=means)))
+    with set_neurons(m, neurons, "mean", means=means):
+        ref = metric(last_logits(m, toks))
     assert torch.allclose(r.joint, ref) and r.single.shape == (2,)
-    single0 = float((metric(last_logits(m, toks, neuron_hooks([(0, 2)], "mean", means=means))) - r.base).mean())
+    with set_neurons(m, [(0, 2)], "mean", means=means):
+        single0 = float((metric(last_logits(m, toks)) - r.base).mean())
     assert float(r.single[0]) == pytest.approx(single0, abs=1e-6)
     assert "mean ablation" in r.title and len(r.to_frame()) == 2

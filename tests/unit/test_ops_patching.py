@@ -24,11 +24,11 @@ from uncover.cli.generate import build_config
 from uncover.core.config import fields_of
 from uncover.core.errors import UncoverError, UsageError
 from uncover.data.tasks import TASKS, task_pair
+from uncover.hooks.metrics import METRICS
 from uncover.ops.persist import load_result
 from uncover.ops.registry import get_operation
 from uncover.patching.activation import HOOKS, PER, activation_patching
 from uncover.patching.causal_tracing import KINDS, causal_trace
-from uncover.patching.metrics import METRICS
 from uncover.patching.ops import PatchConfig, PathConfig, TraceConfig, check_positions
 from uncover.patching.pair_config import PairConfig, choices_of
 from uncover.patching.path import path_patching

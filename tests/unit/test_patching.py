@@ -86,11 +86,11 @@ def test_errors():
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "gpt2", "gemma3"])
 def test_replay_from_any_layer_reproduces_logits(kind):
-    from uncover.patching.replay import capture, run_from, run_staged
+    from uncover.hooks.replay import capture_calls, run_from, run_staged
 
     m = tiny(kind)
     toks = tokens(batch=1, pos=6)
-    logits, calls = capture(m, m.tokenize(toks))
+    logits, calls = capture_calls(m, m.tokenize(toks))
     _, cache = m.run_with_cache(toks, names=lambda n: n.endswith("hook_resid_pre"))
     for layer in range(m.cfg.n_layers):
         out = run_from(m, calls, layer, cache[f"blocks.{layer}.hook_resid_pre"])

@@ -32,7 +32,7 @@ def wm(one_thread_no_grad):
 
 def resid(model, steer=None, lens=None, names=None):
     names = names or [f"blocks.{la}.hook_resid_pre" for la in range(model.cfg.n_layers)]
-    with steering(model, steer, lens):
+    with steering(model, steer, lens is not None):
         _, cache = model.run_with_cache(PROMPTS, names)
     return {n: cache[n] for n in names}
 
@@ -188,7 +188,7 @@ def test_bad_vectors_and_layers_are_refused(wm):
         with steering(wm, CAA(SteeringVector({7: torch.ones(wm.cfg.d_model)}))):
             pass
     with pytest.raises(UncoverError, match="out of range"):
-        ActAdd(torch.ones(1, wm.cfg.d_model), layer=9).hooks(wm)
+        ActAdd(torch.ones(1, wm.cfg.d_model), layer=9).interventions(wm)
     with pytest.raises(UncoverError, match="zero"):
         DirectionalAblation(torch.zeros(wm.cfg.d_model))
     with pytest.raises(UncoverError, match="valid: linear, piecewise, projection"):

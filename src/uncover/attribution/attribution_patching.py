@@ -31,7 +31,7 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
-from uncover.patching import metrics as M
+from uncover.hooks import metrics as M
 from uncover.patching.activation import HOOKS, PatchResult, _check_pair, activation_patching
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def attribution_patching_sites(
     >>> out[("z", "head")].grid.shape, out[("resid_pre", "pos")].grid.shape  # doctest: +SKIP
     (torch.Size([30, 9]), torch.Size([30, 15]))
     """
-    from uncover.lenses.common import target_ids
+    from uncover.hooks.decode import target_ids
 
     sites = _check_sites(sites)
     if direction not in ("denoise", "noise"):

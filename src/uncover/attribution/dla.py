@@ -19,7 +19,7 @@ import torch
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.hooks.cache import norm_scale
-from uncover.lenses.common import target_ids
+from uncover.hooks.decode import target_ids
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

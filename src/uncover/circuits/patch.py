@@ -29,8 +29,8 @@ import torch
 from uncover.circuits.activations import capture, head_outputs, qkv_from_resid
 from uncover.circuits.graph import Graph
 from uncover.core.errors import UncoverError
-from uncover.lenses.common import decode_resid
-from uncover.patching.replay import capture as capture_calls
+from uncover.hooks.decode import decode_resid
+from uncover.hooks.replay import capture_calls
 
 if TYPE_CHECKING:
     from uncover.circuits.prompts import Prompts

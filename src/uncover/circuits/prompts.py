@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from uncover.core.errors import UncoverError
-from uncover.lenses.common import target_ids
+from uncover.hooks.decode import target_ids
 
 if TYPE_CHECKING:
     from uncover.data.tasks import Task

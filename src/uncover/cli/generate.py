@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 import typer
 
 from uncover.core.config import FieldInfo, _optional, check_writable, fields_of
+from uncover.core.errors import UsageError
 from uncover.core.progress import Progress
 from uncover.ops.registry import Operation, execute
 
@@ -188,6 +189,8 @@ def run_command(op: Operation, values: dict[str, Any]) -> None:
     from uncover.cli.common import emit, load_model
 
     config = build_config(op, values)
+    if values.get("seed") is not None and values["seed"] < 0:
+        raise UsageError(f"--seed must be >= 0, got {values['seed']}")
     html, result_path = values.get("html"), values.get("result_path")
     if html is not None:
         check_writable(html, what="--html")

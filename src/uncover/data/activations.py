@@ -1,10 +1,11 @@
 """Activation datasets: one vector per text at chosen hooks and positions, with labels.
 
 The inputs of every probing, CCS and reading-vector technique. :func:`collect` runs the
-model over texts in batches (with a progress bar on stderr), reduces each hook's value
-over positions as it is computed (``where``: the last real token, the mean over real
-tokens, a token span or one marked token per text) and keeps only the reduced vectors,
-so memory grows with ``n_texts × d`` rather than with sequence length.
+model over texts in batches through the harvesting engine (:func:`uncover.hooks.harvest.harvest`:
+a progress bar on stderr, each forward pass stopped after the last hook), which reduces each
+hook's value over positions as it is computed (``where``: the last real token, the mean over
+real tokens, a token span or one marked token per text, as position weights) and keeps only
+the reduced vectors, so memory grows with ``n_texts × d`` rather than with sequence length.
 :func:`collect_to_disk` writes safetensors shards (activations plus labels) as it goes and
 holds one shard at a time; :func:`load` and :func:`iter_shards` read them back.
 """
@@ -12,7 +13,6 @@ holds one shard at a time; :func:`load` and :func:`iter_shards` read them back.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import resid_name
 from uncover.data.labelled import Labelled
+from uncover.hooks.harvest import harvest
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -115,7 +117,7 @@ def resid_hooks(model: HookedModel, layers: Sequence[int] | None = None, point: 
     bad = [la for la in layers if not 0 <= la < n]
     if bad:
         raise UncoverError(f"layer(s) {bad} out of range; this model has layers 0..{n - 1}")
-    return [f"blocks.{la}.{point}" for la in layers]
+    return [resid_name(la, point) for la in layers]
 
 
 def mark_positions(model: HookedModel, texts: Sequence[str], marker: str = "*") -> tuple[list[str], list[int]]:
@@ -163,16 +165,6 @@ def _index(mask: torch.Tensor, where: str | int, spans: Any, marks: Any, rows: s
     return w
 
 
-def _reducer(name: str, w: torch.Tensor, got: dict[str, torch.Tensor]) -> Any:
-    """A hook that stores ``sum_pos w[b, pos] * value[b, pos, ...]`` (padding never enters, even as NaN)."""
-
-    def fn(v: torch.Tensor, hp: Any) -> None:
-        ww = w.to(v.device, torch.float32).reshape(*w.shape, *([1] * (v.dim() - 2)))
-        got[name] = torch.where(ww > 0, v.float() * ww, 0.0).sum(1).cpu()
-
-    return fn
-
-
 def _batches(model: HookedModel, data: Labelled | Sequence[str], hooks: Sequence[str] | str, where: str | int,
              spans: Any, marks: Any, batch_size: int, progress: bool) -> Iterator[ActivationSet]:
     lab = data if isinstance(data, Labelled) else None
@@ -186,28 +178,17 @@ def _batches(model: HookedModel, data: Labelled | Sequence[str], hooks: Sequence
     if where == "mark" and (marks is None or len(marks) != len(texts)):
         raise UncoverError("where='mark' needs marks=[position, ...], one per text (see mark_positions)")
     names = [hooks] if isinstance(hooks, str) else list(hooks)
-    model.select_names(names)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(texts), desc="activations", unit="text", file=sys.stderr, leave=False)
-    try:
-        for start in range(0, len(texts), batch_size):
-            rows = slice(start, min(start + batch_size, len(texts)))
-            batch = model.tokenize(texts[rows])
-            w = _index(batch.attention_mask.cpu(), where, spans, marks, rows)
-            got: dict[str, torch.Tensor] = {}
-            with torch.no_grad(), model.hooks([(n, _reducer(n, w, got)) for n in names]):
-                model(batch)
-            y = None if lab is None else lab.y[rows]
-            g = None if lab is None or lab.groups is None else lab.groups[rows]
-            yield ActivationSet({n: got[n] for n in names}, texts[rows], y, g)
-            if bar is not None:
-                bar.update(rows.stop - rows.start)
-    finally:
-        if bar is not None:
-            bar.close()
+    def weights(batch: Any, rows: slice) -> torch.Tensor:
+        return _index(batch.attention_mask.cpu(), where, spans, marks, rows)
+
+    batches = harvest(model, texts, names, batch_size=batch_size, reduce=weights, progress=progress,
+                      desc="activations")
+    for start, (_, got) in zip(range(0, len(texts), batch_size), batches):
+        rows = slice(start, min(start + batch_size, len(texts)))
+        y = None if lab is None else lab.y[rows]
+        g = None if lab is None or lab.groups is None else lab.groups[rows]
+        yield ActivationSet({n: got[n] for n in names}, texts[rows], y, g)
 
 
 def collect(

@@ -100,7 +100,12 @@ def corpus_texts(source: str | Path | None = None) -> list[str]:
                           "(or None for the embedded corpus)")
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
-    docs = _read_txt(path) if path.suffix.lower() == ".txt" else _read_jsonl(path)
+    try:
+        docs = _read_txt(path) if path.suffix.lower() == ".txt" else _read_jsonl(path)
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); is it a binary file?") from None
+    if any("\x00" in d for d in docs):
+        raise CorpusError(f"{path} holds NUL bytes: a binary file, not text")
     if not docs:
         raise CorpusError(f"{path}: no text found")
     return docs

@@ -3,7 +3,7 @@ Improves Factuality in Large Language Models").
 
 At each step the next-token log-probabilities of the final layer are contrasted with those of
 a *premature* layer, read through the model's own final norm and unembedding
-(:func:`uncover.lenses.common.decode_resid`). The premature layer is chosen per token among a
+(:func:`uncover.hooks.decode.decode_resid`). The premature layer is chosen per token among a
 bucket of candidate layers as the one whose distribution is furthest from the final one in
 Jensen–Shannon divergence. Only tokens passing the adaptive plausibility constraint
 ``p_final(x) ≥ α · max p_final`` (α = 0.1) are scored, by ``log p_final − log p_premature``;
@@ -28,7 +28,7 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
-from uncover.lenses.common import decode_resid
+from uncover.hooks.decode import decode_resid
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -21,16 +21,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from uncover.core.names import act_name
 from uncover.editing.base import EditError, check_layer
+from uncover.hooks.harvest import harvest
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
 
 BLOCK_LEN = 128
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the last needed layer has run."""
 
 
 def stats_dir(cache: str | Path | None = None) -> Path:
@@ -74,42 +72,26 @@ def key_moments(
 ) -> dict[int, torch.Tensor]:
     """Uncentred second moments ``E[k kᵀ]`` ``[d_mlp, d_mlp]`` (float64) of the keys of ``layers``.
 
-    ``tokens``: ``[n_blocks, block_len]`` ids; every position counts as one sample. The
-    forward pass stops after the deepest layer asked for.
+    ``tokens``: ``[n_blocks, block_len]`` ids; every position counts as one sample. The keys are
+    harvested (:func:`uncover.hooks.harvest.harvest`): each forward pass stops after the deepest
+    layer asked for.
 
     >>> from tests.conftest import tiny, tokens as toks  # doctest: +SKIP
     >>> key_moments(tiny("llama"), [1], toks(4, 8), progress=False)[1].shape  # doctest: +SKIP
     torch.Size([48, 48])
     """
-    from tqdm.auto import tqdm
-
     for layer in layers:
         check_layer(model, layer)
     d = model.cfg.d_mlp
     sums = {layer: torch.zeros(d, d, dtype=torch.float64) for layer in layers}
     count = 0
-    last = max(layers)
-
-    def grab(layer: int):
-        def fn(value: torch.Tensor, hp: object) -> None:
-            k = value.detach().reshape(-1, d).double().cpu()
+    names = {act_name("post", layer): layer for layer in layers}
+    for batch, got in harvest(model, tokens, list(names), batch_size=batch_size, dtype=torch.float64,
+                              progress=progress, desc=f"key statistics, layers {layers}"):
+        for name, layer in names.items():
+            k = got[name].reshape(-1, d)
             sums[layer].addmm_(k.T, k)
-            if layer == last:
-                raise _Stop
-
-        return fn
-
-    hooks = [(f"blocks.{layer}.mlp.hook_post", grab(layer)) for layer in layers]
-    bar = tqdm(range(0, len(tokens), batch_size), desc=f"key statistics, layers {layers}", disable=not progress,
-               leave=False)
-    with model.hooks(hooks):
-        for i in bar:
-            chunk = tokens[i:i + batch_size].to(model.device)
-            try:
-                model.model(input_ids=chunk, use_cache=False)
-            except _Stop:
-                pass
-            count += chunk.numel()
+        count += batch.input_ids.numel()
     return {layer: s / max(count, 1) for layer, s in sums.items()}
 
 

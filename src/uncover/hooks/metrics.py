@@ -1,4 +1,4 @@
-"""Metrics for patching experiments, computed from last-position logits.
+"""Metrics of last-position logits, shared by patching, neuron ablation and circuit discovery.
 
 A metric maps logits ``[batch, d_vocab]`` (the position being predicted) to ``[batch]``.
 :func:`normalise` turns raw values into recovery: 0 = the corrupt run, 1 = the clean run.
@@ -34,7 +34,11 @@ def prob(answer: int) -> Metric:
 
 
 def logprob(answer: int) -> Metric:
-    """Log-probability of ``answer``."""
+    """Log-probability of ``answer``.
+
+    >>> round(float(logprob(0)(torch.tensor([[0.0, 0.0]]))[0]), 4)
+    -0.6931
+    """
     return lambda logits: logits.float().log_softmax(-1)[..., answer]
 
 
@@ -42,7 +46,11 @@ METRICS = ("logit_diff", "prob", "logprob")
 
 
 def make_metric(name: str, answer: int, wrong: int) -> Metric:
-    """A metric by name; the valid names are in :data:`METRICS`."""
+    """A metric by name; the valid names are in :data:`METRICS`.
+
+    >>> make_metric("logit_diff", 0, 1)(torch.tensor([[3.0, 1.0]]))
+    tensor([2.])
+    """
     if name == "logit_diff":
         return logit_diff(answer, wrong)
     if name == "prob":

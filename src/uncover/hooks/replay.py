@@ -1,7 +1,7 @@
-"""Run a model from a given layer onwards, starting from a residual stream.
+"""Staged replay: run a model from a given layer onwards, starting from a residual stream.
 
 Patching at layer ``l`` never changes layers before ``l``, so a patched run can start
-from the cached residual at ``l``: :func:`capture` records what every block was called
+from the cached residual at ``l``: :func:`capture_calls` records what every block was called
 with (masks, rotary position embeddings, ...) on one forward pass, and :func:`run_from`
 calls blocks ``l ..`` with those arguments on a batch of residual streams, then the
 final norm and unembedding at the positions asked for. Hooks and interventions that
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from uncover.lenses.common import decode_resid
+from uncover.hooks.decode import decode_resid
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -31,8 +31,13 @@ class BlockCalls:
     batch: Batch
 
 
-def capture(model: HookedModel, batch: Batch) -> tuple[torch.Tensor, BlockCalls]:
-    """Forward ``batch`` once, recording every block's call arguments; returns logits and the calls."""
+def capture_calls(model: HookedModel, batch: Batch) -> tuple[torch.Tensor, BlockCalls]:
+    """Forward ``batch`` once, recording every block's call arguments; returns logits and the calls.
+
+    >>> logits, calls = capture_calls(model, model.tokenize("The Eiffel Tower is in"))
+    >>> len(calls.args) == model.cfg.n_layers, logits.shape[1]
+    (True, 6)
+    """
     n = model.cfg.n_layers
     args: list[tuple] = [()] * n
     kwargs: list[dict[str, Any]] = [{}] * n
@@ -58,8 +63,14 @@ def capture(model: HookedModel, batch: Batch) -> tuple[torch.Tensor, BlockCalls]
     return logits, BlockCalls(args, kwargs, batch)
 
 
-def _set_state(model: HookedModel, calls: BlockCalls, x: torch.Tensor) -> None:
-    """Describe the forward pass to position-addressing hooks, as the root pre-hook would."""
+def set_state(model: HookedModel, calls: BlockCalls, x: torch.Tensor) -> None:
+    """Describe a replayed pass over ``x`` ``[batch, pos, d_model]`` to position-addressing hooks and
+    interventions, as the root pre-hook of a whole forward pass would.
+
+    >>> _, calls = capture_calls(model, model.tokenize("Hello world"))
+    >>> set_state(model, calls, torch.zeros(3, 2, model.cfg.d_model)); model.state.batch
+    3
+    """
     st = model.state
     st.batch, st.q_len, st.offset = x.shape[0], x.shape[1], 0
     mask = calls.batch.attention_mask
@@ -72,11 +83,17 @@ def run_from(
 ) -> torch.Tensor:
     """Logits after running blocks ``layer ..`` on ``resid`` ``[batch, pos, d_model]``.
 
-    ``calls`` must come from :func:`capture` on a batch of one row (or of ``resid``'s batch size).
+    ``calls`` must come from :func:`capture_calls` on a batch of one row (or of ``resid``'s batch size).
     ``positions``: ``[batch]`` columns whose logits to return (``[batch, d_vocab]``); ``None`` returns all
     positions ``[batch, pos, d_vocab]``.
+
+    >>> batch = model.tokenize("The Eiffel Tower is in")
+    >>> logits, calls = capture_calls(model, batch)
+    >>> _, cache = model.run_with_cache(batch, ["blocks.20.hook_resid_pre"])
+    >>> torch.allclose(run_from(model, calls, 20, cache["blocks.20.hook_resid_pre"]), logits, atol=1e-4)
+    True
     """
-    _set_state(model, calls, resid)
+    set_state(model, calls, resid)
     x = resid
     with torch.no_grad():
         for i in range(layer, model.cfg.n_layers):
@@ -97,6 +114,14 @@ def run_staged(
     layer ``l`` on (see :func:`stage_offsets`). Returns the logits at column ``position`` of every
     row, ``[total_rows, d_vocab]``, in the same order. Each block runs once, on all rows that have
     joined, instead of once per stage.
+
+    >>> batch = model.tokenize("The Eiffel Tower is in")
+    >>> logits, calls = capture_calls(model, batch)
+    >>> _, cache = model.run_with_cache(batch, ["blocks.3.hook_resid_pre", "blocks.9.hook_resid_pre"])
+    >>> stages = {3: cache["blocks.3.hook_resid_pre"], 9: cache["blocks.9.hook_resid_pre"]}
+    >>> out = run_staged(model, calls, stages, position=-1)  # two rows, each the clean run
+    >>> out.shape[0], torch.allclose(out, logits[:, -1].expand(2, -1), atol=1e-4)
+    (2, True)
     """
     x = run_staged_resid(model, calls, stages, model.cfg.n_layers)
     with torch.no_grad():
@@ -109,6 +134,13 @@ def run_staged_resid(
     """Like :func:`run_staged`, but stop before block ``stop`` and return the residual ``[rows, pos, d_model]``.
 
     Stages at layers ``>= stop`` are appended unchanged (they have not run any block).
+
+    >>> batch = model.tokenize("The Eiffel Tower is in")
+    >>> _, calls = capture_calls(model, batch)
+    >>> _, cache = model.run_with_cache(batch, ["blocks.3.hook_resid_pre", "blocks.5.hook_resid_pre"])
+    >>> x = run_staged_resid(model, calls, {3: cache["blocks.3.hook_resid_pre"]}, stop=5)
+    >>> torch.allclose(x, cache["blocks.5.hook_resid_pre"], atol=1e-5)
+    True
     """
     layers = sorted(stages)
     x: torch.Tensor | None = None
@@ -116,7 +148,7 @@ def run_staged_resid(
         for i in range(layers[0], stop):
             if i in stages:
                 x = stages[i] if x is None else torch.cat([x, stages[i]])
-            _set_state(model, calls, x)
+            set_state(model, calls, x)
             out = model.adapter.block(i)(x, *calls.args[i], **calls.kwargs[i])
             x = out[0] if isinstance(out, tuple) else out
         late = [stages[i] for i in layers if i >= stop]

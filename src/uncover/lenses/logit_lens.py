@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from uncover.core.results import Result
-from uncover.lenses.common import decode_resid, target_ids
+from uncover.hooks.decode import decode_resid, target_ids
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

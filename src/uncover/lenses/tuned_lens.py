@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from uncover.core.errors import UncoverError
-from uncover.lenses.common import decode_resid
+from uncover.core.names import act_name
+from uncover.hooks.decode import decode_resid
+from uncover.hooks.harvest import harvest
 from uncover.lenses.logit_lens import LensResult, run_lens
 
 if TYPE_CHECKING:
@@ -204,22 +206,19 @@ def collect_resid(model: HookedModel, blocks: torch.Tensor, chunk: int = 8, prog
     """Residual before every layer and the final one, ``[n_layers + 1, n_blocks * block_len, d_model]``.
 
     Row ``l < n_layers`` is ``blocks.{l}.hook_resid_pre``; row ``n_layers`` is the final
-    residual. Float32 on the CPU, whatever the model's dtype and device.
+    residual. Float32 on the CPU, whatever the model's dtype and device. Collected by the
+    harvesting engine (the final norm and unembedding never run).
 
-    >>> collect_resid(model, torch.tensor([[1, 2, 3]])).shape  # doctest: +SKIP
+    >>> collect_resid(model, torch.tensor([[1, 2, 3]])).shape
     torch.Size([31, 3, 576])
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype not in (torch.int64, torch.int32):
         got = f"{blocks.dtype} {tuple(blocks.shape)}" if isinstance(blocks, torch.Tensor) else type(blocks).__name__
         raise UncoverError(f"blocks must be token ids, a LongTensor [n_blocks, block_len]; got {got}")
     n = model.cfg.n_layers
-    names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
-    parts = []
-    for i in tqdm(range(0, len(blocks), chunk), desc="residuals", disable=not progress, leave=False):
-        _, cache = model.run_with_cache(blocks[i : i + chunk], names=names)
-        parts.append(cache.accumulated_resid().tensor.flatten(1, 2).float().cpu())  # [layer+1, tokens, d]
+    names = [act_name("resid_pre", i) for i in range(n)] + [act_name("resid_post", n - 1)]
+    parts = [torch.stack([got[name] for name in names]).flatten(1, 2)  # [layer + 1, tokens, d_model]
+             for _, got in harvest(model, blocks, names, batch_size=chunk, progress=progress, desc="residuals")]
     return torch.cat(parts, dim=1)
 
 

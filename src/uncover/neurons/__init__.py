@@ -9,21 +9,21 @@
 - :mod:`~uncover.neurons.superposition`: toy models of superposition (Elhage et al. 2022).
 """
 
-from uncover.neurons.ablation import NeuronAblation, ablate_neurons, neuron_hooks
+from uncover.neurons.ablation import NeuronAblation, ablate_neurons, neuron_interventions, set_neurons
 from uncover.neurons.knowledge import KnowledgeEffect, KnowledgeNeurons, knowledge_effect, knowledge_neurons
 from uncover.neurons.kv import NeuronLogits, neuron_logits
-from uncover.neurons.top import TopActivations, top_activations
+from uncover.neurons.top import top_activations
 
 __all__ = [
     "KnowledgeEffect",
     "KnowledgeNeurons",
     "NeuronAblation",
     "NeuronLogits",
-    "TopActivations",
     "ablate_neurons",
     "knowledge_effect",
     "knowledge_neurons",
-    "neuron_hooks",
+    "neuron_interventions",
     "neuron_logits",
+    "set_neurons",
     "top_activations",
 ]

@@ -7,7 +7,7 @@ activations of that layer at the last position from 0 to their value ``a``:
 ``attr_i = a_i * mean_k dP(alpha_k a) / da_i`` (midpoint Riemann sum, ``alpha_k = (k + 1/2) / m``).
 By completeness the attributions of one layer sum to ``P(a) - P(0)``.
 All ``m`` steps of several layers run as one staged forward/backward (the idea of
-:func:`uncover.patching.replay.run_staged`): the ``m`` rows of layer ``l`` join the batch at
+:func:`uncover.hooks.replay.run_staged`): the ``m`` rows of layer ``l`` join the batch at
 block ``l`` as copies of the clean residual there (nothing below ``l`` changes), so they only
 cost blocks ``l ..``; each row group scales only its own layer, and the blocks above compute
 from the changed stream. The weights are frozen during the pass, so the backward computes
@@ -31,7 +31,7 @@ import torch
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.hooks.tokens import Batch
-from uncover.neurons.ablation import Neuron, last_logits, neuron_hooks
+from uncover.neurons.ablation import Neuron, last_logits, set_neurons
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,8 +51,8 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
     >>> attr.shape  # doctest: +SKIP
     torch.Size([2, 1536])
     """
-    from uncover.lenses.common import decode_resid
-    from uncover.patching.replay import _set_state, capture
+    from uncover.hooks.decode import decode_resid
+    from uncover.hooks.replay import capture_calls, set_state
 
     if steps < 1 or layers_per_pass < 1:
         raise UncoverError(f"steps and layers_per_pass must be >= 1, got {steps} and {layers_per_pass}")
@@ -65,7 +65,7 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
     names = [f"blocks.{x}.hook_resid_pre" for x in layers] + [f"blocks.{x}.mlp.hook_post" for x in layers]
     with torch.no_grad():
         logits, cache = model.run_with_cache(batch, names=names)
-        _, calls = capture(model, batch)
+        _, calls = capture_calls(model, batch)
     prob = float(logits[0, -1].float().softmax(-1)[target])
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
     out: dict[int, torch.Tensor] = {}
@@ -93,7 +93,7 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
                     if i in xs:  # `steps` copies of the clean residual join the batch at their layer
                         new = cache[f"blocks.{i}.hook_resid_pre"].expand(steps, -1, -1)
                         h = new if h is None else torch.cat([h, new])
-                    _set_state(model, calls, h)
+                    set_state(model, calls, h)
                     o = model.adapter.block(i)(h, *calls.args[i], **calls.kwargs[i])
                     h = o[0] if isinstance(o, tuple) else o
                 p = decode_resid(model, h[:, -1]).float().softmax(-1)[:, target]  # [rows]
@@ -290,12 +290,12 @@ def knowledge_effect(model: HookedModel, kn: KnowledgeNeurons, prompts: Sequence
         raise UncoverError("no knowledge neurons to intervene on; lower threshold or share")
     prompts = list(kn.prompts if prompts is None else prompts)
 
-    def probs(hooks: list) -> torch.Tensor:
-        return torch.stack([last_logits(model, p, hooks).softmax(-1)[0, kn.target_id] for p in prompts])
+    def probs(neurons: Sequence[Neuron], mode: str = "zero") -> torch.Tensor:
+        with set_neurons(model, neurons, mode, factor, last_only=last_only):
+            return torch.stack([last_logits(model, p).softmax(-1)[0, kn.target_id] for p in prompts])
 
     base = probs([])
-    sup = probs(neuron_hooks(kn.neurons, "zero", last_only=last_only))
-    amp = probs(neuron_hooks(kn.neurons, "scale", factor, last_only=last_only))
-    rnd = torch.stack([probs(neuron_hooks(random_neurons(model, kn.neurons, seed + i), "zero", last_only=last_only))
-                       for i in range(n_random)]).mean(0)
+    sup = probs(kn.neurons)
+    amp = probs(kn.neurons, "scale")
+    rnd = torch.stack([probs(random_neurons(model, kn.neurons, seed + i)) for i in range(n_random)]).mean(0)
     return KnowledgeEffect(prompts, kn.target, base, sup, amp, rnd, len(kn.neurons))

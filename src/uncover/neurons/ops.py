@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from uncover.core.config import Config, param
 from uncover.core.errors import UsageError
 from uncover.core.modes import ModeResult
+from uncover.hooks.contexts import TopActivations
 from uncover.neurons.knowledge import KnowledgeNeurons
 from uncover.neurons.kv import NeuronLogits
 from uncover.neurons.superposition import ToyModels
-from uncover.neurons.top import TopActivations
 from uncover.ops.registry import operation
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
-from uncover.patching import metrics as M
-from uncover.patching.replay import capture, run_staged, stage_offsets
+from uncover.hooks import metrics as M
+from uncover.hooks.replay import capture_calls, run_staged, stage_offsets
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -141,7 +141,7 @@ def activation_patching(
     >>> r.grid.shape  # doctest: +SKIP
     torch.Size([30, 15])
     """
-    from uncover.lenses.common import target_ids
+    from uncover.hooks.decode import target_ids
 
     if hook not in HOOKS:
         raise UncoverError(f"unknown hook {hook!r}; valid: {', '.join(HOOKS)}")
@@ -164,7 +164,7 @@ def activation_patching(
             "z": "attn.hook_z"}[hook]
     src_names = [f"blocks.{i}.{site}" for i in range(n)]
     base_batch = model.tokenize(base_ids)
-    base_logits, calls = capture(model, base_batch)
+    base_logits, calls = capture_calls(model, base_batch)
     _, base_cache = model.run_with_cache(base_batch, names=names)
     src_logits, src_cache = model.run_with_cache(src_ids, names=src_names)
     base_value = float(fn(base_logits[:, -1])[0])

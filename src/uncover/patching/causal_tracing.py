@@ -17,7 +17,7 @@ Kinds of restored state:
   centring).
 
 Fast and exact: every restoration of a pass starts at the first layer it changes, from the
-cached corrupted residual of its noise sample (:func:`uncover.patching.replay.run_staged`:
+cached corrupted residual of its noise sample (:func:`uncover.hooks.replay.run_staged`:
 rows join the batch at their layer), all noise samples and restorations share one batch, and
 tokens before the first subject token are not run (noise cannot reach them through causal
 attention, so their effect is exactly 0). Tests compare every cell with one forward pass per
@@ -36,8 +36,8 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
-from uncover.lenses.common import decode_resid, target_ids
-from uncover.patching.replay import capture, run_staged
+from uncover.hooks.decode import decode_resid, target_ids
+from uncover.hooks.replay import capture_calls, run_staged
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -238,7 +238,7 @@ def causal_trace(
     n = model.cfg.n_layers
     names = {"hidden": [f"blocks.{i}.hook_resid_post" for i in range(n)],
              **{k: [f"blocks.{i}.{_SITE[k]}" for i in range(n)] for k in _SITE}}
-    clean_logits, calls = capture(model, batch)
+    clean_logits, calls = capture_calls(model, batch)
     if answer is None:
         answer = int(clean_logits[0, -1].argmax())
     (a_id,) = target_ids(model, [answer])

@@ -12,7 +12,7 @@ a *sender* head does through chosen *receivers* only. For each sender head ``s``
    the sender reaches the logits directly or through MLPs, not through other heads.
 
 Fast: every sender of a layer is a batch row that starts at its layer from the cached clean
-residual (``patching/replay.py``), so the whole sweep of step 1 is one staged pass, and step 2
+residual (``hooks/replay.py``), so the whole sweep of step 1 is one staged pass, and step 2
 is one batched pass from the first receiver layer. Tests compare each cell with two plain
 forward passes per sender.
 """
@@ -30,8 +30,8 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
-from uncover.patching import metrics as M
-from uncover.patching.replay import capture, run_staged, run_staged_resid, stage_offsets
+from uncover.hooks import metrics as M
+from uncover.hooks.replay import capture_calls, run_staged, run_staged_resid, stage_offsets
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -152,7 +152,7 @@ def path_patching(
     >>> r.top(3)  # doctest: +SKIP
     [(23, 3, -0.31), ...]
     """
-    from uncover.lenses.common import target_ids
+    from uncover.hooks.decode import target_ids
 
     cleans = [clean] if isinstance(clean, str) else list(clean)
     corrupts = [corrupt] if isinstance(corrupt, str) else list(corrupt)
@@ -231,7 +231,7 @@ def _one_pair(
     resid = [f"blocks.{i}.hook_resid_pre" for i in range(n)]
     z = [f"blocks.{i}.attn.hook_z" for i in range(n)]
     mlp = [f"blocks.{i}.hook_mlp_out" for i in range(n)] if freeze_mlps else []
-    clean_logits, calls = capture(model, clean_b)
+    clean_logits, calls = capture_calls(model, clean_b)
     _, cc = model.run_with_cache(clean_b, names=resid + z + mlp)
     corrupt_logits, xc = model.run_with_cache(corrupt_b, names=z)
     last = clean_b.input_ids.shape[1] - 1

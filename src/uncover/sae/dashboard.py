@@ -2,7 +2,7 @@
 
 The presentation of Bricken et al. 2023 ("Towards Monosemanticity") and Neuronpedia, in
 one self-contained HTML page: for each feature its highlighted max-activating contexts
-(streamed over a corpus in bounded memory with :class:`~uncover.neurons.top.StreamingTopK`),
+(streamed over a corpus in bounded memory with :class:`~uncover.hooks.streaming.StreamingTopK`),
 the tokens its decoder direction promotes and suppresses (``(W_dec[i] * g) @ W_U`` with
 ``g`` the final norm's gain, as for MLP value vectors in Geva et al. 2022) and its firing
 density; plus the density histogram of all latents.
@@ -19,7 +19,9 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
-from uncover.neurons.top import StreamingTopK, TopActivations, hook_batches
+from uncover.hooks.contexts import TopActivations
+from uncover.hooks.harvest import hook_values
+from uncover.hooks.streaming import StreamingTopK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,7 +84,7 @@ class FeatureDashboard(Result):
 
     def feature_html(self, j: int) -> str:
         """The card of the ``j``-th feature shown."""
-        from uncover.neurons.highlight import contexts_html
+        from uncover.report.highlight import contexts_html
 
         f = self.features[j]
         c = self.contexts
@@ -145,7 +147,7 @@ def feature_dashboard(model: HookedModel, sae: SAE, features: Sequence[int] | No
     batches = []
     fired = torch.zeros(sae.cfg.d_sae)
     n = 0
-    for v in hook_batches(model, hook, tokens, batch_size):
+    for v in hook_values(model, tokens, hook, batch_size=batch_size):
         f = sae.encode(v[:, 1:])
         fired += (f > 0).flatten(0, 1).sum(0)
         n += f.shape[0] * f.shape[1]
@@ -162,14 +164,8 @@ def feature_dashboard(model: HookedModel, sae: SAE, features: Sequence[int] | No
     stream = StreamingTopK(k, len(features), window)
     for b in batches:
         stream.update(b)
-    p = tokens.shape[1] - 1
-    sub = tokens[:, 1:]
-    ids = sorted(set(sub.unique().tolist()))
-    strs = dict(zip(ids, model._strs(ids)))
-    ctx = TopActivations(hook, [f"F{f}" for f in features], stream.values.T.contiguous(),
-                         (stream.index // p).T.contiguous(), (stream.index % p).T.contiguous(),
-                         stream.windows.transpose(0, 1).contiguous(), sub, stream.sample,
-                         density[features], density[features], window, strs)
+    ctx = TopActivations.from_stream(model, stream, hook, [f"F{f}" for f in features], tokens[:, 1:],
+                                     density[features], density[features])
     logits = decoder_logits(model, sae, features)
     top = logits.topk(top_logits, dim=-1)
     bot = logits.topk(top_logits, dim=-1, largest=False)

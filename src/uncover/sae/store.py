@@ -1,7 +1,8 @@
 """Activation stores: the training data of an SAE, in bounded memory.
 
 :func:`harvest` runs the model over token blocks and keeps the value at one hook for every
-token (the forward pass stops right after the hook), either as one tensor or as
+token (through the harvesting engine, :mod:`uncover.hooks.harvest`: the forward pass stops
+right after the hook), either as one tensor or as
 safetensors shards written as it goes (``out_dir``), so memory stays at one shard for any
 corpus size. Three sources feed the trainer, all deterministic functions of
 ``(seed, step)`` so that a resumed run sees exactly the batches it would have seen:
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from uncover.core.errors import UncoverError
-from uncover.neurons.top import hook_batches
+from uncover.hooks.harvest import hook_values
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 def _rows(model: HookedModel, hook: str, tokens: torch.Tensor, batch_size: int, skip_first: int,
           dtype: torch.dtype) -> Iterator[torch.Tensor]:
-    for v in hook_batches(model, hook, tokens, batch_size):
+    for v in hook_values(model, tokens, hook, batch_size=batch_size):
         yield v[:, skip_first:].reshape(-1, v.shape[-1]).to(dtype)
 
 

@@ -18,7 +18,7 @@ import torch
 from uncover.core.errors import UncoverError
 from uncover.data.activations import collect
 from uncover.data.labelled import Labelled
-from uncover.hooks.engine import HookPoint
+from uncover.hooks.interventions import Add, Intervention
 from uncover.probing.control import folds_of
 from uncover.probing.linear import fit_probe
 from uncover.steering.methods import Steering
@@ -42,16 +42,12 @@ class ITI(Steering):
     def scaled(self, s: float) -> ITI:
         return replace(self, alpha=self.alpha * s)
 
-    def hooks(self, model: Any, prompt_lens: torch.Tensor | None = None) -> list[tuple[str, Any]]:
-        out = []
+    def interventions(self, model: Any, generating: bool = False) -> list[Intervention]:
+        out: list[Intervention] = []
         for layer, shift in self.shifts.items():
             if not 0 <= layer < model.cfg.n_layers:
                 raise UncoverError(f"layer {layer} out of range; this model has layers 0..{model.cfg.n_layers - 1}")
-
-            def fn(v: torch.Tensor, hp: HookPoint, s: torch.Tensor = shift) -> torch.Tensor:
-                return v + self.alpha * s.to(v)
-
-            out.append((f"blocks.{layer}.attn.hook_z", fn))
+            out.append(Add(f"blocks.{layer}.attn.hook_z", vector=shift, scale=self.alpha))  # 0: heads not chosen
         return out
 
 

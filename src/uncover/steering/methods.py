@@ -1,4 +1,4 @@
-"""Steering methods as scoped hook sets: ActAdd, CAA, RepE control, ITI, directional ablation.
+"""Steering methods as scoped interventions: ActAdd, CAA, RepE control, ITI, directional ablation.
 
 - :class:`ActAdd` (Turner et al. 2023, "Activation Addition"): the position-wise difference of
   the residual stream of two prompts (``"Love"`` − ``"Hate"``) at one layer, added at the
@@ -15,9 +15,12 @@
   Direction"): the direction is projected out of every residual write (embeddings, every
   attention and MLP output), so no layer ever sees a component along it.
 
-Every method is a value whose :meth:`Steering.hooks` builds hook functions; :func:`steering`
-attaches them for a ``with`` block (removed in ``finally``, so the model is never left
-modified, even on error), and :func:`generate` runs steered generation.
+Every method is a value that builds intervention values (:meth:`Steering.interventions`:
+:class:`~uncover.hooks.interventions.Add` and :class:`~uncover.hooks.interventions.Ablate` at
+chosen positions), plus hook functions only where no intervention expresses the change
+(:meth:`Steering.hooks`: RepE's piecewise operator, a partial directional ablation);
+:func:`steering` applies them for a ``with`` block (removed in ``finally``, so the model is
+never left modified, even on error), and :func:`generate` runs steered generation.
 """
 
 from __future__ import annotations
@@ -30,31 +33,26 @@ from typing import Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, resid_name
 from uncover.hooks.engine import HookPoint
+from uncover.hooks.interventions import Ablate, Add, Intervention
 from uncover.steering.vectors import SteeringVector
 
 OPERATORS = ("linear", "piecewise", "projection")
 
 
-def _real_index(hp: HookPoint, batch: int, q_len: int, device: torch.device) -> torch.Tensor:
-    """``[batch, q_len]`` index of each column among its row's real tokens (``-1`` for padding)."""
-    st = hp.state
-    mask = st.attention_mask
-    if mask is None or mask.shape[0] != batch:
-        return torch.arange(st.offset, st.offset + q_len, device=device).expand(batch, q_len)
-    m = mask.to(device).long()
-    rank = m.cumsum(-1) - 1
-    rank = torch.where(m.bool(), rank, torch.full_like(rank, -1))
-    return rank[:, st.offset : st.offset + q_len]
-
-
 @dataclass
 class Steering:
-    """Base class: something that builds hook functions for a steered forward pass."""
+    """Base class: the changes of a steered forward pass, as interventions (and hooks where none fits)."""
 
-    def hooks(self, model: Any, prompt_lens: torch.Tensor | None = None) -> list[tuple[str, Any]]:
-        """``[(hook name, fn), ...]``; ``prompt_lens [batch]`` are real prompt lengths (``None``: no prompt)."""
-        raise NotImplementedError
+    def interventions(self, model: Any, generating: bool = False) -> list[Intervention]:
+        """The intervention values; ``generating``: for :func:`generate` (each forward pass after the first
+        feeds one new token, which is then each prompt's last)."""
+        return []
+
+    def hooks(self, model: Any, generating: bool = False) -> list[tuple[str, Any]]:
+        """``[(hook name, fn), ...]`` for the changes that no intervention expresses."""
+        return []
 
     def scaled(self, s: float) -> Steering:
         """The same steering with its strength multiplied by ``s``."""
@@ -77,6 +75,9 @@ class ActAdd(Steering):
         diff: ``[k, d_model]`` position-wise difference of the two prompts' residuals.
         layer: the block; point: ``hook_resid_pre`` (default, as in the paper) or ``hook_resid_post``.
         coeff: the coefficient.
+
+    >>> ActAdd(torch.ones(2, 576), layer=3, coeff=2.0).interventions(model)[1].positions
+    (1,)
     """
 
     diff: torch.Tensor
@@ -92,29 +93,20 @@ class ActAdd(Steering):
     def scaled(self, s: float) -> ActAdd:
         return replace(self, coeff=self.coeff * s)
 
-    def hooks(self, model: Any, prompt_lens: torch.Tensor | None = None) -> list[tuple[str, Any]]:
+    def interventions(self, model: Any, generating: bool = False) -> list[Intervention]:
         _layer_ok(model, self.layer)
-        k = self.diff.shape[0]
-
-        def fn(v: torch.Tensor, hp: HookPoint) -> torch.Tensor | None:
-            cols = hp.state.columns(list(range(k)), v.device)  # [batch, k]
-            if not bool((cols >= 0).any()):
-                return None
-            out = v.clone()
-            add = (self.coeff * self.diff).to(v)
-            for j in range(k):
-                rows = (cols[:, j] >= 0).nonzero().flatten()
-                out[rows, cols[rows, j]] += add[j]
-            return out
-
-        return [(f"blocks.{self.layer}.{self.point}", fn)]
+        hook = resid_name(self.layer, self.point)
+        return [Add(hook, vector=self.coeff * d, positions=[j]) for j, d in enumerate(self.diff)]
 
 
 @dataclass
 class CAA(Steering):
     """Add ``multiplier × vector[l]`` at every position from each prompt's last token on.
 
-    Without prompt lengths (a plain forward over text) every position is steered.
+    In a plain forward over text (not generating) every position is steered.
+
+    >>> CAA(SteeringVector({3: torch.ones(576)}), 2.0).interventions(model, generating=True)[0].positions
+    (-1,)
     """
 
     vector: SteeringVector
@@ -123,29 +115,21 @@ class CAA(Steering):
     def scaled(self, s: float) -> CAA:
         return replace(self, multiplier=self.multiplier * s)
 
-    def hooks(self, model: Any, prompt_lens: torch.Tensor | None = None) -> list[tuple[str, Any]]:
+    def interventions(self, model: Any, generating: bool = False) -> list[Intervention]:
         self.vector.check(model)
-        out = []
-        for layer, vec in self.vector.vectors.items():
-            out.append((self.vector.hook(layer), _add_after(vec * self.multiplier, prompt_lens)))
-        return out
-
-
-def _add_after(vec: torch.Tensor, prompt_lens: torch.Tensor | None) -> Any:
-    def fn(v: torch.Tensor, hp: HookPoint) -> torch.Tensor:
-        add = vec.to(v)
-        if prompt_lens is None:
-            return v + add
-        idx = _real_index(hp, v.shape[0], v.shape[1], v.device)  # [batch, pos]
-        on = idx >= (prompt_lens.to(v.device)[:, None] - 1)
-        return v + on.unsqueeze(-1).to(v.dtype) * add
-
-    return fn
+        # generating: the prompt's last token on the first forward pass, then each new token (the last one)
+        positions = (-1,) if generating else None
+        return [Add(self.vector.hook(layer), vector=vec * self.multiplier, positions=positions)
+                for layer, vec in self.vector.vectors.items()]
 
 
 @dataclass
 class Control(Steering):
-    """RepE control: ``operator`` with strength ``alpha`` at each layer of ``vector`` (every position)."""
+    """RepE control: ``operator`` with strength ``alpha`` at each layer of ``vector`` (every position).
+
+    >>> [type(iv).__name__ for iv in Control(SteeringVector({3: torch.ones(576)}), "projection").interventions(model)]
+    ['Ablate']
+    """
 
     vector: SteeringVector
     operator: str = "linear"
@@ -158,21 +142,28 @@ class Control(Steering):
     def scaled(self, s: float) -> Control:
         return replace(self, alpha=self.alpha * s)
 
-    def hooks(self, model: Any, prompt_lens: torch.Tensor | None = None) -> list[tuple[str, Any]]:
+    def interventions(self, model: Any, generating: bool = False) -> list[Intervention]:
         self.vector.check(model)
-        return [(self.vector.hook(la), _operator(self.operator, vec, self.alpha))
-                for la, vec in self.vector.vectors.items()]
+        if self.operator == "linear":  # h + αv
+            return [Add(self.vector.hook(la), vector=vec, scale=self.alpha) for la, vec in self.vector.vectors.items()]
+        if self.operator == "projection":  # h − (h·v̂)v̂
+            return [Ablate(self.vector.hook(la), direction=vec) for la, vec in self.vector.vectors.items()]
+        return []
+
+    def hooks(self, model: Any, generating: bool = False) -> list[tuple[str, Any]]:
+        if self.operator != "piecewise":
+            return []
+        self.vector.check(model)
+        return [(self.vector.hook(la), _piecewise(vec, self.alpha)) for la, vec in self.vector.vectors.items()]
 
 
-def _operator(op: str, vec: torch.Tensor, alpha: float) -> Any:
+def _piecewise(vec: torch.Tensor, alpha: float) -> Any:
+    # A hand-written hook: h + α·sign(h·v̂)·v adds a vector whose sign depends on the value itself,
+    # which no intervention (Add adds a fixed vector) expresses.
     def fn(v: torch.Tensor, hp: HookPoint) -> torch.Tensor:
         r = vec.to(v)
-        if op == "linear":
-            return v + alpha * r
         u = r / r.norm()
-        if op == "piecewise":
-            return v + alpha * torch.sign(v @ u).unsqueeze(-1) * r
-        return v - (v @ u).unsqueeze(-1) * u
+        return v + alpha * torch.sign(v @ u).unsqueeze(-1) * r
 
     return fn
 
@@ -181,7 +172,11 @@ def _operator(op: str, vec: torch.Tensor, alpha: float) -> Any:
 class DirectionalAblation(Steering):
     """Project ``direction`` (``[d_model]``) out of the embeddings and every attention and MLP output.
 
-    ``strength`` 1 removes the component; other values remove that fraction (for sweeps).
+    ``strength`` 1 removes the component (:class:`~uncover.hooks.interventions.Ablate` on each of
+    these hooks); other values remove that fraction (for sweeps).
+
+    >>> len(DirectionalAblation(torch.ones(576)).interventions(model)) == 1 + 2 * model.cfg.n_layers
+    True
     """
 
     direction: torch.Tensor
@@ -195,13 +190,25 @@ class DirectionalAblation(Steering):
     def scaled(self, s: float) -> DirectionalAblation:
         return replace(self, strength=self.strength * s)
 
-    def hooks(self, model: Any, prompt_lens: torch.Tensor | None = None) -> list[tuple[str, Any]]:
+    def _names(self, model: Any) -> list[str]:
         if self.direction.shape[0] != model.cfg.d_model:
             raise UncoverError(f"direction size {self.direction.shape[0]} does not match d_model {model.cfg.d_model}")
-        u = self.direction.float() / self.direction.float().norm()
-        names = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_names()]
+        names = [n for n in (act_name("embed"), act_name("pos_embed")) if n in model.hook_names()]
         for la in range(model.cfg.n_layers):
-            names += [f"blocks.{la}.hook_attn_out", f"blocks.{la}.hook_mlp_out"]
+            names += [act_name("attn_out", la), act_name("mlp_out", la)]
+        return names
+
+    def interventions(self, model: Any, generating: bool = False) -> list[Intervention]:
+        names = self._names(model)
+        return [Ablate(n, direction=self.direction) for n in names] if self.strength == 1 else []
+
+    def hooks(self, model: Any, generating: bool = False) -> list[tuple[str, Any]]:
+        names = self._names(model)
+        if self.strength == 1:
+            return []
+        # A hand-written hook: removing a fraction of the component (h − s·(h·û)û, s ≠ 1) is no
+        # intervention (Ablate removes all of it).
+        u = self.direction.float() / self.direction.float().norm()
         s = self.strength
 
         def fn(v: torch.Tensor, hp: HookPoint) -> torch.Tensor:
@@ -218,16 +225,18 @@ def _layer_ok(model: Any, layer: int) -> None:
 
 
 @contextlib.contextmanager
-def steering(model: Any, steer: Steering | None, prompt_lens: torch.Tensor | None = None) -> Iterator[Any]:
-    """Attach ``steer``'s hooks for the block; the model is restored on exit, even on error.
+def steering(model: Any, steer: Steering | None, generating: bool = False) -> Iterator[Any]:
+    """Apply ``steer`` (its interventions and hooks) for the block; the model is restored on exit, even on error.
 
-    >>> with steering(model, CAA(vector, multiplier=4)):  # doctest: +SKIP
+    ``generating``: the block generates text (see :meth:`Steering.interventions`).
+
+    >>> with steering(model, CAA(SteeringVector({10: torch.ones(576)}), multiplier=4)):
     ...     logits = model("I think that")
     """
     if steer is None:
         yield model
         return
-    with model.hooks(steer.hooks(model, prompt_lens)):
+    with model.intervene(steer.interventions(model, generating)), model.hooks(steer.hooks(model, generating)):
         yield model
 
 
@@ -240,8 +249,7 @@ def generate(model: Any, prompts: str | Sequence[str], steer: Steering | None, m
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not texts:
         raise UncoverError("no prompts given")
-    lens = model.tokenize(texts, padding_side="left").lengths
-    with steering(model, steer, lens):
+    with steering(model, steer, generating=True):
         out = model.generate(texts, max_new_tokens=max_new_tokens, **kwargs)
     return list(out)
 
@@ -260,7 +268,7 @@ def actadd(model: Any, positive: str, negative: str, *, layer: int, coeff: float
     pad = tok(" ", add_special_tokens=False)["input_ids"][:1] or [tok.pad_token_id]
     k = max(len(a), len(b))
     a, b = a + pad * (k - len(a)), b + pad * (k - len(b))
-    hook = f"blocks.{layer}.{point}"
+    hook = resid_name(layer, point)
     _, cache = model.run_with_cache(torch.tensor([a, b]), [hook])
     diff = cache[hook][0] - cache[hook][1]  # [k, d_model]
     return ActAdd(diff.float().cpu(), layer, coeff, point)

@@ -22,8 +22,10 @@ import torch
 
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
+from uncover.core.names import act_name
 from uncover.dynamics.memorization.metrics import extractable, token_losses
 from uncover.hooks.hooked import HookedModel
+from uncover.hooks.interventions import Zero
 
 
 def attribution(hm: HookedModel, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,20 +34,22 @@ def attribution(hm: HookedModel, tokens: torch.Tensor, k: int) -> tuple[torch.Te
     c = hm.cfg
     acts: dict[str, torch.Tensor] = {}
 
+    # A hand-written hook: it hands the forward a tensor that retains its gradient, which is a
+    # recording for the backward pass rather than a change that an intervention could express.
     def keep(v: torch.Tensor, hook: Any) -> torch.Tensor:
         out = v * 1.0  # a new tensor that the forward really uses (a per-head view may not be)
         out.retain_grad()
         acts[hook.name] = out
         return out
 
-    names = [f"blocks.{layer}.mlp.hook_post" for layer in range(c.n_layers)]
-    names += [f"blocks.{layer}.attn.hook_z" for layer in range(c.n_layers)]
+    names = [act_name("post", layer) for layer in range(c.n_layers)]
+    names += [act_name("z", layer) for layer in range(c.n_layers)]
     with torch.enable_grad(), hm.hooks([(n, keep) for n in names]):
         logits = hm(tokens)[:, k - 1: -1].float()  # predictions of tokens k..
         log_odds(logits, tokens[:, k:]).sum().backward()
-    neurons = torch.stack([(acts[f"blocks.{i}.mlp.hook_post"] * acts[f"blocks.{i}.mlp.hook_post"].grad)
+    neurons = torch.stack([(acts[act_name("post", i)] * acts[act_name("post", i)].grad)
                            .abs().sum(1).mean(0) for i in range(c.n_layers)])
-    heads = torch.stack([(acts[f"blocks.{i}.attn.hook_z"] * acts[f"blocks.{i}.attn.hook_z"].grad)
+    heads = torch.stack([(acts[act_name("z", i)] * acts[act_name("z", i)].grad)
                          .sum(-1).abs().sum(1).mean(0) for i in range(c.n_layers)])
     hm.model.zero_grad(set_to_none=True)
     return neurons.detach(), heads.detach()
@@ -62,20 +66,16 @@ def log_odds(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return t - others.logsumexp(-1)
 
 
-def ablate_neurons(neurons: list[tuple[int, int]]) -> list[tuple[str, Any]]:
-    """Hooks zeroing the given ``(layer, neuron)`` pairs (for ``HookedModel.hooks``)."""
+def ablate_neurons(neurons: list[tuple[int, int]]) -> list[Zero]:
+    """:class:`Zero` interventions on the given ``(layer, neuron)`` pairs, one per layer (for ``HookedModel.intervene``).
+
+    >>> [(iv.hook, iv.units) for iv in ablate_neurons([(1, 4), (0, 3), (1, 9)])]
+    [('blocks.1.mlp.hook_post', (4, 9)), ('blocks.0.mlp.hook_post', (3,))]
+    """
     by_layer: dict[int, list[int]] = {}
     for layer, n in neurons:
         by_layer.setdefault(layer, []).append(n)
-
-    def make(idx: list[int]) -> Any:
-        def fn(v: torch.Tensor, hook: Any) -> torch.Tensor:
-            v = v.clone()
-            v[..., idx] = 0
-            return v
-        return fn
-
-    return [(f"blocks.{layer}.mlp.hook_post", make(idx)) for layer, idx in by_layer.items()]
+    return [Zero(act_name("post", layer), units=idx) for layer, idx in by_layer.items()]
 
 
 @dataclass
@@ -145,7 +145,7 @@ def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_pr
     model = hm.model
 
     def run(neurons: list[tuple[int, int]]) -> tuple[float, float]:
-        with hm.hooks(ablate_neurons(neurons)):
+        with hm.intervene(ablate_neurons(neurons)):
             ext = float(extractable(model, memorized, k_prefix).float().mean())
             loss = float(token_losses(model, other).mean())
         return ext, loss
