@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.core.errors import UncoverError, UnsupportedModel, did_you_mean
+from uncover.core.names import head_label, input_label, kv_head_label, mlp_label
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -50,14 +51,14 @@ class Graph:
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
             raise UncoverError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        kv = "KV" if self.n_kv_heads != self.n_heads else "H"
+        kv = kv_head_label if self.n_kv_heads != self.n_heads else head_label
         senders, receivers = ["input"], []
         for layer in range(self.n_layers):
-            senders += [f"L{layer}H{h}" for h in range(self.n_heads)] + [f"MLP{layer}"]
-            receivers += [f"L{layer}H{h}.q" for h in range(self.n_heads)]
-            receivers += [f"L{layer}{kv}{g}.k" for g in range(self.n_kv_heads)]
-            receivers += [f"L{layer}{kv}{g}.v" for g in range(self.n_kv_heads)]
-            receivers.append(f"MLP{layer}")
+            senders += [head_label(layer, h) for h in range(self.n_heads)] + [mlp_label(layer)]
+            receivers += [input_label(head_label(layer, h), "q") for h in range(self.n_heads)]
+            receivers += [input_label(kv(layer, g), "k") for g in range(self.n_kv_heads)]
+            receivers += [input_label(kv(layer, g), "v") for g in range(self.n_kv_heads)]
+            receivers.append(mlp_label(layer))
         receivers.append("logits")
         object.__setattr__(self, "senders", senders)
         object.__setattr__(self, "receivers", receivers)

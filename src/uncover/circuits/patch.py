@@ -29,6 +29,7 @@ import torch
 from uncover.circuits.activations import capture, head_outputs, qkv_from_resid
 from uncover.circuits.graph import Graph
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, resid_name
 from uncover.hooks.decode import decode_resid
 from uncover.hooks.replay import capture_calls
 
@@ -192,12 +193,11 @@ class EdgePatcher:
 
         hooks: list[tuple[str, Any]] = []
         for layer in range(start, c.n_layers):
-            p = f"blocks.{layer}."
-            hooks += [(p + f"attn.hook_{w}", on_qkv(layer, w)) for w in ("q", "k", "v")]
-            hooks += [(p + "attn.hook_z", on_z(layer)), (p + "ln2.hook_normalized", on_ln2(layer)),
-                      (p + "hook_mlp_out", on_mlp(layer))]
+            hooks += [(act_name(w, layer), on_qkv(layer, w)) for w in ("q", "k", "v")]
+            hooks += [(act_name("z", layer), on_z(layer)), (resid_name(layer, "ln2.hook_normalized"), on_ln2(layer)),
+                      (act_name("mlp_out", layer), on_mlp(layer))]
             if not c.parallel_attn_mlp:
-                hooks.append((p + "hook_resid_mid", on_mid(layer)))
+                hooks.append((act_name("resid_mid", layer), on_mid(layer)))
         x = self.resid_pre[start].repeat(n_var, 1, 1)
         calls_args = [_tile(a, n, n_var) for a in self.calls.args]
         calls_kwargs = [_tile(k, n, n_var) for k in self.calls.kwargs]

@@ -125,6 +125,24 @@ def neuron_label(layer: int, neuron: int) -> str:
     return f"L{layer}N{neuron}"
 
 
+def kv_head_label(layer: int, group: int) -> str:
+    """``L{layer}KV{group}``: a key/value head, shared by the query heads of its group (grouped-query attention).
+
+    >>> kv_head_label(5, 1)
+    'L5KV1'
+    """
+    return f"L{layer}KV{group}"
+
+
+def input_label(unit: str, which: str) -> str:
+    """``{unit}.{which}``: one input of a head as a receiver (``q``, ``k`` or ``v``).
+
+    >>> input_label(head_label(9, 6), "q"), input_label(kv_head_label(3, 0), "v")
+    ('L9H6.q', 'L3KV0.v')
+    """
+    return f"{unit}.{which}"
+
+
 def attn_bias_label(layer: int) -> str:
     """``L{layer} attn bias``: the attention output bias, a component of its own in attributions.
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name
 from uncover.core.results import Result
 from uncover.hooks.decode import decode_resid
 
@@ -137,7 +138,7 @@ def _layer_logits(
     kw: dict[str, Any] = {"use_cache": past is not None}
     if past is not None:  # the cache object is updated in place; transformers >= 5.x names the argument `cache`
         kw["cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"] = past
-    with torch.no_grad(), model.hooks([(f"blocks.{li}.hook_resid_pre", saver(li)) for li in cand]):
+    with torch.no_grad(), model.hooks([(act_name("resid_pre", li), saver(li)) for li in cand]):
         out = model.model(input_ids=ids, attention_mask=mask, **kw)
     rows = torch.arange(ids.shape[0], device=ids.device)
     col = torch.full_like(rows, ids.shape[1] - 1) if positions is None else positions

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from uncover.core.names import act_name
 from uncover.editing.base import (
     Edit,
     EditError,
@@ -176,10 +177,10 @@ def _old_id(model: HookedModel, text: str, old: str | None, neurons: KnowledgeNe
 
 def _last_acts(model: HookedModel, text: str, neurons: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
     """Activation of each neuron at the last position of ``text``."""
-    names = sorted({f"blocks.{x}.mlp.hook_post" for x, _ in neurons})
+    names = sorted({act_name("post", x) for x, _ in neurons})
     with torch.no_grad():
         _, cache = model.run_with_cache(text, names=names)
-    return {(x, i): float(cache[f"blocks.{x}.mlp.hook_post"][0, -1, i]) for x, i in neurons}
+    return {(x, i): float(cache[act_name("post", x)][0, -1, i]) for x, i in neurons}
 
 
 def _deltas(model: HookedModel, chosen: list[tuple[int, int]], column) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from uncover.core.names import act_name
 from uncover.editing.base import (
     Edit,
     EditError,
@@ -79,7 +80,7 @@ def _residuals(model: HookedModel, layer: int, requests: Sequence[Request]) -> t
     rows = [encode(model, "", r) for r in requests]
     ids, mask = pad(model, [x[0] for x in rows])
     store: dict[str, torch.Tensor] = {}
-    with model.hooks([(f"blocks.{layer}.hook_resid_post", lambda v, hp: store.__setitem__("h", v.detach()))]):
+    with model.hooks([(act_name("resid_post", layer), lambda v, hp: store.__setitem__("h", v.detach()))]):
         model.model(input_ids=ids, attention_mask=mask, use_cache=False)
     idx = torch.tensor([x[1] for x in rows], device=ids.device)
     return store["h"][torch.arange(len(rows), device=ids.device), idx].double().cpu()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from uncover.core.names import act_name
 from uncover.editing.base import (
     Edit,
     EditError,
@@ -196,7 +197,7 @@ def subject_keys(model: HookedModel, layer: int, request: Request, prefixes: Seq
     rows = [encode(model, p, request) for p in prefixes]
     ids, mask = pad(model, [r[0] for r in rows])
     store: dict[str, torch.Tensor] = {}
-    name = f"blocks.{layer}.mlp.hook_post"
+    name = act_name("post", layer)
     with model.hooks([(name, lambda v, hp: store.__setitem__("k", v.detach()))]):
         model.model(input_ids=ids, attention_mask=mask, use_cache=False)
     idx = torch.tensor([r[1] for r in rows], device=ids.device)

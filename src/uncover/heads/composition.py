@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import head_label
 from uncover.core.results import Result
 from uncover.heads.circuits import head_weights
 
@@ -126,7 +127,7 @@ class CompositionScores(Result):
     def summary(self) -> str:
         valid = self.scores[~self.scores.isnan()]
         mean = float(valid.mean()) if valid.numel() else float("nan")
-        top = ", ".join(f"L{a}H{b}→L{c}H{d} {s:.3f}" for a, b, c, d, s in self.top(5))
+        top = ", ".join(f"{head_label(a, b)}→{head_label(c, d)} {s:.3f}" for a, b, c, d, s in self.top(5))
         return (f"{self.kind.upper()}-composition: random baseline {self.baseline:.3f}, mean over "
                 f"{valid.numel()} head pairs {mean:.3f}; strongest: {top}")
 
@@ -145,7 +146,7 @@ class CompositionScores(Result):
 
         L, H = self.scores.shape[:2]
         z = self.scores.reshape(L * H, L * H).T.numpy()  # rows: reader, cols: writer
-        names = [f"L{li}H{h}" for li in range(L) for h in range(H)]
+        names = [head_label(li, h) for li in range(L) for h in range(H)]
         fig = go.Figure(go.Heatmap(z=z, x=names, y=names, colorscale="Viridis", colorbar={"title": "score"},
                                    hovertemplate="%{x} → %{y}: %{z:.3f}<extra></extra>"))
         fig.update_layout(title=f"{self.title} (random baseline {self.baseline:.3f})",

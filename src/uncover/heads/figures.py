@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 import torch
 
+from uncover.core.names import head_label
+
 if TYPE_CHECKING:
     from uncover.heads.patterns import AttentionPatterns
 
@@ -30,7 +32,7 @@ def pattern_figure(r: AttentionPatterns) -> go.Figure:
     """One heatmap per head (query × key, token labels) with a dropdown that selects the head."""
     labels = [f"{i}:{t!r}" for i, t in enumerate(r.str_tokens)]
     fig = go.Figure()
-    names = [f"L{layer}H{head}" for layer, head in r.heads]
+    names = [head_label(layer, head) for layer, head in r.heads]
     for i, name in enumerate(names):
         z = r.patterns[i].float().numpy()
         fig.add_trace(go.Heatmap(z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1, visible=i == 0,

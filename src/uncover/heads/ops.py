@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from uncover.core.config import Config, param
 from uncover.core.errors import UncoverError, UsageError
 from uncover.core.modes import ModeResult
+from uncover.core.names import head_label
 from uncover.heads.composition import CompositionScores
 from uncover.heads.detectors import HeadScores
 from uncover.heads.induction import InductionLoss
@@ -129,9 +130,9 @@ class HeadsResult(ModeResult):
         """The summary, then the ``top`` heads (or head pairs) one per line for detectors and composition."""
         r = self.result
         if isinstance(r, HeadScores):
-            rows = [f"  L{li}H{h}  {s:.3f}" for li, h, s in r.top(self.top)]
+            rows = [f"  {head_label(li, h)}  {s:.3f}" for li, h, s in r.top(self.top)]
         elif isinstance(r, CompositionScores):
-            rows = [f"  L{a}H{b} -> L{c}H{d}  {s:.3f}" for a, b, c, d, s in r.top(self.top)]
+            rows = [f"  {head_label(a, b)} -> {head_label(c, d)}  {s:.3f}" for a, b, c, d, s in r.top(self.top)]
         else:
             rows = []
         return "\n".join([r.summary(), *rows])

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, head_label
 from uncover.core.results import Result
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class AttentionPatterns(Result):
         for (layer, head), p in zip(self.heads, self.patterns):
             q = p.shape[0] - 1
             k = int(p[q].argmax())
-            parts.append(f"L{layer}H{head}: the last token attends most to {k}:{self.str_tokens[k]!r} "
+            parts.append(f"{head_label(layer, head)}: the last token attends most to {k}:{self.str_tokens[k]!r} "
                          f"({float(p[q, k]):.2f})")
         return f"{self.prompt!r}\n" + "\n".join(parts)
 
@@ -119,8 +120,8 @@ def attention_patterns(model: HookedModel, prompt: str | torch.Tensor, heads: Se
     ids = prompt if isinstance(prompt, torch.Tensor) else model.to_tokens(prompt)[0]
     if ids.dim() != 1:
         raise UncoverError(f"one prompt at a time: expected [pos] token ids, got {tuple(ids.shape)}")
-    names = sorted({f"blocks.{li}.attn.hook_pattern" for li, _ in chosen})
+    names = sorted({act_name("pattern", li) for li, _ in chosen})
     _, cache = model.run_with_cache(ids[None], names)
-    pats = torch.stack([cache[f"blocks.{li}.attn.hook_pattern"][0, h] for li, h in chosen]).float().cpu()
+    pats = torch.stack([cache[act_name("pattern", li)][0, h] for li, h in chosen]).float().cpu()
     text = prompt if isinstance(prompt, str) else model.prompt_texts(ids[None])[0]
     return AttentionPatterns(text, model.to_str_tokens(ids), chosen, pats, model.name)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from uncover.core.errors import UnknownHookName, did_you_mean
+from uncover.core.names import act_name, head_label
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -89,7 +90,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     # ---- residual stream ------------------------------------------------------------------
     def final_resid(self) -> torch.Tensor:
         """The residual stream entering the final norm: ``[batch, pos, d_model]``."""
-        return self[f"blocks.{self.model.cfg.n_layers - 1}.hook_resid_post"]
+        return self[act_name("resid_post", self.model.cfg.n_layers - 1)]
 
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False) -> Stack:
         """Residual stream before each layer up to ``layer`` (default: all, plus the final one).
@@ -101,16 +102,16 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         upto = n if layer is None else layer
         parts, labels = [], []
         for i in range(min(upto, n)):
-            parts.append(self[f"blocks.{i}.hook_resid_pre"])
+            parts.append(self[act_name("resid_pre", i)])
             labels.append(f"{i}_pre")
             if incl_mid:
-                parts.append(self[f"blocks.{i}.hook_resid_mid"])
+                parts.append(self[act_name("resid_mid", i)])
                 labels.append(f"{i}_mid")
         if layer is None or layer >= n:
             parts.append(self.final_resid())
             labels.append("final_post")
         else:
-            parts.append(self[f"blocks.{layer}.hook_resid_pre"])
+            parts.append(self[act_name("resid_pre", layer)])
             labels.append(f"{layer}_pre")
         return Stack(torch.stack(parts), labels)
 
@@ -129,7 +130,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             labels.append("pos_embed")
         for i in range(n):
             for kind in ("attn_out", "mlp_out"):
-                parts.append(self[f"blocks.{i}.hook_{kind}"])
+                parts.append(self[act_name(kind, i)])
                 labels.append(f"{i}_{kind}")
         return Stack(torch.stack(parts), labels)
 
@@ -141,11 +142,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         its scale, so the heads still sum to ``hook_attn_out`` (minus the bias, when present).
         """
         m = self.model
-        name = f"blocks.{layer}.attn.hook_result"
+        name = act_name("result", layer)
         if name in self:
             res = self[name]
         else:
-            z = self[f"blocks.{layer}.attn.hook_z"]  # [batch, pos, head, d_head]
+            z = self[act_name("z", layer)]  # [batch, pos, head, d_head]
             res = torch.einsum("bphd,hdm->bphm", z, m.W_O(layer).to(z))
         post = m.adapter.family.attn_post_norm
         if post is not None:
@@ -169,7 +170,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             r = self.head_results(i)
             for h in range(r.shape[-2]):
                 parts.append(r[..., h, :])
-                labels.append(f"L{i}H{h}")
+                labels.append(head_label(i, h))
         return Stack(torch.stack(parts), labels)
 
     def apply_ln_to_stack(self, stack: torch.Tensor, pos_slice: slice | None = None) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, neuron_label
 from uncover.core.results import Result
 from uncover.hooks.tokens import Batch
 from uncover.neurons.ablation import Neuron, last_logits, set_neurons
@@ -62,7 +63,7 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
         raise UncoverError(f"layer(s) {bad} out of range; valid: 0..{model.cfg.n_layers - 1}")
     full = model.tokenize(prompt)
     batch = Batch(full.input_ids[:1], full.attention_mask[:1])
-    names = [f"blocks.{x}.hook_resid_pre" for x in layers] + [f"blocks.{x}.mlp.hook_post" for x in layers]
+    names = [act_name("resid_pre", x) for x in layers] + [act_name("post", x) for x in layers]
     with torch.no_grad():
         logits, cache = model.run_with_cache(batch, names=names)
         _, calls = capture_calls(model, batch)
@@ -76,7 +77,7 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
             p.requires_grad_(False)
         for c in range(0, len(order), layers_per_pass):
             chunk = order[c:c + layers_per_pass]
-            acts = {x: cache[f"blocks.{x}.mlp.hook_post"][0, -1].float() for x in chunk}  # [d_mlp]
+            acts = {x: cache[act_name("post", x)][0, -1].float() for x in chunk}  # [d_mlp]
             xs = {x: (alphas.to(a.device)[:, None] * a).requires_grad_(True) for x, a in acts.items()}  # [steps, d_mlp]
 
             def scale(x: torch.Tensor) -> Any:
@@ -87,11 +88,11 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
 
                 return fn
 
-            with torch.enable_grad(), model.hooks([(f"blocks.{x}.mlp.hook_post", scale(xs[x])) for x in chunk]):
+            with torch.enable_grad(), model.hooks([(act_name("post", x), scale(xs[x])) for x in chunk]):
                 h: torch.Tensor | None = None
                 for i in range(chunk[0], model.cfg.n_layers):
                     if i in xs:  # `steps` copies of the clean residual join the batch at their layer
-                        new = cache[f"blocks.{i}.hook_resid_pre"].expand(steps, -1, -1)
+                        new = cache[act_name("resid_pre", i)].expand(steps, -1, -1)
                         h = new if h is None else torch.cat([h, new])
                     set_state(model, calls, h)
                     o = model.adapter.block(i)(h, *calls.args[i], **calls.kwargs[i])
@@ -139,7 +140,8 @@ class KnowledgeNeurons(Result):
         return f"Knowledge neurons for {self.target!r} ({len(self.prompts)} prompts)"
 
     def summary(self) -> str:
-        shown = ", ".join(f"L{a}N{b} ({c}/{len(self.prompts)})" for (a, b), c in zip(self.neurons[:12], self.counts))
+        shown = ", ".join(f"{neuron_label(a, b)} ({c}/{len(self.prompts)})"
+                          for (a, b), c in zip(self.neurons[:12], self.counts))
         return (f"{len(self.neurons)} knowledge neuron(s) for {self.target!r} (attribution > {self.threshold} x max in "
                 f">= {self.share:.0%} of prompts; mean P = {float(self.probs.mean()):.3f}): {shown}")
 

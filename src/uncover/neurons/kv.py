@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import neuron_label
 from uncover.core.results import Result
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class NeuronLogits(Result):
     def summary(self) -> str:
         lines = [self.title]
         for i, n in enumerate(self.neurons[:12]):
-            lines.append(f"  L{self.layer}N{n}: + {self.promoted(i)[:8]}  - {self.suppressed(i)[:5]}")
+            lines.append(f"  {neuron_label(self.layer, n)}: + {self.promoted(i)[:8]}  - {self.suppressed(i)[:5]}")
         return "\n".join(lines)
 
     def to_frame(self) -> pd.DataFrame:
@@ -85,7 +86,7 @@ class NeuronLogits(Result):
         toks = self.promoted(i)[::-1] + self.suppressed(i)
         vals = self.top_values[i].tolist()[::-1] + self.bottom_values[i].tolist()
         fig = go.Figure(go.Bar(x=vals, y=[repr(t) for t in toks], orientation="h"))
-        fig.update_layout(title=f"L{self.layer}N{self.neurons[i]}: promoted and suppressed tokens",
+        fig.update_layout(title=f"{neuron_label(self.layer, self.neurons[i])}: promoted and suppressed tokens",
                           xaxis_title="logit contribution per unit activation", height=300 + 18 * len(toks))
         return fig
 

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name
 from uncover.core.results import Result
 from uncover.hooks.decode import decode_resid, target_ids
 from uncover.hooks.replay import capture_calls, run_staged
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 KINDS = ("hidden", "mlp", "attn")
 CATEGORIES = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token",
               "further tokens", "last token")
-_SITE = {"mlp": "hook_mlp_out", "attn": "hook_attn_out"}
+_SITE = {"mlp": "mlp_out", "attn": "attn_out"}
 _LABEL = {"hidden": "hidden state", "mlp": "MLP output (window)", "attn": "attention output (window)"}
 _COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
@@ -236,8 +237,8 @@ def causal_trace(
     if not subj or subj[0] < 0 or subj[-1] >= n_pos:
         raise UncoverError(f"subject positions {subj} are outside the prompt's {n_pos} tokens")
     n = model.cfg.n_layers
-    names = {"hidden": [f"blocks.{i}.hook_resid_post" for i in range(n)],
-             **{k: [f"blocks.{i}.{_SITE[k]}" for i in range(n)] for k in _SITE}}
+    names = {"hidden": [act_name("resid_post", i) for i in range(n)],
+             **{k: [act_name(_SITE[k], i) for i in range(n)] for k in _SITE}}
     clean_logits, calls = capture_calls(model, batch)
     if answer is None:
         answer = int(clean_logits[0, -1].argmax())
@@ -247,7 +248,7 @@ def causal_trace(
 
     scale = noise_scale(model, noise)
     eps = subject_noise(model, samples, len(subj), scale, seed)
-    pre = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    pre = [act_name("resid_pre", i) for i in range(n)] + [act_name("resid_post", n - 1)]
     with model.hooks([("hook_embed", noise_hook(subj, eps))]):
         bad_logits, bad = model.run_with_cache(batch.input_ids.expand(samples, -1), names=pre)
     corrupt = bad_logits[:, -1].float().softmax(-1)[:, a_id]  # [samples]
@@ -282,7 +283,7 @@ def _restore(model, calls, kind, bad, clean, names, ss, positions, window, a_id)
         b = start[layer]
         if b >= n:  # hidden state after the last block: nothing left to run
             continue
-        resid = bad[f"blocks.{b}.hook_resid_pre"][ss]  # [S, pos, d]
+        resid = bad[act_name("resid_pre", b)][ss]  # [S, pos, d]
         rows = resid.unsqueeze(1).repeat(1, len(positions), 1, 1)  # [S, P, pos, d]
         if kind == "hidden":
             src = clean[names[layer]][0, positions]  # [P, d]
@@ -307,7 +308,7 @@ def _restore(model, calls, kind, bad, clean, names, ss, positions, window, a_id)
         for i, (_, layer) in enumerate(meta):
             out[:, layer] = p[i]
     if kind == "hidden":  # restoring the final hidden state: only the last token can matter, decode directly
-        final = bad[f"blocks.{n - 1}.hook_resid_post"][ss][:, last]  # [S, d]
+        final = bad[act_name("resid_post", n - 1)][ss][:, last]  # [S, d]
         vec = final.unsqueeze(1).repeat(1, len(positions), 1)
         vec[:, [i for i, p in enumerate(positions) if p == last]] = clean[names[n - 1]][0, last]
         out[:, n - 1] = decode_resid(model, vec).float().softmax(-1)[..., a_id].cpu()

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, head_label, input_label
 from uncover.core.results import Result
 from uncover.hooks import metrics as M
 from uncover.hooks.replay import capture_calls, run_staged, run_staged_resid, stage_offsets
@@ -100,7 +101,7 @@ class PathPatchResult(Result):
 
     def summary(self) -> str:
         unit = "of the clean-corrupt difference" if self.normalised else self.metric
-        cells = ", ".join(f"L{layer}H{h} {v:+.3f}" for layer, h, v in self.top(6))
+        cells = ", ".join(f"{head_label(layer, h)} {v:+.3f}" for layer, h, v in self.top(6))
         return (f"{self.metric}: clean {self.clean_value:.3f}, corrupt {self.corrupt_value:.3f} "
                 f"({self.n_pairs} pair{'s' if self.n_pairs != 1 else ''}); largest effects ({unit}): {cells}")
 
@@ -174,14 +175,14 @@ def path_patching(
         n = cfg.n_heads if which == "q" else cfg.n_kv_heads
         if not (0 <= layer < cfg.n_layers and 0 <= h < n):
             kind = "query" if which == "q" else "key-value"
-            raise UncoverError(f"receiver L{layer}H{h}.{which} is out of range: layers 0..{cfg.n_layers - 1}, "
-                               f"{kind} heads 0..{n - 1}")
+            raise UncoverError(f"receiver {input_label(head_label(layer, h), which)} is out of range: "
+                               f"layers 0..{cfg.n_layers - 1}, {kind} heads 0..{n - 1}")
     last = cfg.n_layers if to_logits else max(r[0] for r in recv)
     swept = sorted(set(senders)) if senders is not None else [(la, h) for la in range(last)
                                                                for h in range(cfg.n_heads)]
     for la, h in swept:
         if not (0 <= la < cfg.n_layers and 0 <= h < cfg.n_heads):
-            raise UncoverError(f"sender L{la}H{h} is out of range: layers 0..{cfg.n_layers - 1}, "
+            raise UncoverError(f"sender {head_label(la, h)} is out of range: layers 0..{cfg.n_layers - 1}, "
                                f"heads 0..{cfg.n_heads - 1}")
     swept = [s for s in swept if s[0] < last]
     if not swept:
@@ -207,7 +208,7 @@ def path_patching(
     grid = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     for (la, h), v in zip(swept, effect.tolist()):
         grid[la, h] = v
-    names = ["logits"] if to_logits else [f"L{la}H{h}.{w}" for la, h, w in recv]
+    names = ["logits"] if to_logits else [input_label(head_label(la, h), w) for la, h, w in recv]
     return PathPatchResult(grid=grid, receivers=names, clean_value=clean_value, corrupt_value=corrupt_value,
                            metric=metric, normalised=normalise, freeze_mlps=freeze_mlps, n_pairs=n)
 
@@ -228,9 +229,9 @@ def _one_pair(
     if clean_b.input_ids.shape != corrupt_b.input_ids.shape:
         raise UncoverError(f"clean has {clean_b.input_ids.shape[1]} tokens but corrupt has "
                            f"{corrupt_b.input_ids.shape[1]}; path patching needs equal lengths")
-    resid = [f"blocks.{i}.hook_resid_pre" for i in range(n)]
-    z = [f"blocks.{i}.attn.hook_z" for i in range(n)]
-    mlp = [f"blocks.{i}.hook_mlp_out" for i in range(n)] if freeze_mlps else []
+    resid = [act_name("resid_pre", i) for i in range(n)]
+    z = [act_name("z", i) for i in range(n)]
+    mlp = [act_name("mlp_out", i) for i in range(n)] if freeze_mlps else []
     clean_logits, calls = capture_calls(model, clean_b)
     _, cc = model.run_with_cache(clean_b, names=resid + z + mlp)
     corrupt_logits, xc = model.run_with_cache(corrupt_b, names=z)
@@ -252,7 +253,7 @@ def _one_pair(
             values = fn(run_staged(model, calls, stages, last)).float().cpu()
     else:
         sites = sorted({(la, w) for la, _, w in recv})
-        names = {s: f"blocks.{s[0]}.attn.hook_{s[1]}" for s in sites}
+        names = {s: act_name(s[1], s[0]) for s in sites}
         seen: dict[tuple[int, str], torch.Tensor] = {}
         record = [(names[s], _record(seen, s)) for s in sites]
         stop = max(la for la, _ in sites) + 1

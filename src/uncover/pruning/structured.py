@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from uncover.core.names import act_name
 from uncover.pruning.base import (
     Pruning,
     PruningError,
@@ -43,7 +44,7 @@ Scorer = Callable[["HookedModel", torch.Tensor, str], torch.Tensor]
 
 
 def _hook(unit: str, layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z" if unit == "heads" else f"blocks.{layer}.mlp.hook_post"
+    return act_name("z" if unit == "heads" else "post", layer)
 
 
 def _check_unit(unit: str) -> None:

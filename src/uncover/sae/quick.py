@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -102,7 +103,7 @@ def quick_sae(model: HookedModel, spec: QuickSAESpec | None = None, *, tokens: t
     from uncover.sae.train import TrainConfig, train_sae
 
     spec = spec or QuickSAESpec()
-    hook = spec.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    hook = spec.hook or act_name("resid_post", model.cfg.n_layers // 2)
     model.site(hook)
     path = cache_path(model, spec, tokens)
     if cache and (path / "cfg.json").is_file():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uncover.core.errors import UsageError
-from uncover.core.names import HookName
+from uncover.core.names import HookName, act_name
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -61,10 +61,10 @@ blocks.2.hook_attn_out, blocks.2.hook_mlp_out, blocks.2.mlp.hook_post or blocks.
     """
     problem = sae_hook_problem(hook)
     if problem is not None:
-        layer = HookName.parse(hook).layer
-        b = f"blocks.{layer if layer is not None else 0}."
-        raise UsageError(f"{what} {hook} cannot feed an SAE: {problem}; use a residual hook ({b}hook_resid_post), "
-                         f"{b}hook_attn_out, {b}hook_mlp_out, {b}mlp.hook_post or {b}attn.hook_z")
+        layer = HookName.parse(hook).layer or 0
+        resid, *others, z = (act_name(k, layer) for k in ("resid_post", "attn_out", "mlp_out", "post", "z"))
+        raise UsageError(f"{what} {hook} cannot feed an SAE: {problem}; use a residual hook ({resid}), "
+                         f"{', '.join(others)} or {z}")
 
 
 def sae_input_width(model: HookedModel, hook: str) -> int:

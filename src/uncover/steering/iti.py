@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name
 from uncover.data.activations import collect
 from uncover.data.labelled import Labelled
 from uncover.hooks.interventions import Add, Intervention
@@ -47,7 +48,7 @@ class ITI(Steering):
         for layer, shift in self.shifts.items():
             if not 0 <= layer < model.cfg.n_layers:
                 raise UncoverError(f"layer {layer} out of range; this model has layers 0..{model.cfg.n_layers - 1}")
-            out.append(Add(f"blocks.{layer}.attn.hook_z", vector=shift, scale=self.alpha))  # 0: heads not chosen
+            out.append(Add(act_name("z", layer), vector=shift, scale=self.alpha))  # 0: heads not chosen
         return out
 
 
@@ -61,7 +62,7 @@ def fit_iti(model: Any, data: Labelled, *, k: int = 16, alpha: float = 5.0, val_
     c = model.cfg
     if not 1 <= k <= c.n_layers * c.n_heads:
         raise UncoverError(f"k must be between 1 and {c.n_layers * c.n_heads} heads, got {k}")
-    hooks = [f"blocks.{la}.attn.hook_z" for la in range(c.n_layers)]
+    hooks = [act_name("z", la) for la in range(c.n_layers)]
     acts = collect(model, data, hooks, progress=False)
     y = data.y
     n_folds = max(2, round(1 / val_fraction))

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import resid_name
 
 POINTS = ("hook_resid_pre", "hook_resid_post")
 FORMAT = "uncover-steering-vector"
@@ -71,7 +72,7 @@ class SteeringVector:
         return int(next(iter(self.vectors.values())).shape[0])
 
     def hook(self, layer: int) -> str:
-        return f"blocks.{layer}.{self.point}"
+        return resid_name(layer, self.point)
 
     def check(self, model: Any) -> SteeringVector:
         """Raise ``UncoverError`` if a layer is out of range or the size differs from the model's."""
