@@ -9,7 +9,7 @@ from tests.conftest import tiny, tiny_hf
 from tests.unit.test_hooks import word_tokenizer
 from uncover import HookedModel
 from uncover.core.errors import UsageError
-from uncover.hooks.harvest import capture, harvest, reduce_positions
+from uncover.hooks.harvest import capture, harvest, hook_values, reduce_positions, weighted_positions
 
 
 @pytest.fixture
@@ -61,3 +61,50 @@ def test_harvest_token_blocks_and_bad_settings(one_thread_no_grad):
         next(harvest(m, blocks, ["hook_embed"], batch_size=0))
     with pytest.raises(UsageError, match="beyond a prompt"):
         next(harvest(m, blocks, ["hook_embed"], reduce=99))
+
+
+def test_weights_are_reduced_in_the_hook_and_padding_never_enters(model):
+    names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern"]
+    seen = []
+
+    def first_two(batch, rows):  # the mean of each text's first two real tokens
+        seen.append((rows.start, rows.stop))
+        w = torch.zeros(batch.input_ids.shape)
+        w[:, :2] = 0.5
+        return w
+
+    texts = TEXTS[:4]
+    got = list(harvest(model, texts, names, batch_size=3, reduce=first_two))
+    assert seen == [(0, 3), (3, 4)]
+    for start, (batch, vals) in zip((0, 3), got):
+        _, cache = model.run_with_cache(texts[start:start + 3], names)
+        ref = cache[names[0]][:, :2].float().mean(1)
+        torch.testing.assert_close(vals[names[0]], ref)
+        assert vals[names[1]].shape == (len(batch.input_ids), model.cfg.n_heads, batch.input_ids.shape[1])
+        torch.testing.assert_close(vals[names[1]], cache[names[1]][:, :, :2].float().mean(2))  # query positions
+    nan = torch.tensor([[[1.0], [float("nan")]]])
+    assert weighted_positions(nan, torch.tensor([[1.0, 0.0]])).tolist() == [[1.0]]
+
+
+def test_capture_keeps_what_keep_returns_as_soon_as_computed(model):
+    sizes = []
+
+    def keep(name, v):
+        sizes.append(v.shape)
+        return v[:, -1].sum(-1)
+
+    batch, got = capture(model, TEXTS[:2], ["blocks.0.hook_resid_post", "blocks.2.hook_mlp_out"], keep=keep)
+    assert [s[0] for s in sizes] == [2, 2] and got["blocks.2.hook_mlp_out"].shape == (2,)
+    _, full = capture(model, TEXTS[:2], ["logits"], keep=lambda n, v: v[:, :1])  # the full-pass path keeps too
+    assert full["logits"].shape == (2, 1, model.cfg.d_vocab)
+
+
+def test_hook_values_flattens_heads_and_matches_the_cache(one_thread_no_grad):
+    m = tiny("llama-gqa")
+    blocks = torch.randint(0, 60, (5, 6))
+    vals = list(hook_values(m, blocks, "blocks.1.attn.hook_z", batch_size=2))
+    assert [v.shape for v in vals] == [(2, 6, 32), (2, 6, 32), (1, 6, 32)]
+    _, cache = m.run_with_cache(blocks, ["blocks.1.attn.hook_z"])
+    assert torch.equal(torch.cat(vals), cache["blocks.1.attn.hook_z"].flatten(2))
+    last = torch.cat(list(hook_values(m, blocks, "blocks.1.attn.hook_z", reduce="last")))
+    assert torch.equal(last, cache["blocks.1.attn.hook_z"][:, -1].flatten(1))
