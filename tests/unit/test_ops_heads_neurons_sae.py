@@ -258,7 +258,8 @@ def test_sae_train_config_paths_and_model_checks(tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
     assert _cfg("sae train", out=tmp_path / "run", resume=True).resume
-    cfg = build_config(get_operation("sae train"), {"out": tmp_path / "run", "arch": "jumprelu", "lr": 3e-4})
+    cfg = build_config(get_operation("sae train"), {"out": tmp_path / "run", "arch": "jumprelu", "lr": 3e-4,
+                                                   "overwrite": True})  # the folder holds a run now
     assert cfg.arch == "jumprelu" and cfg.hook == "blocks.15.hook_resid_post"
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import Config, param
+from uncover.core.config import Config, fields_of, param
 from uncover.core.errors import UsageError
+from uncover.core.rundir import resolve_run, start_run, stored_settings
 from uncover.heads.ops import max_positions
 from uncover.neurons.ops import check_corpus
 from uncover.ops.registry import operation
@@ -66,7 +67,8 @@ blocks.15.attn.hook_z
                              ge=0)
     shards: bool = param(False, help="Cache activations as safetensors shards in out/acts")
     checkpoint_every: int = param(100, help="Steps between checkpoints (0: only at the end)", ge=0)
-    resume: bool = param(False, help="Continue from out/checkpoint")
+    resume: bool = param(False, help="Continue from out/checkpoint (with the run's settings)")
+    overwrite: bool = param(False, help="Replace a run already in --out")
     tensorboard: Path | None = param(None, help="Also write the metrics as TensorBoard events to this directory",
                                      path="out_dir")
     corpus: Path | None = param(None, help=".txt or .jsonl corpus (default: embedded)", path="in")
@@ -78,11 +80,23 @@ blocks.15.attn.hook_z
         if self.tokens < self.batch_size:
             raise UsageError(f"SAETrainConfig: tokens (--tokens) {self.tokens} is less than one batch "
                              f"(--batch-size {self.batch_size}); harvest at least as many activations as a batch")
-        if self.resume:
-            ckpt = self.out / "checkpoint"
-            if not any((d / "trainer_state.json").is_file() for d in (ckpt, ckpt.with_name("checkpoint.old"))):
-                raise UsageError(f"SAETrainConfig: resume (--resume): {self.out} holds no checkpoint to resume "
-                                 "from; run without --resume first")
+        ckpt = self.out / "checkpoint"
+        has_ckpt = any((d / "trainer_state.json").is_file() for d in (ckpt, ckpt.with_name("checkpoint.old")))
+        if self.resume and not has_ckpt:
+            raise UsageError(f"SAETrainConfig: resume (--resume): {self.out} holds no checkpoint to resume "
+                             "from; run without --resume first")
+        if self.resume and self.overwrite:
+            raise UsageError("SAETrainConfig: --resume continues a run and --overwrite replaces it; give one")
+        defaults = {f.name: f.default for f in fields_of(type(self))}
+        used = resolve_run(self.out, self.run_settings(), defaults, resume=self.resume, overwrite=self.overwrite,
+                           holds_run=has_ckpt or (self.out / "sae").exists(), owner="SAETrainConfig")
+        for k, v in used.items():
+            object.__setattr__(self, k, v)
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that define the run (what a resume must keep), as JSON values."""
+        d = self.to_dict()
+        return {k: v for k, v in d.items() if k not in RUN_CONTROL}
 
     def check_model(self, model: HookedModel) -> None:
         super().check_model(model)
@@ -106,6 +120,8 @@ def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> Tr
     from uncover.data.corpus import corpus_texts, token_blocks
     from uncover.sae import ARCHITECTURES, SAEConfig, ShardSource, TensorSource, TrainConfig, harvest, train_sae
 
+    if not cfg.resume:  # an overwritten run's files go before anything new is written
+        start_run(cfg.out, cfg.run_settings(), RUN_FILES)
     texts = corpus_texts(cfg.corpus) if cfg.corpus is not None else None
     blocks = token_blocks(model, texts, block_len=cfg.block_len)
     n_blocks = min(len(blocks), -(-cfg.tokens // (cfg.block_len - 1)))
@@ -126,6 +142,8 @@ def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> Tr
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, sparsity_coeff=cfg.sparsity_coeff,
                        resample_every=cfg.resample_every, aux_coeff=cfg.aux_coeff,
                        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+    if stored_settings(cfg.out) is None:  # an older run without a record: record what it resumes with
+        start_run(cfg.out, cfg.run_settings(), [])
     result = train_sae(sae, source, tcfg, out_dir=cfg.out, resume=cfg.resume, progress=bool(progress),
                        tensorboard=cfg.tensorboard)
     progress.message(f"SAE written to {(cfg.out / 'sae').resolve()}")
@@ -174,6 +192,11 @@ def _load(model: HookedModel, path: Path | None, progress: Progress) -> SAE:
     progress.message("no SAE path given: using the quick SAE (the tour's features; trained on first use, then cached)")
     return quick_sae(model, progress=bool(progress))
 
+
+#: fields that steer a run but do not define it (a resume may change them)
+RUN_CONTROL = frozenset({"out", "steps", "resume", "overwrite", "tensorboard", "checkpoint_every"})
+#: a run's files, cleared when a new run overwrites it
+RUN_FILES = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "sae", "metrics.csv", "metrics.jsonl", "acts")
 
 _PATH_HELP = ("SAE directory (SAELens format) or a training run directory (default: the model's quick SAE, "
               "trained on first use in about a CPU-minute and cached)")
