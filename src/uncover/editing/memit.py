@@ -40,6 +40,8 @@ from uncover.editing.base import (
 from uncover.editing.rome import RomeConfig, context_prefixes, encode, optimise_delta, pad, rome_layer, subject_keys
 from uncover.editing.stats import damped, layer_mom2
 from uncover.hooks import weights
+from uncover.hooks.harvest import capture
+from uncover.hooks.tokens import Batch
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -79,11 +81,10 @@ def _residuals(model: HookedModel, layer: int, requests: Sequence[Request]) -> t
     """``blocks.{layer}.hook_resid_post`` at each request's last subject token, ``[n, d_model]`` (float64)."""
     rows = [encode(model, "", r) for r in requests]
     ids, mask = pad(model, [x[0] for x in rows])
-    store: dict[str, torch.Tensor] = {}
-    with model.hooks([(act_name("resid_post", layer), lambda v, hp: store.__setitem__("h", v.detach()))]):
-        model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    name = act_name("resid_post", layer)
+    _, got = capture(model, Batch(ids, mask), [name])  # the blocks after the layer never run
     idx = torch.tensor([x[1] for x in rows], device=ids.device)
-    return store["h"][torch.arange(len(rows), device=ids.device), idx].double().cpu()
+    return got[name][torch.arange(len(rows), device=ids.device), idx].double().cpu()
 
 
 def memit(

@@ -41,6 +41,8 @@ from uncover.editing.base import (
     to_param_layout,
 )
 from uncover.editing.stats import damped, layer_mom2, model_key, stats_dir
+from uncover.hooks.harvest import capture
+from uncover.hooks.tokens import Batch
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -196,12 +198,10 @@ def subject_keys(model: HookedModel, layer: int, request: Request, prefixes: Seq
     """Keys ``[len(prefixes), d_mlp]``: ``blocks.{layer}.mlp.hook_post`` at the last subject token of each prompt."""
     rows = [encode(model, p, request) for p in prefixes]
     ids, mask = pad(model, [r[0] for r in rows])
-    store: dict[str, torch.Tensor] = {}
     name = act_name("post", layer)
-    with model.hooks([(name, lambda v, hp: store.__setitem__("k", v.detach()))]):
-        model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    _, got = capture(model, Batch(ids, mask), [name])  # the blocks after the layer never run
     idx = torch.tensor([r[1] for r in rows], device=ids.device)
-    return store["k"][torch.arange(len(rows)), idx].double().cpu()
+    return got[name][torch.arange(len(rows)), idx].double().cpu()
 
 
 # ---- the value ---------------------------------------------------------------------------------

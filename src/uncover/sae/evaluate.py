@@ -12,11 +12,12 @@ the hook. The first ``skip_first`` positions are left unchanged and not scored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from uncover.core.results import Result
+from uncover.hooks.interventions import Zero
 from uncover.sae.attach import attach_sae
 
 if TYPE_CHECKING:
@@ -110,11 +111,6 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, batch_size:
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n_ce = 0
 
-    def zero(v: torch.Tensor, hp: Any) -> torch.Tensor:
-        v = v.clone()
-        v[:, skip_first:] = 0
-        return v
-
     for i in range(0, len(tokens), batch_size):
         tok = tokens[i : i + batch_size].to(model.device)
         c, m = _ce(model(tok), tok, skip_first)
@@ -122,7 +118,8 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, batch_size:
         with attach_sae(model, sae, use_error_term=False, skip_first=skip_first) as att:
             c, _ = _ce(model(tok), tok, skip_first)
         ce["sae"] += c
-        with model.hooks([(hook, zero)]):
+        zero = [Zero(hook, positions=range(skip_first, tok.shape[1]))] if skip_first < tok.shape[1] else []
+        with model.intervene(zero):
             c, _ = _ce(model(tok), tok, skip_first)
         ce["zero"] += c
         n_ce += m
