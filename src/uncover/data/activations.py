@@ -122,7 +122,11 @@ def resid_hooks(model: HookedModel, layers: Sequence[int] | None = None, point: 
 
 def mark_positions(model: HookedModel, texts: Sequence[str], marker: str = "*") -> tuple[list[str], list[int]]:
     """Strip ``marker``-delimited spans (``"The *capital* of"``) and return the clean texts and the
-    position of each span's last token (for ``where="mark"``)."""
+    position of each span's last token (for ``where="mark"``).
+
+    >>> mark_positions(model, ["The *capital* of France", "Paris is *big*"])
+    (['The capital of France', 'Paris is big'], [1, 2])
+    """
     clean, pos = [], []
     for t in texts:
         a = t.find(marker)
@@ -131,7 +135,7 @@ def mark_positions(model: HookedModel, texts: Sequence[str], marker: str = "*") 
             raise UncoverError(f"text {t!r} has no {marker}...{marker} mark")
         c = t[:a] + t[a + 1 : b] + t[b + 1 :]
         enc = model.tokenizer(c, return_offsets_mapping=True)
-        end = b - 1  # last character of the marked span in the clean text
+        end = b - 2  # last character of the marked span in the clean text (both markers removed before it)
         hit = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s <= end < e]
         if not hit:
             raise UncoverError(f"mark in {t!r} falls on no token")
@@ -229,7 +233,15 @@ def collect_to_disk(
     progress: bool = True,
 ) -> list[Path]:
     """Like :func:`collect`, but written to ``out_dir/shard_00000.safetensors ...`` as it goes
-    (at most ``shard_size`` texts held in memory). Returns the shard paths."""
+    (at most ``shard_size`` texts held in memory). Returns the shard paths.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> paths = collect_to_disk(model, ["The cat", "A dog", "Some fish"], ["blocks.0.hook_resid_post"], out,
+    ...                         shard_size=2, progress=False)
+    >>> [p.name for p in paths]
+    ['shard_00000.safetensors', 'shard_00001.safetensors']
+    """
     if shard_size < 1:
         raise UncoverError(f"shard_size must be positive, got {shard_size}")
     out = Path(out_dir)
@@ -252,7 +264,14 @@ def collect_to_disk(
 
 
 def iter_shards(path: str | Path) -> Iterator[ActivationSet]:
-    """Each shard of a directory written by :func:`collect_to_disk`, in order."""
+    """Each shard of a directory written by :func:`collect_to_disk`, in order.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> _ = collect_to_disk(model, ["The cat", "A dog", "Some fish"], ["hook_embed"], out, shard_size=2, progress=False)
+    >>> [len(shard) for shard in iter_shards(out)]
+    [2, 1]
+    """
     p = Path(path)
     files = sorted(p.glob("shard_*.safetensors")) if p.is_dir() else [p]
     if not files or not files[0].exists():
@@ -262,5 +281,12 @@ def iter_shards(path: str | Path) -> Iterator[ActivationSet]:
 
 
 def load(path: str | Path) -> ActivationSet:
-    """All shards of a directory (or one shard file) as one :class:`ActivationSet`."""
+    """All shards of a directory (or one shard file) as one :class:`ActivationSet`.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> _ = collect_to_disk(model, ["The cat", "A dog", "Some fish"], ["hook_embed"], out, shard_size=2, progress=False)
+    >>> load(out)["hook_embed"].shape
+    torch.Size([3, 576])
+    """
     return ActivationSet.concat(list(iter_shards(path)))

@@ -57,7 +57,11 @@ def model_key(model: HookedModel) -> str:
 
 
 def mom2_path(model: HookedModel, layer: int, mom2_samples: int, cache: str | Path | None = None) -> Path:
-    """Cache file of the second moment of layer ``layer``'s keys."""
+    """Cache file of the second moment of layer ``layer``'s keys.
+
+    >>> mom2_path(model, 3, 4096, "/tmp/stats").name
+    'mom2-layer3-4096.safetensors'
+    """
     return stats_dir(cache) / model_key(model) / f"mom2-layer{layer}-{mom2_samples}.safetensors"
 
 
@@ -96,7 +100,11 @@ def key_moments(
 
 
 def corpus_tokens(model: HookedModel, mom2_samples: int, block_len: int = BLOCK_LEN) -> torch.Tensor:
-    """About ``mom2_samples`` tokens of the embedded corpus's train split, ``[n_blocks, block_len]``."""
+    """About ``mom2_samples`` tokens of the embedded corpus's train split, ``[n_blocks, block_len]``.
+
+    >>> corpus_tokens(model, 300).shape
+    torch.Size([3, 128])
+    """
     from uncover.data.corpus import token_blocks
 
     if mom2_samples < 1:

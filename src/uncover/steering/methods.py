@@ -276,7 +276,11 @@ def actadd(model: Any, positive: str, negative: str, *, layer: int, coeff: float
 
 def mean_difference(model: Any, positive: Sequence[str], negative: Sequence[str], layers: Sequence[int], *,
                     point: str = "hook_resid_pre", where: str | int = "last", method: str = "caa") -> SteeringVector:
-    """Mean over pairs of ``act(positive) − act(negative)`` at ``where`` (default the last token), per layer."""
+    """Mean over pairs of ``act(positive) − act(negative)`` at ``where`` (default the last token), per layer.
+
+    >>> mean_difference(model, ["I love it"], ["I hate it"], [3]).vectors[3].shape
+    torch.Size([576])
+    """
     from uncover.data.activations import collect, resid_hooks
 
     if len(positive) == 0 or len(positive) != len(negative):

@@ -21,8 +21,8 @@ import plotly.graph_objects as go
 import torch
 
 from uncover.core.errors import UncoverError
-from uncover.core.results import Result
 from uncover.core.names import act_name
+from uncover.core.results import Result
 from uncover.dynamics.memorization.metrics import extractable, token_losses
 from uncover.hooks.hooked import HookedModel
 from uncover.hooks.interventions import Zero
@@ -30,7 +30,12 @@ from uncover.hooks.interventions import Zero
 
 def attribution(hm: HookedModel, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean attribution of each neuron ``[n_layers, d_mlp]`` and head ``[n_layers, n_heads]`` to the
-    log-odds of the suffix tokens (``k..``) of ``tokens`` ``[n, seq_len]``."""
+    log-odds of the suffix tokens (``k..``) of ``tokens`` ``[n, seq_len]``.
+
+    >>> neurons, heads = attribution(run.hooked, memorized, k=32)  # doctest: +SKIP
+    >>> neurons.shape, heads.shape  # doctest: +SKIP
+    (torch.Size([2, 512]), torch.Size([2, 4]))
+    """
     c = hm.cfg
     acts: dict[str, torch.Tensor] = {}
 
@@ -67,7 +72,7 @@ def log_odds(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ablate_neurons(neurons: list[tuple[int, int]]) -> list[Zero]:
-    """:class:`Zero` interventions on the given ``(layer, neuron)`` pairs, one per layer (for ``HookedModel.intervene``).
+    """:class:`Zero` interventions on the given ``(layer, neuron)`` pairs, one per layer (for ``model.intervene``).
 
     >>> [(iv.hook, iv.units) for iv in ablate_neurons([(1, 4), (0, 3), (1, 9)])]
     [('blocks.1.mlp.hook_post', (4, 9)), ('blocks.0.mlp.hook_post', (3,))]
@@ -130,7 +135,12 @@ class LocalizationResult(Result):
 def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_prefix: int, k: int = 64,
              draws: int = 5, seed: int = 0) -> LocalizationResult:
     """Attribute, pick the top ``k`` neurons (memorized minus other), and compare ablating them
-    with ablating ``k`` random neurons (``draws`` times) on extraction of ``memorized``."""
+    with ablating ``k`` random neurons (``draws`` times) on extraction of ``memorized``.
+
+    >>> r = localize(run.hooked, memorized, other, k_prefix=32, k=64)  # doctest: +SKIP
+    >>> r.ablation.set_index("ablation").loc["top", "extractable"] < 0.5  # doctest: +SKIP
+    True
+    """
     if not len(memorized) or not len(other):
         raise UncoverError(f"need memorized and non-memorized sequences (got {len(memorized)} and {len(other)}); "
                            "train longer or with more duplicates")
@@ -164,7 +174,10 @@ def localize(hm: HookedModel, memorized: torch.Tensor, other: torch.Tensor, k_pr
 
 def localize_run(run: Any, k: int = 64, draws: int = 5) -> LocalizationResult:
     """:func:`localize` on a :class:`~uncover.dynamics.memorization.train.MemRun`: memorized =
-    tracked sequences with copies that are extractable; other = held-out corpus sequences."""
+    tracked sequences with copies that are extractable; other = held-out corpus sequences.
+
+    >>> print(localize_run(run, k=64).summary())  # doctest: +SKIP
+    """
     hm = run.hooked
     d = run.data
     seqs = [s for s in d.tracked if s.dups > 0 and s.kind != "member"]
