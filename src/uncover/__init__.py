@@ -18,15 +18,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from uncover.core.persist import load_result
 from uncover.core.results import Result
+from uncover.core.version import __version__ as __version__
 from uncover.hooks.cache import ActivationCache
-from uncover.hooks.hooked import HookedModel
+from uncover.hooks.hooked import HookedModel, load
 from uncover.hooks.interventions import Ablate, Add, Intervention, Mean, Project, Replace, Zero
-from uncover.models.load import load
-from uncover.ops.persist import load_result
 from uncover.ops.registry import execute, get_operation, operations, run
-
-__version__ = "0.1.0"
 
 #: technique packages, reachable as ``uc.<package>``
 PACKAGES = ("attribution", "circuits", "data", "decoding", "dynamics", "editing", "heads", "hooks", "lenses",
@@ -47,7 +45,7 @@ API = {
     # heads
     "head_scores": "heads.detectors", "induction_loss": "heads.induction",
     "attention_patterns": "heads.patterns", "composition_scores": "heads.composition",
-    "ov_circuit": "heads.circuits", "qk_circuit": "heads.circuits", "copying_scores": "heads.circuits",
+    "ov_circuit": "heads.circuits", "qk_circuit": "heads.circuits", "copying_scores": "heads.detectors",
     # neurons and SAEs
     "top_activations": "neurons.top", "neuron_logits": "neurons.kv", "knowledge_neurons": "neurons.knowledge",
     "knowledge_effect": "neurons.knowledge", "ablate_neurons": "neurons.ablation",
@@ -71,7 +69,7 @@ API = {
     # data
     "ioi": "data.tasks", "facts": "data.tasks", "greater_than": "data.tasks", "repeated_tokens": "data.tasks",
     # results
-    "rerun": "ops.reproduce", "compare": "ops.reproduce", "Provenance": "ops.provenance",
+    "rerun": "ops.reproduce", "compare": "ops.reproduce", "Provenance": "core.provenance",
 }
 
 __all__ = ["ActivationCache", "Ablate", "Add", "HookedModel", "Intervention", "Mean", "Project", "Replace", "Result",

@@ -14,9 +14,8 @@ import sys
 import pytest
 import torch
 
-from uncover.heads.circuits import copying_scores
 from uncover.heads.composition import composition_scores
-from uncover.heads.detectors import detect
+from uncover.heads.detectors import copying_scores, detect
 from uncover.heads.induction import induction_loss
 
 pytestmark = pytest.mark.e2e

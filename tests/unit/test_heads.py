@@ -8,10 +8,10 @@ import torch
 from tests.conftest import KINDS, V, tiny
 from uncover.core.errors import UncoverError
 from uncover.data.tasks import repeated_tokens
-from uncover.heads.circuits import copying_scores, embed, head_weights, ov_circuit, qk_circuit, token_pairs, unembed
+from uncover.heads.circuits import embed, head_weights, ov_circuit, qk_circuit, token_pairs, unembed
 from uncover.heads.composition import composition_scores, random_baseline
 from uncover.heads.detectors import KINDS as DETECTORS
-from uncover.heads.detectors import HeadScores, detect, head_scores
+from uncover.heads.detectors import HeadScores, copying_scores, detect, head_scores
 from uncover.heads.factored import LowRank
 from uncover.heads.induction import induction_loss
 from uncover.heads.patterns import attention_patterns, parse_head

@@ -15,11 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import tiny
+from uncover.core.codec import transient
 from uncover.core.config import Config, check_writable, fields_of, param
 from uncover.core.errors import UsageError
+from uncover.core.persist import load_result, save_result
 from uncover.core.results import Result
-from uncover.ops.codec import transient
-from uncover.ops.persist import load_result, save_result
 from uncover.ops.provenance import weights_fingerprint
 from uncover.ops.registry import Operation, execute
 from uncover.ops.reproduce import compare, differences
@@ -149,7 +149,7 @@ class Everything(Result):
 
 @pytest.fixture(autouse=True)
 def _trust_this_module(monkeypatch):
-    from uncover.ops import codec
+    from uncover.core import codec
 
     monkeypatch.setattr(codec, "TRUSTED", {*codec.TRUSTED, "tests."})
 

@@ -23,9 +23,9 @@ from uncover.circuits.prompts import Prompts
 from uncover.cli.generate import build_config
 from uncover.core.config import fields_of
 from uncover.core.errors import UncoverError, UsageError
+from uncover.core.persist import load_result
 from uncover.data.tasks import TASKS, task_pair
 from uncover.hooks.metrics import METRICS
-from uncover.ops.persist import load_result
 from uncover.ops.registry import get_operation
 from uncover.patching.activation import HOOKS, PER, activation_patching
 from uncover.patching.causal_tracing import KINDS, causal_trace

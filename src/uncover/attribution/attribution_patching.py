@@ -30,9 +30,10 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name
 from uncover.core.results import Result
 from uncover.hooks import metrics as M
-from uncover.patching.activation import HOOKS, PatchResult, _check_pair, activation_patching
+from uncover.patching.activation import HOOKS, PatchResult, activation_patching, check_pair
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 SITES: tuple[tuple[str, str], ...] = (("resid_pre", "pos"), ("attn_out", "pos"), ("mlp_out", "pos"),
                                       ("z", "head"), ("z", "head_pos"))
-_NAME = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "z": "attn.hook_z"}
 
 
 @dataclass
@@ -123,12 +123,12 @@ def attribution_patching_sites(
         raise UncoverError(f"unknown direction {direction!r}; valid: denoise, noise")
     a_id, w_id = target_ids(model, [answer, wrong])
     fn = M.make_metric(metric, a_id, w_id)
-    clean_ids, corrupt_ids = _check_pair(model, clean, corrupt)
+    clean_ids, corrupt_ids = check_pair(model, clean, corrupt)
     base_ids, src_ids = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
     n, n_pos = model.cfg.n_layers, base_ids.shape[1]
     diff = (base_ids[0] != src_ids[0]).nonzero()
     first = int(diff[0]) if len(diff) else n_pos
-    names = [f"blocks.{i}.{_NAME[h]}" for h in dict.fromkeys(h for h, _ in sites) for i in range(n)]
+    names = [act_name(h, i) for h in dict.fromkeys(h for h, _ in sites) for i in range(n)]
 
     src_logits, src_cache = model.run_with_cache(src_ids, names=names)
     deltas: dict[str, torch.Tensor] = {}
@@ -153,7 +153,7 @@ def attribution_patching_sites(
 
     out = {}
     for hook, per in sites:
-        per_layer = torch.stack([attr[f"blocks.{i}.{_NAME[hook]}"] for i in range(n)])  # [layer, pos(, head)]
+        per_layer = torch.stack([attr[act_name(hook, i)] for i in range(n)])  # [layer, pos(, head)]
         per_layer[:, :first] = 0.0  # identical prompts before the first difference: nothing to patch
         if per == "head_pos":
             per_layer = per_layer.transpose(1, 2)  # [layer, head, pos]

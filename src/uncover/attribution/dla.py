@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, attn_bias_label, head_label, mlp_label
 from uncover.core.results import Result
 from uncover.hooks.cache import norm_scale
 from uncover.hooks.decode import target_ids
@@ -35,7 +36,7 @@ class DLAResult(Result):
         prompts: input prompts.
         answers, wrongs: the answer and wrong token per prompt.
         positions: the real-token position read in each prompt.
-        labels: component names (``embed``, ``L3H5``, ``L3 attn bias``, ``L3 mlp``, ...).
+        labels: component names (``embed``, ``L3H5``, ``L3 attn bias``, ``MLP3``, ...).
         kinds: ``embed``, ``pos_embed``, ``head``, ``attn_bias``, ``mlp``, ``norm_bias``, ``unembed_bias``.
         layers, heads: layer and head of each component (``None`` where not applicable).
         contributions: ``[component, prompt]`` contributions (sum = ``logit_diff``).
@@ -92,7 +93,7 @@ class DLAResult(Result):
         return pd.DataFrame(rows)
 
     def plot(self) -> go.Figure:
-        from uncover.report.figures import dla_figure
+        from uncover.attribution.figures import dla_figure
 
         return dla_figure(self)
 
@@ -130,10 +131,10 @@ def direct_logit_attribution(
     a_ids = target_ids(model, _per_prompt(answer, n, "answer"))
     w_ids = target_ids(model, _per_prompt(wrong, n, "wrong"))
     cfg, ad = model.cfg, model.adapter
-    names = ["hook_embed", f"blocks.{cfg.n_layers - 1}.hook_resid_post", "ln_final.hook_normalized"]
+    names = ["hook_embed", act_name("resid_post", cfg.n_layers - 1), "ln_final.hook_normalized"]
     names += ["hook_pos_embed"] if ad.family.pos_embed else []
     for i in range(cfg.n_layers):
-        names += [f"blocks.{i}.attn.hook_z", f"blocks.{i}.hook_attn_out", f"blocks.{i}.hook_mlp_out"]
+        names += [act_name("z", i), act_name("attn_out", i), act_name("mlp_out", i)]
     cols = batch.columns(position)[:, 0]
     if (cols < 0).any():
         raise UncoverError(f"position {position} is outside a prompt")
@@ -151,19 +152,19 @@ def direct_logit_attribution(
         res = at(cache.head_results(i))  # [batch, head, d_model]
         for h in range(cfg.n_heads):
             parts.append(res[:, h])
-            labels.append(f"L{i}H{h}")
+            labels.append(head_label(i, h))
             kinds.append("head")
             layers.append(i)
             heads.append(h)
-        rest = at(cache[f"blocks.{i}.hook_attn_out"]) - res.sum(1)
+        rest = at(cache[act_name("attn_out", i)]) - res.sum(1)
         if ad.b_O(i) is not None:
             parts.append(rest)
-            labels.append(f"L{i} attn bias")
+            labels.append(attn_bias_label(i))
             kinds.append("attn_bias")
             layers.append(i)
             heads.append(None)
-        parts.append(at(cache[f"blocks.{i}.hook_mlp_out"]))
-        labels.append(f"L{i} mlp")
+        parts.append(at(cache[act_name("mlp_out", i)]))
+        labels.append(mlp_label(i))
         kinds.append("mlp")
         layers.append(i)
         heads.append(None)

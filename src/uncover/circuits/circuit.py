@@ -189,7 +189,7 @@ class Circuit(Result):
         except OSError as e:
             raise UncoverError(f"cannot read circuit {path}: {e}") from None
         if raw[8:9] == b"{" and int.from_bytes(raw[:8], "little") <= len(raw) - 8:  # a safetensors header
-            from uncover.ops.persist import load_result
+            from uncover.core.persist import load_result
 
             c = load_result(path)
             if not isinstance(c, Circuit):

@@ -42,7 +42,7 @@ def rerun(
 ) -> None:
     """Re-execute a saved result's operation and say whether it reproduces (exit 1 if it does not)."""
     from uncover.cli.common import load_model
-    from uncover.ops.persist import load_result
+    from uncover.core.persist import load_result
     from uncover.ops.reproduce import rerun as rerun_fn
 
     old = load_result(path)
@@ -62,7 +62,7 @@ def compare(
     html: Path | None = typer.Option(None, "--html", help="Write both reports side by side here"),
 ) -> None:
     """Show two results of the same operation side by side (e.g. before and after an edit)."""
-    from uncover.ops.persist import load_result
+    from uncover.core.persist import load_result
     from uncover.ops.reproduce import compare as compare_fn
 
     emit(compare_fn(load_result(a), load_result(b)), as_json, html)

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from uncover.core.html import Section, render_page
+from uncover.core.persist import atomic_write, save_result
+
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-    from uncover.ops.provenance import Provenance
+    from uncover.core.provenance import Provenance
 
 
 @dataclass
@@ -62,35 +65,25 @@ class Result:
 
     def save(self, path: str | Path) -> Path:
         """Save every field (tensors bit-exact) and the provenance to one file; see ``uncover.load_result``."""
-        from uncover.ops.persist import save_result
-
         return save_result(self, path)
 
     def to_json(self, indent: int | None = 1) -> str:
         """``to_dict()`` as a JSON string."""
         return json.dumps(self.to_dict(), indent=indent)
 
-    def html_sections(self) -> list[Any]:
-        """The report's sections (:class:`uncover.report.html.Section`): figure, summary, table, provenance.
+    def html_sections(self) -> list[Section]:
+        """The report's sections (:class:`~uncover.core.html.Section`): figure, summary, table, provenance.
 
         Override to add sections (feature cards, contexts); :meth:`to_html` and shared-script reports use them.
         """
-        from uncover.report.html import Section
-
         return [Section.from_result(self)]
 
     def to_html(self, path: str | Path | None = None) -> str:
         """A self-contained HTML page (figure + table); written to ``path`` when given."""
-        from uncover.report.html import render_page
-
         page = render_page(self.title, self.html_sections())
         if path is not None:
-            from uncover.ops.persist import atomic_write
-
             atomic_write(Path(path), lambda tmp: tmp.write_text(page, encoding="utf-8"))
         return page
 
     def _repr_html_(self) -> str:  # notebooks
-        from uncover.report.html import Section
-
         return Section.from_result(self, include_js=True).body

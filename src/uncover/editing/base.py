@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from uncover.core.codec import transient
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.hooks import weights
-from uncover.ops.codec import transient
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,4 +1,4 @@
-"""QK and OV circuits of attention heads, and the copying score (Elhage et al. 2021, "A
+"""QK and OV circuits of attention heads (Elhage et al. 2021, "A
 Mathematical Framework for Transformer Circuits"; Olsson et al. 2022, "In-context Learning and
 Induction Heads").
 
@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
-from uncover.heads.detectors import HeadScores
 from uncover.heads.factored import Index, LowRank
 
 if TYPE_CHECKING:
@@ -150,26 +149,6 @@ def qk_circuit(model: HookedModel, layer: int, head: int, basis: str = "vocab",
         return LowRank(hw.W_Q[head], hw.W_K[head].T)
     E = embed(model, dtype)
     return LowRank(E @ hw.W_Q[head], (E @ hw.W_K[head]).T)
-
-
-def copying_scores(model: HookedModel, dtype: torch.dtype = torch.float32) -> HeadScores:
-    """Copying score ``Re(Σλ)/Σ|λ|`` of every head's full OV circuit, as :class:`HeadScores`.
-
-    The ``d_head`` nonzero eigenvalues of ``W_E W_V W_O W_U`` are those of ``W_O (W_U W_E) W_V``
-    (``[d_head, d_head]``), so no ``d_vocab × d_vocab`` matrix is formed; ``W_U W_E`` is
-    ``[d_model, d_model]`` and computed once (eigenvalues in float64).
-
-    >>> copying_scores(model).top(3)  # doctest: +SKIP
-    """
-    UE = unembed(model, dtype) @ embed(model, dtype)  # [d_model, d_model]
-    c = model.cfg
-    scores = torch.zeros(c.n_layers, c.n_heads)
-    for layer in range(c.n_layers):
-        hw = head_weights(model, layer, dtype)
-        small = (hw.W_O @ UE @ hw.W_V).to(torch.float64)  # [head, d_head, d_head]
-        ev = torch.linalg.eigvals(small)
-        scores[layer] = (ev.sum(-1).real / ev.abs().sum(-1).clamp_min(1e-300)).float()
-    return HeadScores("copying", scores, 0, model.name)
 
 
 def token_pairs(model: HookedModel, circuit: LowRank, k: int = 10, rows: Index = None, cols: Index = None,

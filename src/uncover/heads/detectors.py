@@ -14,6 +14,9 @@ On ``data.tasks.repeated_tokens`` (BOS, then ``N`` random tokens twice) the dupl
 second-repeat token at ``p`` is ``p - N`` and its induction target ``p - N + 1``; the same
 definitions work on any text. Patterns are read through ``blocks.{l}.attn.hook_pattern`` and
 reduced inside the hook, so no pattern of the whole model is kept in memory.
+
+The copying score (:func:`copying_scores`) is read from the weights instead: the eigenvalues of each
+head's full OV circuit (:mod:`uncover.heads.circuits`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, head_label
 from uncover.core.results import Result
+from uncover.heads.circuits import embed, head_weights, unembed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel, Inputs
 
 KINDS = ("previous", "duplicate", "induction")
-"""Detector kinds computed from attention patterns (``copying`` comes from ``heads.circuits``)."""
+"""Detector kinds computed from attention patterns (``copying`` comes from the weights: :func:`copying_scores`)."""
 
 DESCRIPTIONS = {
     "previous": "attention from each token to the one before it",
@@ -75,13 +80,13 @@ class HeadScores(Result):
         return [(i // n_heads, i % n_heads, float(flat[i])) for i in order]
 
     def summary(self) -> str:
-        top = ", ".join(f"L{layer}H{head} {s:.3f}" for layer, head, s in self.top(5))
+        top = ", ".join(f"{head_label(layer, head)} {s:.3f}" for layer, head, s in self.top(5))
         over = f" over {self.n_queries} query positions" if self.n_queries else ""
         return f"{self.kind} score ({DESCRIPTIONS.get(self.kind, '')}){over}; top heads: {top}"
 
     def to_frame(self) -> pd.DataFrame:
         n_layers, n_heads = self.scores.shape
-        rows = [{"layer": li, "head": h, "head_name": f"L{li}H{h}", "score": float(self.scores[li, h])}
+        rows = [{"layer": li, "head": h, "head_name": head_label(li, h), "score": float(self.scores[li, h])}
                 for li in range(n_layers) for h in range(n_heads)]
         return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -166,7 +171,7 @@ def detect(
 
         return fn
 
-    hooks = [(f"blocks.{li}.attn.hook_pattern", reducer(li)) for li in range(c.n_layers)]
+    hooks = [(act_name("pattern", li), reducer(li)) for li in range(c.n_layers)]
     with torch.no_grad(), model.hooks(hooks):
         model(batch)
     out = {}
@@ -179,16 +184,35 @@ def detect(
     return out
 
 
+def copying_scores(model: HookedModel, dtype: torch.dtype = torch.float32) -> HeadScores:
+    """Copying score ``Re(Σλ)/Σ|λ|`` of every head's full OV circuit, as :class:`HeadScores`.
+
+    The ``d_head`` nonzero eigenvalues of ``W_E W_V W_O W_U`` are those of ``W_O (W_U W_E) W_V``
+    (``[d_head, d_head]``), so no ``d_vocab × d_vocab`` matrix is formed; ``W_U W_E`` is
+    ``[d_model, d_model]`` and computed once (eigenvalues in float64).
+
+    >>> copying_scores(model).scores.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    True
+    """
+    UE = unembed(model, dtype) @ embed(model, dtype)  # [d_model, d_model]
+    c = model.cfg
+    scores = torch.zeros(c.n_layers, c.n_heads)
+    for layer in range(c.n_layers):
+        hw = head_weights(model, layer, dtype)
+        small = (hw.W_O @ UE @ hw.W_V).to(torch.float64)  # [head, d_head, d_head]
+        ev = torch.linalg.eigvals(small)
+        scores[layer] = (ev.sum(-1).real / ev.abs().sum(-1).clamp_min(1e-300)).float()
+    return HeadScores("copying", scores, 0, model.name)
+
+
 def head_scores(model: HookedModel, kind: str = "induction", inputs: Inputs | None = None, **kw) -> HeadScores:
     """One kind of head score (``previous``, ``duplicate``, ``induction`` or ``copying``).
 
     Pattern kinds take ``inputs``/``n``/``seq_len``/``seed`` as :func:`detect`; ``copying`` is
-    computed from the weights (:func:`uncover.heads.circuits.copying_scores`).
+    computed from the weights (:func:`copying_scores`).
 
     >>> head_scores(model, "previous").top(3)  # doctest: +SKIP
     """
     if kind == "copying":
-        from uncover.heads.circuits import copying_scores
-
         return copying_scores(model)
     return detect(model, inputs, [kind], **kw)[kind]

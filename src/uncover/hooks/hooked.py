@@ -8,6 +8,7 @@ bit-identical to the plain model.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from uncover.core.errors import TokenError, UncoverError
-from uncover.core.names import GLOBAL_POINTS, HookName, block_points
+from uncover.core.names import GLOBAL_POINTS, HookName, block_points, resid_name
 from uncover.hooks.apply import hooks_for
 from uncover.hooks.cache import ActivationCache
 from uncover.hooks.engine import Attachment, ForwardState, HookFn
@@ -24,6 +25,7 @@ from uncover.hooks.sites import Site, resolve
 from uncover.hooks.tokens import Batch, check_texts, check_token_ids
 from uncover.models.adapter import Adapter, ModelConfig
 from uncover.models.families import family_for
+from uncover.models.load import EMBEDDED_NAME, load_pretrained
 
 Inputs = str | Sequence[str] | torch.Tensor | Batch
 Names = None | str | Sequence[str] | Callable[[str], bool]
@@ -75,7 +77,7 @@ class HookedModel(nn.Module):
                     continue
                 if p == "mlp.hook_pre_linear" and not c.gated_mlp:
                     continue
-                names.append(f"blocks.{layer}.{p}")
+                names.append(resid_name(layer, p))
         names += [g for g in GLOBAL_POINTS if g not in ("hook_embed", "hook_pos_embed")]
         return names
 
@@ -297,4 +299,27 @@ class HookedModel(nn.Module):
         )
 
 
-__all__ = ["HookedModel", "HookName"]
+
+def load(
+    name: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> HookedModel:
+    """Load a causal LM as a :class:`HookedModel` (``uncover.load``).
+
+    ``name``: ``None`` (the embedded SmolLM2-135M-Instruct), a ``.gguf`` file, a local
+    Hugging Face model directory, or a hub id (needs the network or the HF cache); see
+    :func:`uncover.models.load.load_pretrained`.
+
+    >>> model = load()  # doctest: +SKIP
+    >>> model.cfg.n_layers  # doctest: +SKIP
+    30
+    """
+    model, tok = load_pretrained(name, device=device, dtype=dtype)
+    hooked = HookedModel(model, tok, name=EMBEDDED_NAME if name is None else str(name))
+    hooked.source = None if name is None else str(name)
+    return hooked
+
+
+__all__ = ["HookedModel", "HookName", "load"]

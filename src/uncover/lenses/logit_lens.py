@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
+from uncover.core.names import act_name
 from uncover.core.results import Result
 from uncover.hooks.decode import decode_resid, target_ids
 
@@ -94,7 +95,7 @@ class LensResult(Result):
 
     def plot(self, prompt: int = 0) -> go.Figure:
         """Heatmap of the top token and its probability, layer × position, for one prompt."""
-        from uncover.report.figures import lens_heatmap
+        from uncover.lenses.figures import lens_heatmap
 
         return lens_heatmap(self, prompt)
 
@@ -128,7 +129,7 @@ def run_lens(
     texts = model.prompt_texts(prompts)
     tids = target_ids(model, targets)
     n = model.cfg.n_layers
-    names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    names = [act_name("resid_pre", i) for i in range(n)] + [act_name("resid_post", n - 1)]
     _, cache = model.run_with_cache(batch, names=names)
     resid = cache.accumulated_resid().tensor  # [layer + 1, batch, pos, d_model]
     str_tokens = [model._strs(r[m.bool()].tolist()) for r, m in zip(batch.input_ids, batch.attention_mask)]

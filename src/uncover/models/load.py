@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from uncover.core.errors import CacheError, ModelNotFound, UncoverError
-from uncover.hooks.hooked import HookedModel
 from uncover.models.checks import (
     WRITER,
     check_config_json,
@@ -211,29 +210,28 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return valid[name]
 
 
-def load(
+def load_pretrained(
     name: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
-) -> HookedModel:
-    """Load a causal LM as a :class:`HookedModel`.
+) -> tuple[torch.nn.Module, Any]:
+    """The Hugging Face causal LM and tokenizer of ``name``, in eval mode with gradients off.
 
     ``name``: ``None`` (the embedded SmolLM2-135M-Instruct), a ``.gguf`` file, a local
     Hugging Face model directory, or a hub id (needs the network or the HF cache).
+    :func:`uncover.load` wraps the pair in a :class:`~uncover.hooks.hooked.HookedModel`.
 
-    >>> model = load()  # doctest: +SKIP
-    >>> model.cfg.n_layers  # doctest: +SKIP
+    >>> hf_model, tokenizer = load_pretrained()  # doctest: +SKIP
+    >>> hf_model.config.num_hidden_layers  # doctest: +SKIP
     30
     """
     device = str(device or _default_device())
     dtype = _dtype(dtype)
     if name is None:
         model, tok = _from_pretrained(gguf_entry(embedded_gguf()), dtype, device)
-        label = EMBEDDED_NAME
     else:
         path = Path(name).expanduser()
-        label = str(name)
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise ModelNotFound(f"GGUF file {path} does not exist")
@@ -250,9 +248,7 @@ def load(
             model, tok = _hub(str(name), dtype, device)
     model.eval()
     model.requires_grad_(False)
-    hooked = HookedModel(model, tok, name=label)
-    hooked.source = None if name is None else str(name)
-    return hooked
+    return model, tok
 
 
 def _hub(name: str, dtype: torch.dtype | None, device: str) -> tuple[Any, Any]:

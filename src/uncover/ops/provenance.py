@@ -1,4 +1,7 @@
-"""Provenance: where a result came from (operation, config, model, versions, machine, time).
+"""Recording provenance: the model's identity, its weights fingerprint, versions, and :func:`record`.
+
+The record itself (:class:`~uncover.core.provenance.Provenance`) lives in ``core`` with the
+results that carry it.
 
 The model's identity includes a weights fingerprint that changes with any weight edit: a
 hash over every parameter's name, shape, dtype and the integer sum of its raw bits
@@ -11,10 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import platform
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from uncover.core.provenance import Provenance
+from uncover.core.version import __version__
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -57,65 +62,30 @@ def model_identity(model: HookedModel) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    """Versions of uncover, torch, transformers and Python."""
+    """Versions of uncover, torch, transformers and Python.
+
+    >>> sorted(versions())
+    ['python', 'torch', 'transformers', 'uncover']
+    """
     import transformers
 
-    import uncover
-
-    return {"uncover": uncover.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"uncover": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
 
 
-@dataclass
-class Provenance:
-    """Where a result came from.
+def record(op: Operation, config: Any, model: HookedModel | None, seed: int | None, started: float,
+           seconds: float) -> Provenance:
+    """The :class:`~uncover.core.provenance.Provenance` of one run of ``op`` (what :func:`uncover.execute` stamps).
 
-    Attributes:
-        operation: the operation's name (``uncover list``).
-        config: the config's fields (``Config.to_dict()``).
-        model: :func:`model_identity` of the model it ran on, ``None`` for model-free operations.
-        versions: :func:`versions` at run time.
-        device, dtype: where and in which precision the model ran.
-        seed: the seed set before the run (``None``: none).
-        started: ISO-8601 UTC start time; seconds: wall time of the run.
-        deterministic: whether a rerun is expected to reproduce the result.
-        host: the machine's platform string.
+    ``started``: the start time (seconds since the epoch); ``seconds``: the run's wall time.
+
+    >>> import uncover as uc
+    >>> p = record(uc.get_operation("lens"), uc.get_operation("lens").config(prompt="Hi"), model, None, 0.0, 1.25)
+    >>> p.operation, p.started, p.model["fingerprint"] == weights_fingerprint(model.model)
+    ('lens', '1970-01-01T00:00:00+00:00', True)
     """
-
-    operation: str
-    config: dict[str, Any]
-    model: dict[str, Any] | None
-    versions: dict[str, str]
-    device: str
-    dtype: str
-    seed: int | None
-    started: str
-    seconds: float
-    deterministic: bool = True
-    host: str = field(default_factory=platform.platform)
-
-    @classmethod
-    def record(cls, op: Operation, config: Any, model: HookedModel | None, seed: int | None, started: float,
-               seconds: float) -> Provenance:
-        when = dt.datetime.fromtimestamp(started, tz=dt.UTC).isoformat(timespec="seconds")
-        return cls(op.name, config.to_dict(), model_identity(model) if model is not None else None, versions(),
-                   str(model.device) if model is not None else "cpu",
-                   str(model.dtype).removeprefix("torch.") if model is not None else "float32",
-                   seed, when, round(seconds, 4), op.deterministic)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Provenance:
-        return cls(**data)
-
-    def lines(self) -> list[str]:
-        """Human-readable lines for reports."""
-        m = self.model
-        model = f"{m['name']} ({m['family']}, weights {m['fingerprint']})" if m else "none (trained from scratch)"
-        cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
-        vers = ", ".join(f"{k} {v}" for k, v in self.versions.items())
-        return [f"operation: {self.operation}", f"config: {cfg}", f"model: {model}",
-                f"device: {self.device}, dtype: {self.dtype}, seed: {self.seed}",
-                f"started {self.started}, {self.seconds:.2f} s", f"versions: {vers}"]
+    when = dt.datetime.fromtimestamp(started, tz=dt.UTC).isoformat(timespec="seconds")
+    return Provenance(op.name, config.to_dict(), model_identity(model) if model is not None else None, versions(),
+                      str(model.device) if model is not None else "cpu",
+                      str(model.dtype).removeprefix("torch.") if model is not None else "float32",
+                      seed, when, round(seconds, 4), op.deterministic)

@@ -173,7 +173,7 @@ def execute(op: Operation | str, config: Config, model: HookedModel | None = Non
     >>> r.provenance.operation
     'lens'
     """
-    from uncover.ops.provenance import Provenance
+    from uncover.ops.provenance import record
 
     op = get_operation(op) if isinstance(op, str) else op
     if not isinstance(config, op.config):
@@ -194,7 +194,7 @@ def execute(op: Operation | str, config: Config, model: HookedModel | None = Non
     if not isinstance(result, op.result):
         raise UncoverError(f"operation {op.name!r} returned a {type(result).__name__}, "
                            f"not the declared {op.result.__name__}")
-    result.provenance = Provenance.record(op, config, model if op.needs_model else None, seed, started, seconds)
+    result.provenance = record(op, config, model if op.needs_model else None, seed, started, seconds)
     return result
 
 

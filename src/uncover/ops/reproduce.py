@@ -17,7 +17,11 @@ import numpy as np
 import torch
 
 from uncover.core.errors import UsageError
+from uncover.core.html import Section
 from uncover.core.results import Result
+from uncover.hooks.hooked import load
+from uncover.ops.provenance import weights_fingerprint
+from uncover.ops.registry import execute, get_operation
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -178,9 +182,6 @@ def rerun(result: Result, model: HookedModel | None = None, *, device: str | Non
     >>> verdict.reproduced
     True
     """
-    from uncover.ops.provenance import weights_fingerprint
-    from uncover.ops.registry import execute, get_operation
-
     prov = result.provenance
     if prov is None:
         raise UsageError("this result has no provenance: it was not made by an operation "
@@ -190,9 +191,7 @@ def rerun(result: Result, model: HookedModel | None = None, *, device: str | Non
     same = None
     if op.needs_model:
         if model is None:
-            import uncover
-
-            model = uncover.load(prov.model.get("source") if prov.model else None, device=device, dtype=prov.dtype)
+            model = load(prov.model.get("source") if prov.model else None, device=device, dtype=prov.dtype)
         same = prov.model is not None and weights_fingerprint(model.model) == prov.model.get("fingerprint")
     new = execute(op, config, model, seed=prov.seed, progress=progress)
     diffs, m = differences(new, result, op.rtol, op.atol)
@@ -271,8 +270,6 @@ class Comparison(Result):
 
     def html_sections(self) -> list[Any]:
         """The comparison, then both results' reports side by side."""
-        from uncover.report.html import Section
-
         def column(label: str, r: Result) -> str:
             body = "".join(f"<h3>{label}: {s.title}</h3>{s.body}" for s in r.html_sections())
             return f'<div style="flex:1;min-width:0">{body}</div>'

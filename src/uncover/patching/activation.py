@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.names import act_name, head_label
 from uncover.core.results import Result
 from uncover.hooks import metrics as M
 from uncover.hooks.replay import capture_calls, run_staged, stage_offsets
@@ -78,8 +79,8 @@ class PatchResult(Result):
         if self.per == "pos":
             return f"L{idx[0]}@{idx[1]}:{self.str_tokens[idx[1]]!r}"
         if self.per == "head":
-            return f"L{idx[0]}H{idx[1]}"
-        return f"L{idx[0]}H{idx[1]}@{idx[2]}"
+            return head_label(idx[0], idx[1])
+        return f"{head_label(idx[0], idx[1])}@{idx[2]}"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per patched site."""
@@ -109,7 +110,15 @@ class PatchResult(Result):
         return fig
 
 
-def _check_pair(model: HookedModel, clean: str | torch.Tensor, corrupt: str | torch.Tensor):
+def check_pair(model: HookedModel, clean: str | torch.Tensor,
+               corrupt: str | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``[1, pos]`` of a clean and a corrupted prompt; refuses prompts of different lengths.
+
+    >>> clean, corrupt = check_pair(model, "When Mary and John went to the store, John gave a drink to",
+    ...                             "When Mary and John went to the store, Mary gave a drink to")
+    >>> clean.shape == corrupt.shape, int((clean != corrupt).sum())
+    (True, 1)
+    """
     a, b = model.tokenize(clean).input_ids, model.tokenize(corrupt).input_ids
     if a.shape != b.shape:
         raise UncoverError(
@@ -152,17 +161,15 @@ def activation_patching(
         raise UncoverError(f"unknown direction {direction!r}; valid: denoise, noise")
     a_id, w_id = target_ids(model, [answer, wrong])
     fn = M.make_metric(metric, a_id, w_id)
-    clean_ids, corrupt_ids = _check_pair(model, clean, corrupt)
+    clean_ids, corrupt_ids = check_pair(model, clean, corrupt)
     base_ids, src_ids = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
     n_pos = base_ids.shape[1]
     diff = (base_ids[0] != src_ids[0]).nonzero()
     first = int(diff[0]) if len(diff) else n_pos
     cfg = model.cfg
     n = cfg.n_layers
-    names = [f"blocks.{i}.hook_resid_pre" for i in range(n)]
-    site = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-            "z": "attn.hook_z"}[hook]
-    src_names = [f"blocks.{i}.{site}" for i in range(n)]
+    names = [act_name("resid_pre", i) for i in range(n)]
+    src_names = [act_name(hook, i) for i in range(n)]
     base_batch = model.tokenize(base_ids)
     base_logits, calls = capture_calls(model, base_batch)
     _, base_cache = model.run_with_cache(base_batch, names=names)

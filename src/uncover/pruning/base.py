@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from uncover.core.codec import transient
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.hooks import weights
-from uncover.ops.codec import transient
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -284,7 +284,7 @@ class Pruning(Result):
         return pd.DataFrame(self.rows, columns=["layer", "module", "kind", "weights", "zeros", "sparsity"])
 
     def plot(self) -> go.Figure:
-        from uncover.pruning.evaluate import sparsity_figure
+        from uncover.pruning.figures import sparsity_figure
 
         return sparsity_figure(self.to_frame(), self.title)
 

@@ -164,6 +164,8 @@ class SparsityReport(Result):
         return pd.DataFrame(self.rows, columns=["layer", "module", "kind", "weights", "zeros", "sparsity"])
 
     def plot(self) -> go.Figure:
+        from uncover.pruning.figures import sparsity_figure
+
         return sparsity_figure(self.to_frame(), self.title)
 
 
@@ -174,18 +176,6 @@ def sparsity_report(model: HookedModel) -> SparsityReport:
     True
     """
     return SparsityReport(measured_rows(linear_sites(model)), model.name)
-
-
-def sparsity_figure(frame: pd.DataFrame, title: str) -> go.Figure:
-    """Lines of measured sparsity per layer, one per module name."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for name, part in frame.groupby("module", sort=False):
-        fig.add_trace(go.Scatter(x=part["layer"], y=part["sparsity"], mode="lines+markers", name=str(name)))
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="fraction of weights that are zero",
-                      yaxis_range=[0, 1])
-    return fig
 
 
 def save_pretrained(model: HookedModel, out: str | Path) -> Path:

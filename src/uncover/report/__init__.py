@@ -1,1 +1,1 @@
-"""Reports: plotly figures and self-contained HTML pages."""
+"""Reports above the operations: the tour of every technique and shared-script pages of many results."""

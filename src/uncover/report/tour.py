@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uncover.core.errors import UncoverError
+from uncover.core.html import Section, render_page
+from uncover.core.persist import atomic_write, load_result
 from uncover.core.results import Result
-from uncover.report.html import Section, render_page
+from uncover.ops.provenance import weights_fingerprint
+from uncover.ops.registry import get_operation
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -144,16 +147,14 @@ SECTIONS: list[tuple[str, Callable[[HookedModel, Step], list[Result]]]] = [
 
 def _stepper(model: HookedModel, fingerprint: str, cache: Path | None, stats: dict[str, int]) -> Step:
     """``step(op, **config)``: run an operation (or load its cached result), reverting weight changes."""
-    import uncover as uc
-
     def step(name: str, **config: Any) -> Result:
-        op = uc.get_operation(name)
+        op = get_operation(name)
         key = hashlib.sha256(json.dumps([name, config], sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = cache / f"{name.replace(' ', '-')}-{key}.safetensors" if cache is not None else None
         if path is not None and path.is_file():
             try:
                 stats["cached"] += 1
-                return uc.load_result(path)
+                return load_result(path)
             except UncoverError:
                 path.unlink(missing_ok=True)  # a damaged or outdated entry: run again
         stats["run"] += 1
@@ -179,7 +180,6 @@ def run_tour(model: HookedModel, out: str | Path = "uncover-tour.html", progress
     from tqdm.auto import tqdm
 
     from uncover.models.load import cache_dir
-    from uncover.ops.provenance import weights_fingerprint
 
     fingerprint = weights_fingerprint(model.model)
     stats = {"run": 0, "cached": 0}
@@ -199,8 +199,6 @@ def run_tour(model: HookedModel, out: str | Path = "uncover-tour.html", progress
         f"{time.perf_counter() - t0:.1f} s on {html.escape(platform.machine())} / {model.device}; "
         f"{stats['run']} operations run, {stats['cached']} loaded from the cache."
     )
-    from uncover.ops.persist import atomic_write
-
     path = Path(out)
     page = render_page("uncover tour", sections, intro)
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

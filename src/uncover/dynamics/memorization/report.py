@@ -156,8 +156,8 @@ class MemorizationTraining(Result):
     def to_html(self, path: str | Path | None = None) -> str:
         if self.localization is None:
             return super().to_html(path)
-        from uncover.ops.persist import atomic_write
-        from uncover.report.html import render_results
+        from uncover.core.html import render_results
+        from uncover.core.persist import atomic_write
 
         page = render_results("Memorization", [self.memorization, self.localization])
         if path is not None:

@@ -106,7 +106,7 @@ def _is_frame(v: Any) -> bool:
 def _qualname(cls: type) -> str:
     if not cls.__module__.startswith(tuple(TRUSTED)):
         raise UncoverError(f"cannot save {cls.__module__}.{cls.__qualname__}: only classes of trusted modules are "
-                           f"saved ({', '.join(sorted(TRUSTED))}; add yours to uncover.ops.codec.TRUSTED)")
+                           f"saved ({', '.join(sorted(TRUSTED))}; add yours to uncover.core.codec.TRUSTED)")
     return f"{cls.__module__}:{cls.__qualname__}"
 
 

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from uncover.core.codec import Decoder, Encoder, _qualname, resolve_class
 from uncover.core.config import check_writable
 from uncover.core.errors import UncoverError, UsageError
-from uncover.ops.codec import Decoder, Encoder, resolve_class
 
 if TYPE_CHECKING:
     from uncover.core.results import Result
@@ -50,8 +50,6 @@ def save_result(result: Result, path: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from uncover.ops.codec import _qualname
-
     path = Path(path)
     check_writable(path, what="result file")
     enc = Encoder()
@@ -66,7 +64,7 @@ def load_result(path: str | os.PathLike) -> Result:
     """Load a result saved by :meth:`Result.save`; a file that is not one says what it is instead."""
     from safetensors import SafetensorError, safe_open
 
-    from uncover.ops.provenance import Provenance
+    from uncover.core.provenance import Provenance
 
     path = Path(path)
     if not path.is_file():
