@@ -98,6 +98,15 @@ def act_name(kind: str, layer: int | None = None) -> str:
 
 
 # ---- component labels: one style in every table and figure ---------------------------------------------
+def layer_label(layer: int) -> str:
+    """``L{layer}``: a layer as a row of a layer × position grid (the residual stream entering it).
+
+    >>> f"{layer_label(3)}@5"
+    'L3@5'
+    """
+    return f"L{layer}"
+
+
 def head_label(layer: int, head: int) -> str:
     """``L{layer}H{head}``.
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from uncover.core.errors import UncoverError
-from uncover.core.names import act_name, head_label
+from uncover.core.names import act_name, head_label, layer_label
 from uncover.core.results import Result
 from uncover.hooks import metrics as M
 from uncover.hooks.replay import capture_calls, run_staged, stage_offsets
@@ -77,7 +77,7 @@ class PatchResult(Result):
         idx = torch.unravel_index(torch.tensor(flat_index), self.grid.shape)
         idx = [int(i) for i in idx]
         if self.per == "pos":
-            return f"L{idx[0]}@{idx[1]}:{self.str_tokens[idx[1]]!r}"
+            return f"{layer_label(idx[0])}@{idx[1]}:{self.str_tokens[idx[1]]!r}"
         if self.per == "head":
             return head_label(idx[0], idx[1])
         return f"{head_label(idx[0], idx[1])}@{idx[2]}"
