@@ -3,17 +3,21 @@
 For each unit (an MLP neuron, a residual direction, an SAE latent) the ``k`` token positions
 where it fires most, with the activations around them, a uniform sample of all activations and
 its firing density; shown as highlighted contexts (the "max-activating examples" of Bricken et
-al. 2023). Neuron views (:mod:`uncover.neurons.top`) and SAE feature dashboards
-(:mod:`uncover.sae.dashboard`) both return it.
+al. 2023, *Towards Monosemanticity*: one coloured span per token, shaded by its activation).
+Neuron views (:mod:`uncover.neurons.top`) and SAE feature dashboards (:mod:`uncover.sae.dashboard`)
+both return it and show it with :func:`contexts_html`.
 """
 
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from uncover.core.html import Section
 from uncover.core.results import Result
 
 if TYPE_CHECKING:
@@ -125,8 +129,6 @@ class TopActivations(Result):
 
     def contexts_section(self, max_units: int = 20) -> str:
         """HTML: each unit's top contexts with token highlighting."""
-        from uncover.report.highlight import contexts_html
-
         parts = []
         for u in range(min(len(self.units), max_units)):
             rows = []
@@ -138,6 +140,35 @@ class TopActivations(Result):
 
     def html_sections(self) -> list[Any]:
         """The figure and table, then each unit's top contexts with token highlighting."""
-        from uncover.report.html import Section
-
         return [Section.from_result(self), Section("Top contexts", self.contexts_section())]
+
+
+def highlight(tokens: Sequence[str], acts: Sequence[float], scale: float, mark: int | None = None) -> str:
+    """Tokens as ``<span>``s shaded red by ``act / scale`` (negative values blue); ``mark`` is underlined.
+
+    >>> highlight(["a", "b"], [0.0, 1.0], 1.0, mark=1).count("<span")
+    2
+    """
+    out = []
+    scale = scale if scale > 0 else 1.0
+    for i, (t, a) in enumerate(zip(tokens, acts)):
+        x = max(-1.0, min(1.0, float(a) / scale))
+        color = f"rgba(230,60,40,{x:.2f})" if x >= 0 else f"rgba(40,90,230,{-x:.2f})"
+        style = f"background:{color}" + (";border-bottom:2px solid #000;font-weight:600" if i == mark else "")
+        text = html.escape(t).replace("\n", "⏎")
+        out.append(f'<span title="{float(a):.3g}" style="{style}">{text}</span>')
+    return "".join(out)
+
+
+def contexts_html(rows: Sequence[tuple[str, Sequence[str], Sequence[float], int, float]], scale: float) -> str:
+    """A list of highlighted contexts: ``(label, tokens, acts, mark, value)`` per row.
+
+    >>> "<li>" in contexts_html([("n0", ["x"], [1.0], 0, 1.0)], 1.0)
+    True
+    """
+    items = [
+        f'<li><span class="meta">{html.escape(label)} · {value:.3g}</span> '
+        f'<code style="white-space:pre-wrap">{highlight(toks, acts, scale, mark)}</code></li>'
+        for label, toks, acts, mark, value in rows
+    ]
+    return '<ol style="text-align:left;line-height:1.7">' + "".join(items) + "</ol>"

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.html import Section
 from uncover.core.results import Result
-from uncover.hooks.contexts import TopActivations
+from uncover.hooks.contexts import TopActivations, contexts_html
 from uncover.hooks.harvest import hook_values
 from uncover.hooks.streaming import StreamingTopK
 
@@ -84,8 +85,6 @@ class FeatureDashboard(Result):
 
     def feature_html(self, j: int) -> str:
         """The card of the ``j``-th feature shown."""
-        from uncover.report.highlight import contexts_html
-
         f = self.features[j]
         c = self.contexts
         rows = []
@@ -103,8 +102,6 @@ class FeatureDashboard(Result):
 
     def html_sections(self) -> list[Any]:
         """The figure and table, then one card per feature (contexts, logit effects, density)."""
-        from uncover.report.html import Section
-
         cards = "\n".join(self.feature_html(j) for j in range(len(self.features)))
         return [Section.from_result(self), Section("Features", cards)]
 
