@@ -26,7 +26,15 @@ _TRANSIENT = "transient"  # dataclass field metadata key: not saved (a live mode
 
 
 class Encoder:
-    """Turns values into a JSON tree; tensors are collected in :attr:`tensors`."""
+    """Turns values into a JSON tree; tensors are collected in :attr:`tensors`.
+
+    >>> enc = Encoder()
+    >>> tree = enc.encode({"grid": torch.ones(2), (0, 1): 0.5})
+    >>> tree, list(enc.tensors)
+    ({'__dict__': [['grid', {'__tensor__': 't0'}], [{'__tuple__': [0, 1]}, 0.5]]}, ['t0'])
+    >>> Decoder(enc.tensors).decode(tree)[(0, 1)]
+    0.5
+    """
 
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
@@ -111,7 +119,16 @@ def _qualname(cls: type) -> str:
 
 
 def resolve_class(name: str) -> type:
-    """An ``uncover`` class from ``module:QualName``; anything outside the package is refused."""
+    """An ``uncover`` class from ``module:QualName``; anything outside the package is refused.
+
+    >>> resolve_class("uncover.core.provenance:Provenance").__name__
+    'Provenance'
+    >>> resolve_class("os:system")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UncoverError: refusing to load class 'os:system': only classes of trusted modules are \
+loaded (uncover.)
+    """
     module, _, qual = name.partition(":")
     if not module.startswith(tuple(TRUSTED)) or not qual or "<" in qual:
         raise UncoverError(f"refusing to load class {name!r}: only classes of trusted modules are loaded "
@@ -222,7 +239,15 @@ def _key(k: Any) -> Any:
 
 
 def transient(**kw: Any) -> Any:
-    """A dataclass field that is not saved with the result (a live model, undo buffers)."""
+    """A dataclass field that is not saved with the result (a live model, undo buffers).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Undo:
+    ...     buffers: list | None = transient(default=None)
+    >>> Encoder().encode(Undo([1]))["fields"]
+    {}
+    """
     meta = dict(kw.pop("metadata", {}))
     meta[_TRANSIENT] = True
     return dataclasses.field(metadata=meta, **kw)

@@ -26,7 +26,13 @@ SCHEMA = 1
 
 
 def atomic_write(path: Path, write: callable) -> Path:  # type: ignore[valid-type]
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder)."""
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder).
+
+    >>> import tempfile
+    >>> p = atomic_write(Path(tempfile.mkdtemp()) / "a.txt", lambda tmp: tmp.write_text("done"))
+    >>> p.read_text(), [f.name for f in p.parent.iterdir()]
+    ('done', ['a.txt'])
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -61,7 +67,13 @@ def save_result(result: Result, path: str | os.PathLike) -> Path:
 
 
 def load_result(path: str | os.PathLike) -> Result:
-    """Load a result saved by :meth:`Result.save`; a file that is not one says what it is instead."""
+    """Load a result saved by :meth:`Result.save`; a file that is not one says what it is instead.
+
+    >>> load_result("no-such-result.safetensors")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: no result file at no-such-result.safetensors
+    """
     from safetensors import SafetensorError, safe_open
 
     from uncover.core.provenance import Provenance

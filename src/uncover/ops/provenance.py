@@ -55,7 +55,11 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 
 
 def model_identity(model: HookedModel) -> dict[str, Any]:
-    """Name, source (what ``uncover.load`` was given), family, size and weights fingerprint."""
+    """Name, source (what ``uncover.load`` was given), family, size and weights fingerprint.
+
+    >>> sorted(model_identity(model))
+    ['d_model', 'family', 'fingerprint', 'n_layers', 'name', 'source']
+    """
     c = model.cfg
     return {"name": model.name, "source": getattr(model, "source", model.name), "family": c.family,
             "n_layers": c.n_layers, "d_model": c.d_model, "fingerprint": weights_fingerprint(model.model)}
