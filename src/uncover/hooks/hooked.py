@@ -2,7 +2,8 @@
 
 The HF model runs its own forward; uncover only attaches PyTorch hooks for the
 length of a call or ``with`` block, so with hooks that change nothing the logits are
-bit-identical to the plain model.
+bit-identical to the plain model. :func:`load` (``uncover.load``) wraps a model and tokenizer
+from :func:`uncover.models.load.load_pretrained`.
 """
 
 from __future__ import annotations
@@ -297,7 +298,6 @@ class HookedModel(nn.Module):
             f"HookedModel({self.name!r}, family={c.family}, n_layers={c.n_layers}, n_heads={c.n_heads}, "
             f"n_kv_heads={c.n_kv_heads}, d_model={c.d_model}, d_vocab={c.d_vocab})"
         )
-
 
 
 def load(
