@@ -63,9 +63,9 @@ def _run_example(op, model):
     test = doctest.DocTestParser().get_doctest(op.example_code(), globs, op.name, None, 0)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     out: list[str] = []
-    runner.run(test, out=out.append)
+    runner.run(test, out=out.append, clear_globs=False)
     assert runner.failures == 0, "".join(out)
-    return globs["r"]
+    return test.globs["r"]
 
 
 @pytest.mark.parametrize("name", NAMES)
