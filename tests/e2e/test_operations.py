@@ -72,9 +72,14 @@ def _run_example(op, model):
 def test_example_runs_round_trips_and_reruns(name, real, in_tmp):
     op = uc.get_operation(name)
     before = weights_fingerprint(real.model)
+    snapshot = {k: v.clone() for k, v in real.model.state_dict().items()} if op.changes_weights else None
     threads = torch.get_num_threads()
     try:
         r = _run_example(op, real if op.needs_model else None)
+    except BaseException:
+        if snapshot is not None:  # never leave the shared model changed for the tests after this one
+            real.model.load_state_dict(snapshot)
+        raise
     finally:
         torch.set_num_threads(threads)
     try:
