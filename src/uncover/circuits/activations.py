@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.circuits.graph import Graph
+from uncover.core.names import resid_name
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -122,16 +123,16 @@ def capture(
 
     hooks: list[tuple[str, Callable]] = [("hook_embed", on_embed)]
     for layer in range(c.n_layers):
-        p = f"blocks.{layer}."
-        hooks += [(p + "hook_resid_pre", keep("pre", layer)), (p + "attn.hook_z", keep("z", layer)),
-                  (p + "hook_mlp_out", keep("mlp", layer))]
+        hooks += [(resid_name(layer, "hook_resid_pre"), keep("pre", layer)),
+                  (resid_name(layer, "attn.hook_z"), keep("z", layer)),
+                  (resid_name(layer, "hook_mlp_out"), keep("mlp", layer))]
         if not c.parallel_attn_mlp:
-            hooks.append((p + "hook_resid_mid", keep("mid", layer)))
+            hooks.append((resid_name(layer, "hook_resid_mid"), keep("mid", layer)))
         if track:
-            hooks += [(p + f"attn.hook_{k}", keep(k, layer)) for k in ("q", "k", "v")]
-            hooks.append((p + "ln2.hook_normalized", keep("n2", layer)))
+            hooks += [(resid_name(layer, f"attn.hook_{k}"), keep(k, layer)) for k in ("q", "k", "v")]
+            hooks.append((resid_name(layer, "ln2.hook_normalized"), keep("n2", layer)))
     if track:
-        hooks.append((f"blocks.{c.n_layers - 1}.hook_resid_post", keep("final", c.n_layers - 1)))
+        hooks.append((resid_name(c.n_layers - 1, "hook_resid_post"), keep("final", c.n_layers - 1)))
     with torch.set_grad_enabled(track), model.hooks(hooks):
         logits = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     return Captured(logits, store, resid_pre, mlp_in, points if track else {})
