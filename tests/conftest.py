@@ -85,6 +85,17 @@ def real():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread (fastest, and immune to spin-waiting on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def one_thread_no_grad():
     """Tiny models: one thread is fastest, and immune to spin-waiting on a busy machine."""
     threads = torch.get_num_threads()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 from tests.conftest import tiny
 from uncover.cli.generate import build_config
@@ -22,12 +21,7 @@ from uncover.ops.reproduce import differences
 GROK, SCAN, MEM = (get_operation(n) for n in ("grok", "memorization scan", "memorization train"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def round_trip(r, tmp_path):

@@ -24,12 +24,7 @@ EDIT, PRUNE, DOLA = (get_operation(n) for n in ("edit", "prune", "dola"))
 FACT = {"prompt": "{} is in the city of", "subject": "big ben", "target": " rome"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def digest(m) -> dict[str, str]:

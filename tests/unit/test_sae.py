@@ -33,13 +33,7 @@ from uncover.sae import (
 )
 from uncover.sae.base import SAEError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def make(arch: str, d_in: int = 8, d_sae: int = 32, hook: str = "", k: int = 4) -> SAE:

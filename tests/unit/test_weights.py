@@ -17,13 +17,7 @@ from uncover.hooks import weights
 from uncover.pruning import Pruning, PruningError, magnitude_prune, sparsegpt_prune, wanda_prune
 from uncover.pruning.structured import prune_structured
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 # ---- atomic weight writes (issue 13) -----------------------------------------------------------------
