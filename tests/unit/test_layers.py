@@ -22,9 +22,12 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "uncover"
 
 TECHNIQUES = ("lenses", "attribution", "patching", "circuits", "heads", "neurons", "sae", "probing", "steering",
-              "editing", "pruning", "decoding", "dynamics")
-RANK = {"core": 0, "models": 1, "hooks": 2, "data": 3, **dict.fromkeys(TECHNIQUES, 4), "ops": 5, "report": 6,
-        "uncover": 7, "cli": 8}
+              "editing", "pruning", "decoding", "dynamics", "transcoders", "graphs", "diffing", "autointerp",
+              "saebench")
+#: ``scale`` (shards, manifests, engines) sits beside ``data``: techniques read its shards; ``serve`` (the web
+#: workbench) sits on the facade, under the CLI that starts it
+RANK = {"core": 0, "models": 1, "hooks": 2, "data": 3, "scale": 3, **dict.fromkeys(TECHNIQUES, 4), "ops": 5,
+        "report": 6, "uncover": 7, "serve": 7.5, "cli": 8}
 
 #: technique -> technique imports that are part of the design: (importer, imported) -> why
 TECHNIQUE_USES = {
@@ -49,7 +52,7 @@ def area(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "uncover"
-    if parts[1] in TECHNIQUES and parts[2:3] == ["ops"]:
+    if parts[1] in (*TECHNIQUES, "scale") and parts[2:3] == ["ops"]:
         return "ops"
     return parts[1]
 
