@@ -9,8 +9,12 @@ activation ``x`` ``[..., d_in]`` as a sparse non-negative code ``f = act(pre)`` 
 Save/load use SAELens's format so SAEs move both ways: a directory with ``cfg.json`` and
 ``sae_weights.safetensors`` holding ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
 ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` (and ``threshold [d_sae]`` for JumpReLU).
-``cfg.json`` carries both the flat pre-v6 keys (``hook_name``, ``hook_layer``,
-``activation_fn_str``, ...) and the v6 ``metadata`` block.
+``cfg.json`` is read and written by :mod:`uncover.sae.saelens`: every SAELens field is either
+computed exactly as SAELens computes it or refused. The maps follow SAELens's
+``process_sae_in``/``decode``: ``reshape_activations="hook_z"`` flattens ``[..., n_heads, d_head]``
+inputs and reshapes reconstructions back; ``normalize_activations`` (``constant_norm_rescale``,
+``layer_norm``) normalises the input in ``encode_pre`` and undoes it in ``decode`` with the
+statistics of the last encoded input, as SAELens does.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from uncover.core.errors import UncoverError
+from uncover.core.errors import UsageError
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 
 
-class SAEError(UncoverError):
+class SAEError(UsageError):
     """A bad SAE configuration or an SAE directory that cannot be read."""
 
 
@@ -47,6 +51,13 @@ class SAEConfig:
         apply_b_dec_to_input: subtract ``b_dec`` from the input before encoding.
         model_name: the model the SAE was trained on (informational).
         dtype: parameter dtype name.
+        normalize_activations: SAELens's input normalisation: ``none``, ``constant_norm_rescale``
+            (``x * sqrt(d_in) / ||x||``, undone on decode) or ``layer_norm`` (``(x - mean) / (std + 1e-5)``,
+            undone on decode).
+        reshape_activations: ``hook_z``: inputs ``[..., n_heads, d_head]`` are flattened to ``d_in`` and
+            reconstructions reshaped back (SAELens's attention SAEs); ``none`` otherwise.
+        rescale_acts_by_decoder_norm: TopK only: pre-activations are multiplied by the decoder row norms
+            before the TopK and features divided by them before decoding (SAELens's ``TopKSAE``).
         extra: other SAELens keys, kept for round trips.
     """
 
@@ -58,6 +69,9 @@ class SAEConfig:
     apply_b_dec_to_input: bool = True
     model_name: str = ""
     dtype: str = "float32"
+    normalize_activations: str = "none"
+    reshape_activations: str = "none"
+    rescale_acts_by_decoder_norm: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,6 +81,23 @@ class SAEConfig:
             raise SAEError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
         if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
             raise SAEError(f"a topk SAE needs 0 < k <= d_sae, got k={self.k}")
+        from uncover.sae.saelens import NORMALIZATIONS, RESHAPES
+
+        if self.normalize_activations == "expected_average_only_in":
+            raise SAEError("normalize_activations='expected_average_only_in' needs the dataset's norm scaling "
+                           "factor, which cfg.json does not hold: load with SAE.load(path, norm_scaling_factor=...) "
+                           "to fold it in (valid here: " + ", ".join(NORMALIZATIONS) + ")")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise SAEError(f"normalize_activations={self.normalize_activations!r} is not supported; valid: "
+                           + ", ".join(NORMALIZATIONS))
+        if self.reshape_activations not in RESHAPES:
+            raise SAEError(f"reshape_activations={self.reshape_activations!r} is not supported; valid: "
+                           + ", ".join(RESHAPES))
+        if self.reshape_activations == "hook_z" and self.hook_name and not self.hook_name.endswith("_z"):
+            raise SAEError(f"reshape_activations='hook_z' is for attn.hook_z SAEs, but hook_name is "
+                           f"{self.hook_name!r}; valid: none")
+        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
+            raise SAEError("rescale_acts_by_decoder_norm is defined for topk SAEs only; valid: false")
 
     @property
     def hook_layer(self) -> int:
@@ -75,44 +106,17 @@ class SAEConfig:
         return int(m.group(1)) if m else 0
 
     def to_saelens(self) -> dict[str, Any]:
-        """``cfg.json`` content in SAELens's format (flat keys and the v6 ``metadata`` block)."""
-        act = {"standard": "relu", "topk": "topk", "jumprelu": "relu"}[self.architecture]
-        d = dict(self.extra)
-        d.update({
-            "architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae, "dtype": self.dtype,
-            "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none",
-            "reshape_activations": "none", "activation_fn_str": act,
-            "activation_fn_kwargs": {"k": self.k} if self.k is not None else {},
-            "hook_name": self.hook_name, "hook_layer": self.hook_layer, "hook_head_index": None,
-            "model_name": self.model_name, "prepend_bos": False, "finetuning_scaling_factor": False,
-            "metadata": {"model_name": self.model_name, "hook_name": self.hook_name, "hook_head_index": None,
-                         "prepend_bos": False, "sae_lens_training_version": None},
-        })
-        if self.k is not None:
-            d["k"] = self.k
-        return d
+        """``cfg.json`` content in SAELens 6's layout (see :func:`uncover.sae.saelens.cfg_to_saelens`)."""
+        from uncover.sae.saelens import cfg_to_saelens
+
+        return cfg_to_saelens(self)
 
     @staticmethod
     def from_saelens(d: dict[str, Any]) -> SAEConfig:
-        """Parse a SAELens ``cfg.json`` (pre-v6 flat keys or v6 with ``metadata``)."""
-        meta = d.get("metadata") or {}
-        arch = d.get("architecture", "standard")
-        if arch == "standard" and d.get("activation_fn_str") == "topk":
-            arch = "topk"
-        if arch not in ARCHITECTURES:
-            raise SAEError(f"SAE architecture {arch!r} is not supported; valid: {', '.join(ARCHITECTURES)}")
-        if d.get("normalize_activations", "none") not in ("none", None):
-            raise SAEError(f"normalize_activations={d['normalize_activations']!r} is not supported; valid: none "
-                           "(fold the scale into the weights)")
-        k = d.get("k") or (d.get("activation_fn_kwargs") or {}).get("k")
-        known = {"architecture", "d_in", "d_sae", "dtype", "apply_b_dec_to_input", "hook_name", "model_name", "k"}
-        return SAEConfig(
-            d_in=int(d["d_in"]), d_sae=int(d["d_sae"]), architecture=arch,
-            hook_name=d.get("hook_name") or meta.get("hook_name", ""), k=int(k) if k else None,
-            apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
-            model_name=d.get("model_name") or meta.get("model_name", "") or "", dtype=d.get("dtype", "float32"),
-            extra={key: v for key, v in d.items() if key not in known},
-        )
+        """Parse a SAELens ``cfg.json``, any version (see :func:`uncover.sae.saelens.cfg_from_saelens`)."""
+        from uncover.sae.saelens import cfg_from_saelens
+
+        return cfg_from_saelens(d)
 
 
 ARCHITECTURES: dict[str, type[SAE]] = {}
@@ -152,11 +156,55 @@ class SAE(nn.Module):
 
     # ---- the maps ------------------------------------------------------------------------
     def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-activations ``[..., d_sae]`` of inputs ``[..., d_in]``."""
-        x = x.to(self.W_enc.dtype)
+        """Pre-activations ``[..., d_sae]`` of inputs ``[..., d_in]`` (``[..., n_heads, d_head]`` for hook_z SAEs)."""
+        x = self._normalize_in(self._reshape_in(x.to(self.W_enc.dtype)))
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
+
+    #: ``d_head`` of the last ``[..., n_heads, d_head]`` input of a hook_z SAE (SAELens keeps it the same way)
+    d_head: int | None = None
+    _norm_state: tuple[torch.Tensor, ...] | None = None
+
+    def _reshape_in(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.reshape_activations != "hook_z" or x.shape[-1] == self.cfg.d_in:
+            return x  # already flat (uncover's harvest gives flat rows)
+        if x.dim() < 2 or x.shape[-2] * x.shape[-1] != self.cfg.d_in:
+            raise SAEError(f"a hook_z SAE reads [..., n_heads, d_head] with n_heads * d_head = {self.cfg.d_in} "
+                           f"(or flat [..., {self.cfg.d_in}]), got {tuple(x.shape)}")
+        self.d_head = int(x.shape[-1])
+        return x.flatten(-2)
+
+    def _reshape_out(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.reshape_activations != "hook_z" or self.d_head is None:
+            return x
+        return x.unflatten(-1, (self.cfg.d_in // self.d_head, self.d_head))
+
+    def _normalize_in(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            coeff = self.cfg.d_in ** 0.5 / x.norm(dim=-1, keepdim=True)
+            self._norm_state = (coeff,)
+            return x * coeff
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            x = x - mu
+            std = x.std(dim=-1, keepdim=True)
+            self._norm_state = (mu, std)
+            return x / (std + 1e-5)
+        return x
+
+    def _normalize_out(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.cfg.normalize_activations
+        if mode == "none":
+            return x
+        if self._norm_state is None or self._norm_state[0].shape[:-1] != x.shape[:-1]:
+            raise SAEError(f"normalize_activations={mode!r}: decode undoes the normalisation of the last encoded "
+                           "input, so encode the same batch first (as in SAELens)")
+        if mode == "constant_norm_rescale":
+            return x / self._norm_state[0]
+        mu, std = self._norm_state
+        return x * std + mu
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         """The sparse code from pre-activations (architecture-specific)."""
@@ -166,13 +214,17 @@ class SAE(nn.Module):
         """Feature activations ``[..., d_sae]`` (``hook_sae_acts_post``)."""
         return self.activation(self.encode_pre(x))
 
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``[..., d_in]`` from features ``[..., d_sae]``."""
+    def decode_linear(self, f: torch.Tensor) -> torch.Tensor:
+        """``f @ W_dec + b_dec`` ``[..., d_in]``, before any normalisation is undone (``hook_sae_recons``)."""
         return f @ self.W_dec + self.b_dec
 
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``[..., d_in]`` from features ``[..., d_sae]`` (``[..., n_heads, d_head]`` for hook_z)."""
+        return self._reshape_out(self._normalize_out(self.decode_linear(f)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of ``x``."""
-        return self.decode(self.encode(x))
+        """Reconstruction of ``x``, in ``x``'s shape."""
+        return self.decode(self.encode(x)).reshape(x.shape)
 
     # ---- training hooks (overridden per architecture) ------------------------------------
     def training_loss(self, x: torch.Tensor, sparsity_coeff: float, dead: torch.Tensor | None,
@@ -214,8 +266,12 @@ class SAE(nn.Module):
         return path
 
     @staticmethod
-    def load(path: str | Path) -> SAE:
+    def load(path: str | Path, norm_scaling_factor: float | None = None) -> SAE:
         """Read an SAE directory in SAELens format (ours or SAELens's ``save_model`` output).
+
+        ``norm_scaling_factor``: for ``normalize_activations="expected_average_only_in"`` (SAELens's
+        April-update scaling, whose factor lives outside ``cfg.json``), folded into the weights exactly as
+        SAELens's ``fold_activation_norm_scaling_factor`` does.
 
         >>> from uncover.sae import TopKSAE
         >>> import tempfile
@@ -230,7 +286,14 @@ class SAE(nn.Module):
         path = Path(path)
         if not (path / CFG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise SAEError(f"{path}: not an SAE directory (needs {CFG_FILE} and {WEIGHTS_FILE})")
-        cfg = SAEConfig.from_saelens(json.loads((path / CFG_FILE).read_text(encoding="utf-8")))
+        raw = json.loads((path / CFG_FILE).read_text(encoding="utf-8"))
+        scaled = raw.get("normalize_activations") in ("expected_average_only_in", True)
+        if norm_scaling_factor is not None and not scaled:
+            raise SAEError("norm_scaling_factor is for SAEs with normalize_activations='expected_average_only_in'; "
+                           f"{path} has {raw.get('normalize_activations', 'none')!r}")
+        if scaled and norm_scaling_factor is not None:
+            raw = {**raw, "normalize_activations": "none"}
+        cfg = SAEConfig.from_saelens(raw)
         sae = ARCHITECTURES[cfg.architecture](cfg)
         weights = load_file(path / WEIGHTS_FILE)
         if "log_threshold" in weights and "threshold" not in weights:
@@ -238,7 +301,21 @@ class SAE(nn.Module):
         missing = [k for k in sae.state_keys if k not in weights]
         if missing:
             raise SAEError(f"{path / WEIGHTS_FILE}: missing {', '.join(missing)}; found {', '.join(weights)}")
+        scale = weights.pop("scaling_factor", weights.pop("finetuning_scaling_factor", None))
+        if scale is not None and not torch.equal(scale, torch.ones_like(scale)):
+            # SAELens < 6 decoded (f * scaling_factor) @ W_dec: the same as scaling W_dec's rows
+            if not cfg.extra.get("finetuning_scaling_factor"):
+                raise SAEError(f"{path / WEIGHTS_FILE} holds a scaling_factor but cfg.json has "
+                               "finetuning_scaling_factor false (as SAELens, refused)")
+            if cfg.rescale_acts_by_decoder_norm:
+                raise SAEError("finetuning_scaling_factor with rescale_acts_by_decoder_norm is not supported")
+            weights["W_dec"] = weights["W_dec"] * scale.to(weights["W_dec"].dtype)[:, None]
+        cfg.extra["finetuning_scaling_factor"] = False
         sae.load_weights(weights)
+        if norm_scaling_factor is not None:
+            sae.fold_scale(float(norm_scaling_factor))
+        if cfg.dtype == "float64":  # half-precision SAEs compute in float32: rounding differences only
+            sae = sae.double()
         return sae
 
     @torch.no_grad()

@@ -136,7 +136,8 @@ def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> Tr
                                                                                                cfg.seed)
     d_in = int(source.batch(0).shape[-1])
     sae_cfg = SAEConfig(d_in=d_in, d_sae=cfg.expansion * d_in, architecture=cfg.arch, hook_name=cfg.hook,
-                        k=cfg.k if cfg.arch == "topk" else None, model_name=model.name or "")
+                        k=cfg.k if cfg.arch == "topk" else None, model_name=model.name or "",
+                        reshape_activations="hook_z" if cfg.hook.endswith(".attn.hook_z") else "none")
     jump = {"init_threshold": cfg.init_threshold, "bandwidth": cfg.bandwidth} if cfg.arch == "jumprelu" else {}
     sae = ARCHITECTURES[cfg.arch](sae_cfg, seed=cfg.seed, **jump)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, sparsity_coeff=cfg.sparsity_coeff,

@@ -5,6 +5,8 @@ are negative), so L0 is set directly and no sparsity penalty is needed. Dead lat
 firing for a while) get a gradient from the auxiliary loss: the ``k_aux`` largest dead
 pre-activations must reconstruct the residual error ``e = x - x_hat``,
 ``L_aux = ||e - e_hat||^2 / ||e||^2`` (per batch), weighted by ``aux_coeff`` (1/32 in Gao et al.).
+SAELens's ``rescale_acts_by_decoder_norm`` (select and decode as if the decoder rows had unit norm)
+is computed exactly for loaded SAEs; training keeps the rows at unit norm, where it is the identity.
 Training exploits the sparsity (Gao et al. do too, with sparse kernels): see ``training_loss``.
 """
 
@@ -59,8 +61,15 @@ class TopKSAE(SAE):
     unit_decoder = True
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.cfg.rescale_acts_by_decoder_norm:  # SAELens: pick the top k of pre * ||W_dec[i]||
+            pre = pre * self.W_dec.norm(dim=-1)
         top = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+    def decode_linear(self, f: torch.Tensor) -> torch.Tensor:
+        if self.cfg.rescale_acts_by_decoder_norm:  # SAELens: features divided by ||W_dec[i]|| before decoding
+            f = f / self.W_dec.norm(dim=-1)
+        return f @ self.W_dec + self.b_dec
 
     def training_loss(self, x: torch.Tensor, sparsity_coeff: float, dead: torch.Tensor | None,
                       aux_coeff: float) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
