@@ -58,7 +58,7 @@ MODES = ("update", "suppress")
 def default_layers(model: HookedModel) -> list[int]:
     """The upper half of the blocks, where Dai et al. find knowledge neurons (layers 15–29 of 30).
 
-    >>> default_layers(model)  # doctest: +SKIP
+    >>> default_layers(model)
     [15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]
     """
     n = model.cfg.n_layers
@@ -98,10 +98,10 @@ def kn_edit(
     ``lam``: the value change per neuron (norm of the added vector); ``None`` searches the
     smallest one that gives the new object a ``margin`` (nats) over the old on every prompt.
 
-    >>> e = kn_edit(model, "{} is in the city of", "The Eiffel Tower", " Rome")  # doctest: +SKIP
-    >>> e.options["neurons"][:2]  # doctest: +SKIP
+    >>> e = kn_edit(model, "{} is in the city of", "The Eiffel Tower", " Rome")
+    >>> e.options["neurons"][:2]
     [[28, 1095], [29, 1066]]
-    >>> e.revert()  # doctest: +SKIP
+    >>> e.revert()
     """
     from uncover.neurons.knowledge import knowledge_neurons
 
@@ -148,8 +148,10 @@ def kn_edit(
         d = U[:, new_ids[0]] - U[:, old_id]
         d = d / d.norm().clamp_min(1e-12)  # [d_model]
 
+        dirs = {x: value_direction(model, x, d) for x in {x for x, _ in chosen}}
+
         def update(lam_: float) -> dict[str, torch.Tensor]:
-            return _deltas(model, chosen, lambda layer, i, w: lam_ * signs[(layer, i)] * d)
+            return _deltas(model, chosen, lambda layer, i, w: lam_ * signs[(layer, i)] * dirs[layer])
 
         lam_used = lam if lam is not None else _search(model, prompts, old_id, new_ids[0], update, margin)
         deltas = update(lam_used)
@@ -173,6 +175,30 @@ def _old_id(model: HookedModel, text: str, old: str | None, neurons: KnowledgeNe
         return int(neurons.target_id)
     with torch.no_grad():
         return int(model(text)[0, -1].argmax())
+
+
+def value_direction(model: HookedModel, layer: int, d: torch.Tensor) -> torch.Tensor:
+    """Unit direction of a value-vector change that moves block ``layer``'s residual output along ``d``.
+
+    Without a post-feedforward norm the down projection's output joins the residual as it is,
+    so the direction is ``d``. With one (Gemma 2/3: ``y = w ⊙ x / rms(x)``) a small change
+    ``ε`` of the output ``x`` reaches the residual as ``w ⊙ ε / rms(x)`` (minus a component
+    along ``x``), so the value vector moves along ``d / w`` instead: the edit lands on what the
+    block adds to the residual, not on a tensor the norm rescales per dimension.
+
+    >>> d = torch.ones(model.cfg.d_model, dtype=torch.float64)
+    >>> torch.allclose(value_direction(model, 0, d), d / d.norm())  # Llama: no post-norm
+    True
+    """
+    path = model.adapter.family.mlp_post_norm
+    if path is not None:
+        w, _, _ = model.adapter.norm_params(model.adapter.sub(layer, path))
+        if w is not None:
+            w = w.detach().double().cpu()
+            floor = 1e-3 * float(w.abs().mean())
+            safe = torch.where(w.abs() < floor, torch.where(w < 0, -floor, floor), w)  # no division by ~0
+            d = d / safe
+    return d / d.norm().clamp_min(1e-12)
 
 
 def _last_acts(model: HookedModel, text: str, neurons: list[tuple[int, int]]) -> dict[tuple[int, int], float]:

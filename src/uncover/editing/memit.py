@@ -33,6 +33,7 @@ from uncover.editing.base import (
     apply_deltas,
     check_layer,
     check_request,
+    down_proj,
     down_proj_path,
     make_edit,
     to_param_layout,
@@ -67,13 +68,50 @@ def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) 
 def memit_layers(model: HookedModel, center: int | None = None, width: int = 5) -> list[int]:
     """``width`` consecutive layers around ``center`` (default the ROME layer), clipped to the model.
 
-    >>> memit_layers(model, 6)  # doctest: +SKIP
+    >>> memit_layers(model, 6)
     [4, 5, 6, 7, 8]
     """
     n = model.cfg.n_layers
     c = rome_layer(model) if center is None else check_layer(model, center)
     lo = max(0, min(c - width // 2, n - width))
     return list(range(lo, min(n, lo + width)))
+
+
+@torch.no_grad()
+def output_targets(model: HookedModel, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Changes of the down projection's output ``[n, d_model]`` that add ``R`` ``[n, d_model]`` to the residual.
+
+    Without a post-feedforward norm the MLP output joins the residual as it is: ``R``. With one
+    (Gemma 2/3, ``y = w ⊙ x / rms(x)``) the wanted block output ``y + R`` is pulled back through
+    the norm at the current output ``x = W k`` of each key ``K`` ``[n, d_mlp]``: ``x' = rms(x) ·
+    (y + R) / w``, and the change is ``x' − x`` (exact when ``y + R`` has the norm's output scale;
+    MEMIT re-measures the residual still missing after each layer, so the rest is corrected by
+    the next layers). Writing ``R`` into the down projection's output instead would be rescaled
+    by the norm per dimension and break the edit.
+
+    >>> K = torch.randn(2, model.cfg.d_mlp, dtype=torch.float64)
+    >>> R = torch.randn(2, model.cfg.d_model, dtype=torch.float64)
+    >>> torch.equal(output_targets(model, 0, K, R), R)  # no post-norm in Llama
+    True
+    """
+    a = model.adapter
+    path = a.family.mlp_post_norm
+    if path is None:
+        return R
+    if a.family.norm_kind not in ("rms", "rms1p"):
+        raise EditError(f"MEMIT through a {a.family.norm_kind} post-feedforward norm is not supported")
+    w, bias, eps = a.norm_params(a.sub(layer, path))
+    if bias is not None:
+        raise EditError("MEMIT through a post-feedforward norm with a bias is not supported")
+    W = down_proj(model, layer).detach().double().cpu()  # [d_model, d_mlp]
+    b = a.b_out(layer)
+    x = K.double() @ W.T + (0 if b is None else b.detach().double().cpu())  # [n, d_model]
+    w = torch.ones(x.shape[-1], dtype=torch.float64) if w is None else w.detach().double().cpu()
+    floor = 1e-3 * float(w.abs().mean())
+    w = torch.where(w.abs() < floor, torch.where(w < 0, -floor, floor), w)
+    scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [n, 1]
+    y = w * x / scale
+    return scale * (y + R.double()) / w - x
 
 
 @torch.no_grad()
@@ -104,8 +142,8 @@ def memit(
     tuples. ``mom2_weight``: λ, the weight of the key statistics against the new keys.
 
     >>> e = memit(model, [("{} is in the city of", "The Eiffel Tower", " Rome"),
-    ...                   ("{} is in the city of", "Big Ben", " Paris")])  # doctest: +SKIP
-    >>> e.revert()  # doctest: +SKIP
+    ...                   ("{} is in the city of", "Big Ben", " Paris")])
+    >>> e.revert()
     """
     t0 = time.perf_counter()
     cfg = config or MEMIT_CONFIG
@@ -132,6 +170,7 @@ def memit(
         for i, layer in enumerate(layers):
             K = torch.stack([subject_keys(model, layer, r, prefixes).mean(0) for r in reqs])
             R = (z - _residuals(model, last, reqs)) / (len(layers) - i)
+            R = output_targets(model, layer, K, R)
             upd = to_param_layout(model, memit_update(R, K, covs[layer], mom2_weight))
             key = down_proj_path(model, layer)
             total[key] = upd

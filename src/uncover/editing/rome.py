@@ -116,7 +116,9 @@ def rome_layer(
     Each fact's MLP indirect effects (restoring ``window`` MLP layers around each layer under
     subject noise, :func:`uncover.patching.causal_tracing.causal_trace`) at its last subject
     token are divided by the fact's clean − corrupted probability, averaged over
-    :data:`TRACE_FACTS`, and the argmax taken.
+    :data:`TRACE_FACTS`, and the argmax taken. Facts whose corruption barely moves the
+    probability (the trace's ``warning``) are left out; with none left it raises
+    :class:`~uncover.editing.base.EditError` rather than pick a layer from noise.
 
     >>> rome_layer(model)  # doctest: +SKIP
     6
@@ -131,13 +133,19 @@ def rome_layer(
         if key in KNOWN_LAYERS:
             return KNOWN_LAYERS[key]
     total = torch.zeros(model.cfg.n_layers)
+    used = 0
     for subject, tmpl, obj in TRACE_FACTS:
         r = causal_trace(model, tmpl.format(subject), subject, obj, kind="mlp", samples=samples, window=window)
-        span = max(r.clean_prob - r.corrupt_prob, 1e-3)
-        total += r.grids["mlp"][:, r.subject[-1]] / span
+        if r.warning:  # a corruption that does not move p(answer) locates nothing
+            continue
+        total += r.grids["mlp"][:, r.subject[-1]] / max(r.drop, 1e-3)
+        used += 1
+    if not used:
+        raise EditError("causal tracing cannot locate the facts in this model (the subject noise does not lower "
+                        "p(object) for any built-in fact), so there is no automatic ROME layer; give layer=")
     layer = int(total.argmax())
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"layer": layer, "effect": (total / len(TRACE_FACTS)).tolist(),
+    path.write_text(json.dumps({"layer": layer, "effect": (total / used).tolist(), "facts": used,
                                 "samples": samples, "window": window}))
     return layer
 

@@ -231,14 +231,36 @@ class KnowledgeEffect(Result):
         return f"Suppressing and amplifying {self.n_neurons} knowledge neuron(s) of {self.target!r}"
 
     def change(self, which: str) -> float:
-        """Mean relative change of the probability: ``suppressed``, ``amplified`` or ``random``."""
+        """Relative change of the *mean* probability: ``suppressed``, ``amplified`` or ``random``.
+
+        ``mean(p_which) / mean(p_base) − 1``. (A mean of per-prompt relative changes would be
+        dominated by the prompts whose base probability is tiny: 1e-4 → 1e-3 is "+900%".)
+
+        >>> e = KnowledgeEffect(["a", "b"], " x", torch.tensor([0.5, 0.001]), torch.tensor([0.25, 0.001]),
+        ...                     torch.tensor([0.5, 0.01]), torch.tensor([0.5, 0.001]), 1)
+        >>> round(e.change("amplified"), 3), round(e.change("suppressed"), 3)
+        (0.018, -0.499)
+        """
         v = getattr(self, which)
-        return float(((v - self.base) / self.base).mean())
+        return float(v.double().mean() / self.base.double().mean() - 1)
+
+    def logprob_change(self, which: str) -> float:
+        """Mean change of the log-probability (nats) over prompts: ``mean(log p_which − log p_base)``.
+
+        >>> e = KnowledgeEffect(["a"], " x", torch.tensor([0.5]), torch.tensor([0.25]), torch.tensor([0.5]),
+        ...                     torch.tensor([0.5]), 1)
+        >>> round(e.logprob_change("suppressed"), 3)
+        -0.693
+        """
+        v = getattr(self, which)
+        tiny = torch.finfo(torch.float64).tiny
+        return float((v.double().clamp_min(tiny).log() - self.base.double().clamp_min(tiny).log()).mean())
 
     def summary(self) -> str:
-        return (f"P({self.target!r}) mean {float(self.base.mean()):.4f}: suppressed {self.change('suppressed'):+.1%}, "
-                f"amplified x2 {self.change('amplified'):+.1%}, {self.n_neurons} random neurons suppressed "
-                f"{self.change('random'):+.1%}")
+        parts = [f"{label} {self.change(w):+.1%} ({self.logprob_change(w):+.2f} nats)" for label, w in
+                 (("suppressed", "suppressed"), ("amplified x2", "amplified"),
+                  (f"{self.n_neurons} random neurons suppressed", "random"))]
+        return f"P({self.target!r}) mean {float(self.base.mean()):.4f}; change of the mean: " + ", ".join(parts)
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd

@@ -1,10 +1,13 @@
 """Causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", ROME).
 
 Corrupt the subject tokens of a factual prompt by adding Gaussian noise to their embeddings
-(``hook_embed``; scale ``3 ×`` the standard deviation of the embedding matrix, seeded, several
-samples), then restore one clean state at one (layer, token) and measure the *indirect
-effect*: the probability of the correct object after the restoration minus its probability
-in the corrupted run, averaged over the noise samples.
+(``hook_embed``; scale ``3 ×`` the standard deviation of the embeddings *as they are at*
+``hook_embed``, so that families which scale their embeddings, such as Gemma's √d_model, get
+the same corruption; seeded, several samples), then restore one clean state at one (layer,
+token) and measure the *indirect effect*: the probability of the correct object after the
+restoration minus its probability in the corrupted run, averaged over the noise samples.
+The result reports the corruption's drop of the probability and warns (``warning``) when
+the noise barely moves it: then no restoration can show anything.
 
 Kinds of restored state:
 
@@ -67,6 +70,8 @@ class CausalTraceResult(Result):
         clean_prob, corrupt_prob: its probability clean and corrupted (mean).
         samples: noise samples per prompt; noise: the noise standard deviation used;
         window: layers restored together for ``mlp``/``attn``; n_prompts: prompts averaged.
+        warning: non-empty when the corruption lowers p(answer) by less than
+            :data:`WEAK_DROP` of its clean value (the trace then measures nothing; raise ``noise``).
     """
 
     grids: dict[str, torch.Tensor]
@@ -79,6 +84,12 @@ class CausalTraceResult(Result):
     noise: float
     window: int
     n_prompts: int = 1
+    warning: str = ""
+
+    @property
+    def drop(self) -> float:
+        """How much the corruption lowers p(answer): ``clean_prob − corrupt_prob``."""
+        return self.clean_prob - self.corrupt_prob
 
     @property
     def title(self) -> str:
@@ -105,9 +116,10 @@ class CausalTraceResult(Result):
         for kind in self.grids:
             layer, pos, v = self.peak(kind)
             parts.append(f"{kind}: peak {v:+.3f} at layer {layer}, {toks[pos]!r}")
-        return (f"p({self._answer()}): clean {self.clean_prob:.3f}, corrupted {self.corrupt_prob:.3f} "
-                f"({self.samples} noise samples, σ={self.noise:.3f}, {self.n_prompts} prompt(s)); "
-                + "; ".join(parts))
+        warn = f"WARNING: {self.warning}\n" if self.warning else ""
+        return (warn + f"p({self._answer()}): clean {self.clean_prob:.3f}, corrupted {self.corrupt_prob:.3f} "
+                f"(drop {self.drop:+.3f}; {self.samples} noise samples, σ={self.noise:.3f}, "
+                f"{self.n_prompts} prompt(s)); " + "; ".join(parts))
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (kind, layer, position)."""
@@ -144,13 +156,54 @@ class CausalTraceResult(Result):
         return fig
 
 
-def noise_scale(model: HookedModel, factor: float = 3.0) -> float:
-    """``factor`` × the standard deviation of the embedding matrix (the paper's ν = 3σ).
+WEAK_DROP = 0.1
+"""A corruption that lowers p(answer) by less than this fraction of its clean value is flagged."""
 
-    >>> round(noise_scale(model), 3)  # doctest: +SKIP
+
+@torch.no_grad()
+def embed_multiplier(model: HookedModel) -> float:
+    """How much larger ``hook_embed`` is than the rows of ``W_E`` (Gemma: √d_model; most families: 1).
+
+    Measured by running the embedding module on up to 4096 token ids spread over the vocabulary,
+    so any multiplier the module applies is seen, whatever the family calls it.
+
+    >>> embed_multiplier(model)
+    1.0
+    """
+    W = model.W_E.detach()
+    ids = torch.arange(0, W.shape[0], max(1, W.shape[0] // 4096), device=W.device)
+    out = model.adapter.module(model.adapter.family.embed)(ids).float()
+    rows = W[ids].float()
+    if torch.equal(out, rows):
+        return 1.0
+    return float(out.norm() / rows.norm().clamp_min(1e-30))
+
+
+def noise_scale(model: HookedModel, factor: float = 3.0) -> float:
+    """``factor`` × the standard deviation of the embeddings at ``hook_embed``, where the noise is added.
+
+    The paper's ν = 3σ, with σ measured on the embedding matrix times any multiplier the
+    embedding module applies (:func:`embed_multiplier`): Gemma's embeddings are √d_model larger
+    than ``W_E``, and a noise scaled on ``W_E`` alone would corrupt nothing.
+
+    >>> round(noise_scale(model), 3)
     0.407
     """
-    return factor * float(model.W_E.detach().float().std())
+    return factor * float(model.W_E.detach().float().std()) * embed_multiplier(model)
+
+
+def weak_corruption(clean_prob: float, corrupt_prob: float) -> str:
+    """A warning when the corruption lowers p(answer) by less than :data:`WEAK_DROP` of its clean value, else ``""``.
+
+    >>> weak_corruption(0.497, 0.491)[:44]
+    'the corruption barely moves p(answer): clean'
+    >>> weak_corruption(0.5, 0.05)
+    ''
+    """
+    if clean_prob - corrupt_prob >= WEAK_DROP * clean_prob:
+        return ""
+    return (f"the corruption barely moves p(answer): clean {clean_prob:.3f}, corrupted {corrupt_prob:.3f}; "
+            "the trace measures nothing (raise noise, or check the subject span)")
 
 
 def subject_noise(model: HookedModel, samples: int, n_tokens: int, scale: float, seed: int = 0) -> torch.Tensor:
@@ -267,7 +320,8 @@ def causal_trace(
         grids[k] = total / samples
     return CausalTraceResult(grids=grids, str_tokens=model._strs(batch.input_ids[0].tolist()), subject=subj,
                              answer=model._strs([a_id])[0], clean_prob=clean_prob, corrupt_prob=corrupt_prob,
-                             samples=samples, noise=scale, window=window)
+                             samples=samples, noise=scale, window=window,
+                             warning=weak_corruption(clean_prob, corrupt_prob))
 
 
 def _restore(model, calls, kind, bad, clean, names, ss, positions, window, a_id) -> torch.Tensor:
@@ -363,11 +417,15 @@ def average_traces(results: Sequence[CausalTraceResult]) -> CausalTraceResult:
                     counts[c] += 1
         grids[k] = sums / counts
     answers = sorted({r.answer for r in results})
+    weak = sum(bool(r.warning) for r in results)
+    clean = sum(r.clean_prob for r in results) / len(results)
+    corrupt = sum(r.corrupt_prob for r in results) / len(results)
+    warning = weak_corruption(clean, corrupt) or (
+        f"the corruption barely moves p(answer) in {weak} of {len(results)} prompts" if weak else "")
     return CausalTraceResult(
         grids=grids, str_tokens=list(CATEGORIES), subject=[0, 1, 2], answer=answers[0] if len(answers) == 1 else "*",
-        clean_prob=sum(r.clean_prob for r in results) / len(results),
-        corrupt_prob=sum(r.corrupt_prob for r in results) / len(results), samples=results[0].samples,
-        noise=results[0].noise, window=results[0].window, n_prompts=len(results))
+        clean_prob=clean, corrupt_prob=corrupt, samples=results[0].samples,
+        noise=results[0].noise, window=results[0].window, n_prompts=len(results), warning=warning)
 
 
 def trace_facts(

@@ -173,7 +173,7 @@ class TraceConfig(Config):
     kind: Literal["hidden", "mlp", "attn", "all"] = param("all", help="The restored state")
     window: int = param(10, help="Layers restored together for mlp and attn", ge=1)
     samples: int = param(10, help="Noise samples per prompt", ge=1)
-    noise: float = param(3.0, help="Noise std as a multiple of the embedding std", gt=0)
+    noise: float = param(3.0, help="Noise std as a multiple of the embeddings' std at hook_embed", gt=0)
     seed: int = param(0, help="Noise seed", ge=0)
 
     def validate(self) -> None:
