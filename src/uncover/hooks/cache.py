@@ -43,8 +43,8 @@ def norm_scale(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Mapping from hook name to tensor, plus the batch it came from.
 
-    >>> logits, cache = model.run_with_cache("Hi there")  # doctest: +SKIP
-    >>> resid, labels = cache.accumulated_resid()  # doctest: +SKIP
+    >>> logits, cache = model.run_with_cache("Hi there")
+    >>> resid, labels = cache.accumulated_resid()
     """
 
     def __init__(
@@ -153,9 +153,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             mod = m.norm(layer, "attn_post")
             w, _, eps = m.adapter.norm_params(mod)
             b_o = m.adapter.b_O(layer)
-            total = res.sum(-2) + (0 if b_o is None else b_o)
+            total = res.sum(-2) + (0 if b_o is None else b_o.to(res.device))
             scale = norm_scale(total, m.cfg.norm_kind, eps).unsqueeze(-2)  # [b, p, 1, 1]
-            res = (res.float() / scale * w.float()).to(res.dtype)
+            res = (res.float() / scale * w.float().to(res.device)).to(res.dtype)
         return res
 
     def stack_head_results(self, layer: int | None = None) -> Stack:

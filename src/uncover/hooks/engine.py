@@ -63,6 +63,11 @@ def _changed(new: torch.Tensor | None, old: torch.Tensor) -> bool:
     return new is not None and new is not old
 
 
+def _here(new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``new`` on ``like``'s device: a hook may return a tensor from elsewhere (a layer on another GPU)."""
+    return new if new.device == like.device else new.to(like.device)
+
+
 class Attachment:
     """Context manager that attaches ``[(name, fn), ...]`` to a :class:`HookedModel`."""
 
@@ -181,7 +186,7 @@ def _pre_hook(entries: list) -> Callable:
             v = site.extract(t)
             new = fn(v, hp)
             if _changed(new, v):
-                t = site.insert(t, new)
+                t = site.insert(t, _here(new, v))
         if t is t0:
             return None
         if positional:
@@ -202,27 +207,28 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
                 v = site.extract(t)
                 new = fn(v, hp)
                 if _changed(new, v):
-                    t = site.insert(t, new)
+                    t = site.insert(t, _here(new, v))
             elif site.kind == "mid":
-                pre = state.stash[hp.layer]
+                pre = _here(state.stash[hp.layer], t)
                 mid = pre + t
                 new = fn(mid, hp)
                 if _changed(new, mid):
-                    t = new - pre
+                    t = _here(new, mid) - pre
             else:  # result: per-head outputs in the residual basis, [batch, pos, head, d_model]
                 layer = hp.layer
                 if result is None:  # computed once, so that several hooks on it compose
                     z = args[0]
                     w_o = adapter.W_O(layer)  # [head, d_head, d_model]
+                    b_o = adapter.b_O(layer)
                     zh = z.view(*z.shape[:-1], w_o.shape[0], w_o.shape[1])
-                    result = torch.einsum("bphd,hdm->bphm", zh, w_o.to(z.dtype))
+                    result = torch.einsum("bphd,hdm->bphm", zh, w_o.to(z.device, z.dtype))
                 new = fn(result, hp)
                 if _changed(new, result):
                     if new.shape != result.shape:
                         raise ValueError(f"hook returned shape {tuple(new.shape)}, expected {tuple(result.shape)}")
-                    result = new
-                    b = adapter.b_O(layer)
-                    t = new.sum(-2) if b is None else new.sum(-2) + b
+                    result = new = _here(new, result)
+                    t = new.sum(-2) if b_o is None else new.sum(-2) + b_o.to(new.device)
+        t = _here(t, t0)
         if t is t0:
             return None
         return (t, *output[1:]) if is_tuple else t
@@ -237,13 +243,13 @@ def _attn_callable(entries: list) -> Callable:
             if site.order == 0:
                 new = fn(scores, hp)
                 if _changed(new, scores):
-                    scores, changed = site.insert(scores, new), True
+                    scores, changed = site.insert(scores, _here(new, scores)), True
         pattern = attention.pattern_from_scores(scores)
         for _, site, fn, hp in entries:
             if site.order == 1:
                 new = fn(pattern, hp)
                 if _changed(new, pattern):
-                    pattern, changed = site.insert(pattern, new), True
+                    pattern, changed = site.insert(pattern, _here(new, pattern)), True
         return pattern, changed
 
     return run

@@ -22,6 +22,7 @@ from uncover.hooks.apply import hooks_for
 from uncover.hooks.cache import ActivationCache
 from uncover.hooks.engine import Attachment, ForwardState, HookFn
 from uncover.hooks.interventions import Intervention
+from uncover.hooks.offload import OffloadedAdapter, execution_device, is_offloaded
 from uncover.hooks.sites import Site, resolve
 from uncover.hooks.tokens import Batch, check_texts, check_token_ids
 from uncover.models.adapter import Adapter, ModelConfig
@@ -36,9 +37,9 @@ class HookedModel(nn.Module):
     """A causal LM with named hook points, caching and scoped interventions.
 
     >>> import uncover
-    >>> model = uncover.load()  # doctest: +SKIP
-    >>> logits, cache = model.run_with_cache("The Eiffel Tower is in")  # doctest: +SKIP
-    >>> cache["blocks.0.hook_resid_post"].shape  # doctest: +SKIP
+    >>> model = uncover.load()
+    >>> logits, cache = model.run_with_cache("The Eiffel Tower is in")
+    >>> cache["blocks.0.hook_resid_post"].shape
     torch.Size([1, 6, 576])
     """
 
@@ -48,7 +49,8 @@ class HookedModel(nn.Module):
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         self.source: str | None = None  # what uncover.load was given (None: the embedded model or built in memory)
-        self.adapter = Adapter(model, family_for(model.config.model_type))
+        family = family_for(model.config.model_type)
+        self.adapter = (OffloadedAdapter if is_offloaded(model) else Adapter)(model, family)
         self.state = ForwardState()
         self._sites: dict[str, Site] = {}
         self._names = self._all_names()
@@ -63,7 +65,13 @@ class HookedModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device the token embedding computes on (the first one under a ``device_map``)."""
+        return execution_device(self.adapter.module(self.adapter.family.embed))
+
+    @property
+    def device_map(self) -> dict[str, Any] | None:
+        """accelerate's ``{module path: device | "cpu" | "disk"}`` when loaded with a ``device_map``, else ``None``."""
+        return getattr(self.model, "hf_device_map", None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -126,7 +134,7 @@ class HookedModel(nn.Module):
     def to_tokens(self, inputs: str | Sequence[str]) -> torch.Tensor:
         """Token ids ``[batch, pos]`` (right-padded).
 
-        >>> model.to_tokens("Hello world").shape  # doctest: +SKIP
+        >>> model.to_tokens("Hello world").shape
         torch.Size([1, 2])
         """
         return self.tokenize(inputs).input_ids
@@ -197,11 +205,14 @@ class HookedModel(nn.Module):
         """Logits and an :class:`ActivationCache` of the chosen hook values.
 
         ``names``: ``None`` (every hook), a list of names, or a predicate on names.
-        ``device``: where cached tensors go (default: stay where computed).
+        ``device``: where cached tensors go (default: stay where computed; under a ``device_map``,
+        gathered on :attr:`device`, the embedding's device).
         ``attn.hook_result`` values are computed on first access from the cached ``hook_z`` and
         ``W_O`` (as costly as another output projection, so only paid when used).
         """
         batch = self.tokenize(inputs)
+        if device is None and self.device_map is not None:
+            device = self.device
         store: dict[str, torch.Tensor] = {}
         wanted = self.select_names(names)
         lazy = [n for n in wanted if n.endswith(".attn.hook_result")]
@@ -242,7 +253,7 @@ class HookedModel(nn.Module):
         texts = self.tokenizer.batch_decode(out[:, b.input_ids.shape[1] :], skip_special_tokens=True)
         return texts[0] if isinstance(inputs, str) else texts
 
-    # ---- weights in standard form (views, no copies) -------------------------------------
+    # ---- weights in standard form (views, no copies; offloaded weights: views of a loaded copy) --
     def W_Q(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_model, d_head]``."""
         return self.adapter.W_Q(layer)
@@ -305,18 +316,24 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, int | str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> HookedModel:
     """Load a causal LM as a :class:`HookedModel` (``uncover.load``).
 
     ``name``: ``None`` (the embedded SmolLM2-135M-Instruct), a ``.gguf`` file, a local
     Hugging Face model directory, or a hub id (needs the network or the HF cache); see
-    :func:`uncover.models.load.load_pretrained`.
+    :func:`uncover.models.load.load_pretrained`. ``device_map``, ``max_memory`` and ``offload_folder`` spread a
+    big model over devices and offload what does not fit, through accelerate (``docs/big-models.md``): hooks,
+    caches, interventions and weight edits work the same; caches are gathered on :attr:`HookedModel.device`.
 
-    >>> model = load()  # doctest: +SKIP
-    >>> model.cfg.n_layers  # doctest: +SKIP
+    >>> model = load()
+    >>> model.cfg.n_layers
     30
     """
-    model, tok = load_pretrained(name, device=device, dtype=dtype)
+    model, tok = load_pretrained(name, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                 offload_folder=offload_folder)
     hooked = HookedModel(model, tok, name=EMBEDDED_NAME if name is None else str(name))
     hooked.source = None if name is None else str(name)
     return hooked

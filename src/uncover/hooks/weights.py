@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from uncover.core.errors import UncoverError
+from uncover.hooks import offload
 
 MODES = ("add", "set")
 Mode = Literal["add", "set"]
@@ -76,6 +77,51 @@ def parameters(model: Any) -> dict[str, torch.Tensor]:
     return dict(module_of(model).named_parameters())
 
 
+# ---- parameters wherever they live: any device, or offloaded by accelerate (uncover.hooks.offload) ----
+
+
+def is_offloaded(model: Any, path: str) -> bool:
+    """Whether parameter ``path`` is offloaded (meta on the module, its value in accelerate's weights map).
+
+    >>> is_offloaded(torch.nn.Linear(2, 2), "weight")
+    False
+    """
+    return offload.locate(module_of(model), path) is not None
+
+
+def read(model: Any, path: str) -> torch.Tensor:
+    """The real value of parameter ``path``: the parameter itself when resident (on any device), else
+    its offloaded value (not a copy: clone it before changing it).
+
+    >>> lin = torch.nn.Linear(2, 2)
+    >>> read(lin, "weight") is lin.weight
+    True
+    """
+    root = module_of(model)
+    off = offload.locate(root, path)
+    return root.get_parameter(path) if off is None else offload.value(*off)
+
+
+def write(model: Any, path: str, value: torch.Tensor) -> None:
+    """Set parameter ``path`` to ``value`` (cast to its dtype, moved to where its value lives).
+
+    A resident parameter is written in place; an offloaded one gets an in-memory override in
+    accelerate's weights map, which the next forward loads (the offload files stay untouched).
+
+    >>> lin = torch.nn.Linear(2, 2, bias=False)
+    >>> write(lin, "weight", torch.zeros(2, 2)); float(lin.weight.abs().sum())
+    0.0
+    """
+    root = module_of(model)
+    off = offload.locate(root, path)
+    if off is None:
+        p = root.get_parameter(path)
+        with torch.no_grad():
+            p.copy_(value.to(p.device, p.dtype))
+    else:
+        offload.override(*off, value, path)
+
+
 def check_fits(model: Any, tensors: Mapping[str, Any], *, what: str = "change",
                error: type[Exception] = WeightError) -> dict[str, torch.Tensor]:
     """Refuse a change naming parameters ``model`` lacks or of other shapes; return the parameters it names.
@@ -104,9 +150,8 @@ def snapshot(model: Any, paths: Any = None) -> dict[str, torch.Tensor]:
     >>> list(snapshot(lin, ["bias"]))
     ['bias']
     """
-    params = parameters(model)
-    keys = list(params) if paths is None else list(paths)
-    return {k: params[k].detach().clone() for k in keys}
+    keys = list(parameters(model)) if paths is None else list(paths)
+    return {k: read(model, k).detach().clone() for k in keys}
 
 
 @contextlib.contextmanager
@@ -143,10 +188,9 @@ def restore(model: Any, originals: Mapping[str, torch.Tensor]) -> None:
     >>> torch.equal(lin.weight, saved["weight"])
     True
     """
-    params = parameters(model)
     with interrupts_deferred(), torch.no_grad():
         for k, v in originals.items():
-            params[k].copy_(v)
+            write(model, k, v)
 
 
 def apply_change(model: Any, tensors: Mapping[str, torch.Tensor], mode: Mode = "add", *, what: str = "change",
@@ -164,22 +208,22 @@ def apply_change(model: Any, tensors: Mapping[str, torch.Tensor], mode: Mode = "
     """
     if mode not in MODES:
         raise WeightError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    params = check_fits(model, tensors, what=what, error=error)
-    originals = {k: p.detach().clone() for k, p in params.items()}
+    check_fits(model, tensors, what=what, error=error)
+    originals = {k: read(model, k).detach().clone() for k in tensors}
     try:
         for k, t in tensors.items():
-            _write(params[k], originals[k], t, mode)
+            _write(model, k, originals[k], t, mode)
     except BaseException:
         restore(model, originals)
         raise
     return originals
 
 
-def _write(p: torch.Tensor, original: torch.Tensor, t: torch.Tensor, mode: Mode) -> None:
+def _write(model: Any, path: str, original: torch.Tensor, t: torch.Tensor, mode: Mode) -> None:
     """Write one parameter: ``original + t`` (``add``) or ``t`` (``set``), in the parameter's dtype and device."""
-    new = t.to(p.device, p.dtype)
+    new = t.to(original.device, original.dtype)
     with torch.no_grad():
-        p.copy_(original + new if mode == "add" else new)
+        write(model, path, original + new if mode == "add" else new)
 
 
 class Transaction:
@@ -195,7 +239,6 @@ class Transaction:
     def __init__(self, model: Any):
         self.model = model
         self.originals: dict[str, torch.Tensor] = {}
-        self._params = parameters(model)
 
     def remember(self, path: str, tensor: torch.Tensor | None = None) -> None:
         """Record the original of parameter ``path`` (once), before it is first written.
@@ -203,7 +246,7 @@ class Transaction:
         ``tensor``: the parameter itself when the caller holds it (saves the lookup).
         """
         if path not in self.originals:
-            t = self._params[path] if tensor is None else tensor
+            t = read(self.model, path) if tensor is None or tensor.device.type == "meta" else tensor
             self.originals[path] = t.detach().clone()
 
 
@@ -240,8 +283,7 @@ def current(model: Any, paths: Any) -> dict[str, torch.Tensor]:
     >>> current(torch.nn.Linear(2, 3), ["bias"])["bias"].shape
     torch.Size([3])
     """
-    params = parameters(model)
-    return {k: params[k].detach().contiguous() for k in paths}
+    return {k: read(model, k).detach().contiguous() for k in paths}
 
 
 def save_change(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], mode: Mode,

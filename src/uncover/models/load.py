@@ -177,7 +177,8 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _from_pretrained(source: str | Path, dtype: torch.dtype | None, device: str, **kw: Any) -> tuple[Any, Any]:
+def _from_pretrained(source: str | Path, dtype: torch.dtype | None, device: str | dict, **kw: Any) -> tuple[Any, Any]:
+    """``device``: a device name, or the ``from_pretrained`` placement options (``device_map`` ...) as a dict."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from uncover.models.families import family_for
@@ -195,6 +196,8 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype | None, device: str,
                 "fix: save one next to the model with tokenizer.save_pretrained(DIR)"
             ) from e
         raise
+    if isinstance(device, dict):  # accelerate places (and offloads) the modules while loading
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **device, **kw), tok
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **kw)
     return model.to(device), tok
 
@@ -215,6 +218,9 @@ def load_pretrained(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, int | str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """The Hugging Face causal LM and tokenizer of ``name``, in eval mode with gradients off.
 
@@ -222,12 +228,17 @@ def load_pretrained(
     Hugging Face model directory, or a hub id (needs the network or the HF cache).
     :func:`uncover.load` wraps the pair in a :class:`~uncover.hooks.hooked.HookedModel`.
 
-    >>> hf_model, tokenizer = load_pretrained()  # doctest: +SKIP
-    >>> hf_model.config.num_hidden_layers  # doctest: +SKIP
+    Big models (through accelerate, instead of ``device``): ``device_map`` (``"auto"``,
+    ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``, or ``{module path: device | "cpu" | "disk"}``),
+    ``max_memory`` (``{0: "20GiB", "cpu": "60GiB"}``: what ``"auto"`` may use per device) and
+    ``offload_folder`` (where modules that fit nowhere are offloaded; see ``docs/big-models.md``).
+
+    >>> hf_model, tokenizer = load_pretrained()
+    >>> hf_model.config.num_hidden_layers
     30
     """
-    device = str(device or _default_device())
     dtype = _dtype(dtype)
+    device = _placement(device, device_map, max_memory, offload_folder)
     if name is None:
         model, tok = _from_pretrained(gguf_entry(embedded_gguf()), dtype, device)
     else:
@@ -251,7 +262,34 @@ def load_pretrained(
     return model, tok
 
 
-def _hub(name: str, dtype: torch.dtype | None, device: str) -> tuple[Any, Any]:
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _placement(device: Any, device_map: Any, max_memory: Any, offload_folder: Any) -> str | dict[str, Any]:
+    """A device name, or ``from_pretrained``'s placement options when a ``device_map`` is given."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise UncoverError("max_memory and offload_folder need a device_map (e.g. device_map='auto')")
+        return str(device or _default_device())
+    if device is not None:
+        raise UncoverError(f"give device ({device!r}) or device_map, not both: device_map places every module")
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise UncoverError(f"unknown device_map {device_map!r}; valid: {', '.join(DEVICE_MAPS)} "
+                           "or a dict {module path: device}")
+    if not isinstance(device_map, str | dict):
+        raise UncoverError(f"device_map must be a string or a dict, got {type(device_map).__name__}")
+    if importlib.util.find_spec("accelerate") is None:
+        raise UncoverError("device_map needs accelerate; install it with: pip install accelerate")
+    out: dict[str, Any] = {"device_map": device_map}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        Path(offload_folder).expanduser().mkdir(parents=True, exist_ok=True)
+        out["offload_folder"] = str(Path(offload_folder).expanduser())
+    return out
+
+
+def _hub(name: str, dtype: torch.dtype | None, device: str | dict) -> tuple[Any, Any]:
     try:
         return _from_pretrained(name, dtype, device)
     except OSError as e:
