@@ -227,6 +227,25 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     return pearson(_ranks(x.double().flatten()), _ranks(y.double().flatten()))
 
 
+POOR_AGREEMENT = 0.5
+"""Pearson r between attribution and exact patching below which a comparison warns."""
+
+
+def agreement_warning(corr: pd.DataFrame) -> str:
+    """A warning naming the sites whose Pearson r is below :data:`POOR_AGREEMENT` (or undefined), else ``""``.
+
+    >>> import pandas as pd
+    >>> agreement_warning(pd.DataFrame({"site": ["a/pos", "b/pos"], "pearson": [0.9, 0.07]}))[:60]
+    'attribution patching agrees poorly with exact patching on b/'
+    """
+    bad = [f"{r.site} (r={r.pearson:.2f})" for r in corr.itertuples()
+           if not r.pearson == r.pearson or r.pearson < POOR_AGREEMENT]
+    if not bad:
+        return ""
+    return ("attribution patching agrees poorly with exact patching on " + ", ".join(bad)
+            + ": its first-order estimate is unreliable there; trust the exact patching values")
+
+
 def _cells(r: PatchResult) -> torch.Tensor:
     """The grid cells exact patching really ran: positions from the first differing token on."""
     if r.per == "head":
@@ -242,10 +261,18 @@ class AttributionComparison(Result):
         exact: one :class:`PatchResult` per site; approx: the matching :class:`AttributionResult`.
     Correlations use the cells exact patching runs (positions before the first differing token are
     equal to the base run in both methods and are left out).
+        warning: non-empty when attribution patching agrees poorly with exact patching on some site
+            (Pearson below :data:`POOR_AGREEMENT`): there the linear estimate is not to be trusted
+            (see docs/attribution.md: saturated softmaxes and norms make the metric far from linear).
     """
 
     exact: list[PatchResult]
     approx: list[AttributionResult]
+    warning: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.warning:
+            self.warning = agreement_warning(self.correlations())
 
     @property
     def title(self) -> str:
@@ -264,7 +291,8 @@ class AttributionComparison(Result):
         unit = "recovery" if self.exact[0].normalised else self.exact[0].metric
         parts = [f"{r.site}: Pearson {r.pearson:.3f}, Spearman {r.spearman:.3f} ({r.cells} cells)"
                  for r in self.correlations().itertuples()]
-        return f"attribution vs exact patching ({unit}): " + "; ".join(parts)
+        warn = f"WARNING: {self.warning}\n" if self.warning else ""
+        return warn + f"attribution vs exact patching ({unit}): " + "; ".join(parts)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per cell: site, its coordinates, the exact and the attribution value."""

@@ -42,6 +42,10 @@ class DLAResult(Result):
         contributions: ``[component, prompt]`` contributions (sum = ``logit_diff``).
         logit_diff: ``[prompt]`` the true logit difference before soft-capping.
         n_layers, n_heads: model shape (for the head grid).
+        softcap: the model's final logit soft-cap (Gemma 2/3: ``c · tanh(logit / c)``), or ``None``.
+        capped_diff: ``[prompt]`` the logit difference after the soft-cap (what the model outputs),
+            or ``None`` without a cap. The components sum to ``logit_diff``, the pre-cap value: the
+            cap is not linear, so it has no per-component share.
     """
 
     prompts: list[str]
@@ -56,6 +60,8 @@ class DLAResult(Result):
     logit_diff: torch.Tensor
     n_layers: int
     n_heads: int
+    softcap: float | None = None
+    capped_diff: torch.Tensor | None = None
 
     @property
     def title(self) -> str:
@@ -65,10 +71,14 @@ class DLAResult(Result):
         total = self.contributions.sum(0)
         mean = self.contributions.mean(1)
         top = mean.abs().argsort(descending=True)[:5].tolist()
+        pre = "pre-cap logit diff" if self.softcap else "logit diff"
         lines = [
-            f"{p!r}: logit diff {d:.3f} (components sum to {t:.3f})"
+            f"{p!r}: {pre} {d:.3f} (components sum to {t:.3f})"
             for p, d, t in zip(self.prompts, self.logit_diff.tolist(), total.tolist())
         ]
+        if self.softcap and self.capped_diff is not None:
+            lines = [f"{line}; after the final soft-cap ({self.softcap:g}): {c:.3f}"
+                     for line, c in zip(lines, self.capped_diff.tolist())]
         lines.append("largest: " + ", ".join(f"{self.labels[i]} {mean[i]:+.3f}" for i in top))
         return "\n".join(lines)
 
@@ -121,8 +131,8 @@ def direct_logit_attribution(
     ``position``: the real-token position whose prediction is explained (default: the last).
 
     >>> r = direct_logit_attribution(model, "When Mary and John went to the store, John gave a drink to",
-    ...                              " Mary", " John")  # doctest: +SKIP
-    >>> float(r.contributions.sum(0)[0] - r.logit_diff[0]) < 1e-3  # doctest: +SKIP
+    ...                              " Mary", " John")
+    >>> float(r.contributions.sum(0)[0] - r.logit_diff[0]) < 1e-3
     True
     """
     batch = model.tokenize(prompts)
@@ -195,6 +205,13 @@ def direct_logit_attribution(
     true = (normed * (W_U[:, a_ids] - W_U[:, w_ids]).T).sum(-1)
     if ad.b_U is not None:
         true = true + (ad.b_U[a_ids] - ad.b_U[w_ids]).to(stack.dtype)
+    cap = ad.final_softcap
+    capped = None
+    if cap:
+        la, lw = (normed * W_U[:, a_ids].T).sum(-1), (normed * W_U[:, w_ids].T).sum(-1)  # [prompt] each
+        if ad.b_U is not None:
+            la, lw = la + ad.b_U[a_ids].to(stack.dtype), lw + ad.b_U[w_ids].to(stack.dtype)
+        capped = (cap * (torch.tanh(la / cap) - torch.tanh(lw / cap))).detach().cpu()
     return DLAResult(
         prompts=prompts,
         answers=[model._strs([t])[0] for t in a_ids],
@@ -208,4 +225,6 @@ def direct_logit_attribution(
         logit_diff=true.detach().cpu(),
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
+        softcap=float(cap) if cap else None,
+        capped_diff=capped,
     )

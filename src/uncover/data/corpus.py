@@ -22,6 +22,10 @@ from typing import Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.hooks.tokens import special_prefix
+
+__all__ = ["CorpusError", "corpus_info", "corpus_texts", "prefix_len", "special_prefix", "split_documents",
+           "token_blocks"]
 
 SPLITS = ("train", "heldout")
 FORMATS = (".txt", ".jsonl")
@@ -160,6 +164,23 @@ def _tokenizer(obj: Any) -> Any:
     return tok
 
 
+def prefix_len(tokenizer: Any, tokens: torch.Tensor) -> int:
+    """How many leading positions of every row of ``tokens`` ``[n, pos]`` are the tokenizer's BOS prefix.
+
+    Statistics over positions (activation moments, SAE training) skip these: the BOS position
+    is an attention sink whose activations are outliers, and it carries no text.
+
+    >>> prefix_len(model, torch.tensor([[5, 6, 7]]))
+    0
+    """
+    pre = special_prefix(tokenizer)
+    n = len(pre)
+    if n == 0 or tokens.dim() != 2 or tokens.shape[1] < n:
+        return 0
+    head = torch.tensor(pre, dtype=tokens.dtype, device=tokens.device)
+    return n if bool((tokens[:, :n] == head).all()) else 0
+
+
 def token_blocks(
     tokenizer: Any,
     texts: Sequence[str] | None = None,
@@ -167,22 +188,31 @@ def token_blocks(
     split: str = "train",
     heldout_fraction: float = 0.1,
     seed: int = 0,
+    bos: bool | None = None,
 ) -> torch.Tensor:
     """Fixed-length token blocks ``[n_blocks, block_len]`` (int64) from one split of a corpus.
 
     The documents of ``split`` (see :func:`split_documents`) are tokenised without special
     tokens, joined with the tokenizer's end-of-sequence token after each document, and cut
     into consecutive blocks; the incomplete tail is dropped. A block may span two documents
-    of the same split. ``tokenizer`` is a Hugging Face tokenizer (or a ``HookedModel``);
-    ``texts`` defaults to the embedded corpus.
+    of the same split. Each block starts with the tokenizer's BOS prefix when the tokenizer
+    adds one (:func:`special_prefix`; ``bos=False`` leaves it out, ``bos=True`` requires one),
+    so every block looks like an input the model was trained on. ``tokenizer`` is a Hugging
+    Face tokenizer (or a ``HookedModel``); ``texts`` defaults to the embedded corpus.
 
-    >>> blocks = token_blocks(model.tokenizer, block_len=64)  # doctest: +SKIP
-    >>> blocks.shape, blocks.dtype  # doctest: +SKIP
+    >>> blocks = token_blocks(model.tokenizer, block_len=64)
+    >>> blocks.shape, blocks.dtype
     (torch.Size([1400, 64]), torch.int64)
     """
     if block_len < 1:
         raise CorpusError(f"block_len must be positive, not {block_len}")
     tok = _tokenizer(tokenizer)
+    prefix = special_prefix(tok) if bos is not False else []
+    if bos and not prefix:
+        raise CorpusError("bos=True, but this tokenizer adds no BOS token; use bos=None to follow the tokenizer")
+    body = block_len - len(prefix)
+    if body < 1:
+        raise CorpusError(f"block_len {block_len} leaves no room after the {len(prefix)}-token BOS prefix")
     docs = split_documents(corpus_texts() if texts is None else list(texts), split, heldout_fraction, seed)
     eos = getattr(tok, "eos_token_id", None)
     ids: list[int] = []
@@ -190,8 +220,11 @@ def token_blocks(
         ids.extend(doc_ids)
         if eos is not None:
             ids.append(eos)
-    n = len(ids) // block_len
+    n = len(ids) // body
     if n == 0:
         raise CorpusError(f"the {split} split has {len(ids)} tokens, fewer than one block of {block_len}; "
                           "use a smaller block_len or more text")
-    return torch.tensor(ids[: n * block_len], dtype=torch.long).view(n, block_len)
+    out = torch.tensor(ids[: n * body], dtype=torch.long).view(n, body)
+    if prefix:
+        out = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(n, -1), out], dim=1)
+    return out

@@ -48,7 +48,7 @@ def model_key(model: HookedModel) -> str:
     """A file-name-safe key for ``model`` (its name and shape).
 
     >>> import re
-    >>> bool(re.fullmatch(r"[\\w.-]+", model_key(model)))  # doctest: +SKIP
+    >>> bool(re.fullmatch(r"[\\w.-]+", model_key(model)))
     True
     """
     c = model.cfg
@@ -76,16 +76,20 @@ def key_moments(
 ) -> dict[int, torch.Tensor]:
     """Uncentred second moments ``E[k kᵀ]`` ``[d_mlp, d_mlp]`` (float64) of the keys of ``layers``.
 
-    ``tokens``: ``[n_blocks, block_len]`` ids; every position counts as one sample. The keys are
+    ``tokens``: ``[n_blocks, block_len]`` ids; every position but a leading BOS
+    (:func:`uncover.data.corpus.prefix_len`) counts as one sample. The keys are
     harvested (:func:`uncover.hooks.harvest.harvest`): each forward pass stops after the deepest
     layer asked for.
 
-    >>> from tests.conftest import tiny, tokens as toks  # doctest: +SKIP
-    >>> key_moments(tiny("llama"), [1], toks(4, 8), progress=False)[1].shape  # doctest: +SKIP
+    >>> from tests.conftest import tiny, tokens as toks
+    >>> key_moments(tiny("llama"), [1], toks(4, 8), progress=False)[1].shape
     torch.Size([48, 48])
     """
+    from uncover.data.corpus import prefix_len
+
     for layer in layers:
         check_layer(model, layer)
+    skip = prefix_len(model, tokens) if model.tokenizer is not None else 0  # BOS: an outlier, not text
     d = model.cfg.d_mlp
     sums = {layer: torch.zeros(d, d, dtype=torch.float64) for layer in layers}
     count = 0
@@ -93,9 +97,9 @@ def key_moments(
     for batch, got in harvest(model, tokens, list(names), batch_size=batch_size, dtype=torch.float64,
                               progress=progress, desc=f"key statistics, layers {layers}"):
         for name, layer in names.items():
-            k = got[name].reshape(-1, d)
+            k = got[name][:, skip:].reshape(-1, d)
             sums[layer].addmm_(k.T, k)
-        count += batch.input_ids.numel()
+        count += batch.input_ids[:, skip:].numel()
     return {layer: s / max(count, 1) for layer, s in sums.items()}
 
 
@@ -133,8 +137,8 @@ def layer_mom2(
 
     Loaded from the cache when present, else computed (tqdm bar) and saved there.
 
-    >>> C = layer_mom2(model, 3, mom2_samples=4096)  # doctest: +SKIP
-    >>> C.shape  # doctest: +SKIP
+    >>> C = layer_mom2(model, 3, mom2_samples=4096)
+    >>> C.shape
     torch.Size([1536, 1536])
     """
     from safetensors.torch import load_file, save_file

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -132,3 +133,28 @@ def check_token_ids(ids: torch.Tensor, d_vocab: int) -> torch.Tensor:
     if lo < 0 or hi >= d_vocab:
         raise UsageError(f"token ids must be in 0..{d_vocab - 1} (the vocabulary), got values {lo}..{hi}")
     return ids.long() if ids.dtype != torch.long else ids
+
+
+def special_prefix(tokenizer: Any) -> list[int]:
+    """The ids a tokenizer puts before a text's own tokens (its BOS), ``[]`` when it adds none.
+
+    This is the tokenizer's own convention (``add_special_tokens=True``): Llama, Gemma and
+    Mistral tokenizers prepend BOS, GPT-2's and SmolLM2's do not. A model trained with BOS
+    sees it first in every sequence, so corpus pipelines put it there too (the cross-entropy of
+    a BOS-trained model without it can double). ``tokenizer``: a tokenizer or a ``HookedModel``.
+
+    >>> special_prefix(model)  # SmolLM2 adds no BOS
+    []
+    """
+    tok = getattr(tokenizer, "tokenizer", tokenizer) if hasattr(tokenizer, "to_str_tokens") else tokenizer
+    if tok is None:
+        return []
+    try:
+        plain = tok(["a"], add_special_tokens=False)["input_ids"][0]
+        full = tok(["a"], add_special_tokens=True)["input_ids"][0]
+    except (ValueError, TypeError, KeyError, IndexError):  # a stand-in that cannot encode the probe adds nothing
+        return []
+    n = len(full) - len(plain)
+    if n > 0 and full[n:n + len(plain)] == plain:
+        return list(full[:n])
+    return []

@@ -207,7 +207,9 @@ def collect_resid(model: HookedModel, blocks: torch.Tensor, chunk: int = 8, prog
 
     Row ``l < n_layers`` is ``blocks.{l}.hook_resid_pre``; row ``n_layers`` is the final
     residual. Float32 on the CPU, whatever the model's dtype and device. Collected by the
-    harvesting engine (the final norm and unembedding never run).
+    harvesting engine (the final norm and unembedding never run). When every block starts with
+    the tokenizer's BOS (:func:`uncover.data.corpus.token_blocks` puts it there), the BOS
+    positions are left out: their residuals are attention-sink outliers, not text.
 
     >>> collect_resid(model, torch.tensor([[1, 2, 3]])).shape
     torch.Size([31, 3, 576])
@@ -215,9 +217,12 @@ def collect_resid(model: HookedModel, blocks: torch.Tensor, chunk: int = 8, prog
     if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype not in (torch.int64, torch.int32):
         got = f"{blocks.dtype} {tuple(blocks.shape)}" if isinstance(blocks, torch.Tensor) else type(blocks).__name__
         raise UncoverError(f"blocks must be token ids, a LongTensor [n_blocks, block_len]; got {got}")
+    from uncover.data.corpus import prefix_len
+
     n = model.cfg.n_layers
+    skip = prefix_len(model, blocks) if model.tokenizer is not None else 0  # a leading BOS: an outlier, no text
     names = [act_name("resid_pre", i) for i in range(n)] + [act_name("resid_post", n - 1)]
-    parts = [torch.stack([got[name] for name in names]).flatten(1, 2)  # [layer + 1, tokens, d_model]
+    parts = [torch.stack([got[name][:, skip:] for name in names]).flatten(1, 2)  # [layer + 1, tokens, d_model]
              for _, got in harvest(model, blocks, names, batch_size=chunk, progress=progress, desc="residuals")]
     return torch.cat(parts, dim=1)
 

@@ -16,6 +16,7 @@ from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.dynamics.memorization.metrics import greedy_continuation, match_lengths
 from uncover.hooks.hooked import HookedModel
+from uncover.hooks.tokens import special_prefix
 
 MIT_LICENSE = (
     'Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated '
@@ -138,6 +139,7 @@ def extraction_scan(model: HookedModel, text: str, k: int = 32, suffix: int = 16
     if k < 1 or suffix < 1 or stride < 1:
         raise UncoverError(f"k, suffix and stride must be positive (got {k}, {suffix}, {stride})")
     ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    bos = torch.tensor(special_prefix(model.tokenizer), dtype=torch.long)  # what every prompt starts with
     starts = list(range(k, len(ids) - suffix + 1, stride))
     if not starts:
         raise UncoverError(f"the text has {len(ids)} tokens; need at least k + suffix = {k + suffix}")
@@ -145,7 +147,7 @@ def extraction_scan(model: HookedModel, text: str, k: int = 32, suffix: int = 16
     dev = model.device
     for i in range(0, len(starts), batch):
         st = starts[i: i + batch]
-        prefix = torch.stack([ids[s - k: s] for s in st]).to(dev)
+        prefix = torch.stack([torch.cat([bos, ids[s - k: s]]) for s in st]).to(dev)  # the tokenizer's BOS
         target = torch.stack([ids[s: s + suffix] for s in st]).to(dev)
         gen = greedy_continuation(model.model, prefix, suffix)
         ml = match_lengths(gen, target)
