@@ -1,0 +1,348 @@
+"""The workbench's web application: routes generated from the operation registry.
+
+:func:`create_app` takes an already-loaded :class:`~uncover.hooks.hooked.HookedModel` (one model per
+server) and a results folder. Every ``/api`` route needs the launch token; everything that touches the
+model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
+
+- ``GET /api/model``, ``GET /api/operations`` (each ``Operation.describe()``, config schema included);
+- ``POST /api/jobs`` ``{"op", "config", "seed"}`` -> a job; ``GET /api/jobs`` (history, newest first),
+  ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel``, ``GET /api/jobs/{id}/result`` / ``figure`` /
+  ``file`` / ``report``; ``POST /api/jobs/{id}/revert`` (weight edits), ``/rerun``, ``/cell`` (a patch
+  cell); ``POST /api/compare`` ``{"a", "b"}``; ``POST /api/open`` ``{"name"}`` (reopen a saved result);
+- ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k"}``: the prompt explorer;
+- ``GET /api/files`` and ``GET /api/files/{name}``: the results folder, and nothing outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from uncover.core.errors import UncoverError, UsageError
+from uncover.serve import views
+from uncover.serve.jobs import Job, Worker, error_line, new_id
+from uncover.serve.security import LOOPBACK_NAMES, BodyTooLarge, Guard, confine_config, inside
+
+log = logging.getLogger("uncover.serve")
+STATIC = Path(__file__).parent / "static"
+#: seconds a view (prompt, patch cell) may wait for the worker
+VIEW_TIMEOUT = 300.0
+_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+class Server:
+    """The state of one workbench: the model, the worker, the results folder, the token."""
+
+    def __init__(self, model: Any, results: Path, token: str) -> None:
+        self.model, self.results, self.token = model, results, token
+        self.worker = Worker()
+        self.applied: list[str] = []  # ids of weight-changing jobs not reverted, oldest first
+
+    def job(self, job_id: str) -> Job:
+        if not _ID.match(job_id) or job_id not in self.worker.jobs:
+            raise LookupError(f"no job {job_id!r}")
+        return self.worker.jobs[job_id]
+
+    async def call(self, fn: Any) -> Any:
+        """Run ``fn`` on the worker thread (after queued work) and await its value."""
+        fut = self.worker._pool.submit(fn)
+        return await asyncio.wait_for(asyncio.wrap_future(fut), VIEW_TIMEOUT)
+
+    def save(self, job: Job) -> None:
+        """Write a finished job's result file and HTML report into the results folder."""
+        from uncover.ops.provenance import weights_fingerprint
+
+        if job.changes_weights:
+            self.applied.append(job.id)
+            job.fingerprint_after = weights_fingerprint(self.model.model)
+        if job.result is None:
+            return
+        path = self.results / f"{job.id}.safetensors"
+        job.result.save(path)
+        job.files["result"] = path.name
+        html = self.results / f"{job.id}.html"
+        job.result.to_html(html)
+        job.files["report"] = html.name
+
+
+def create_app(model: Any, results: str | Path = "uncover-results", *, token: str | None = None,
+               hosts: set[str] | None = None) -> Any:
+    """The FastAPI app of the workbench for ``model`` (a loaded HookedModel).
+
+    ``results``: the server's folder (created); files the browser names are resolved inside it only.
+    ``token``: the launch token (random when omitted; ``app.state.server.token``). ``hosts``: host names
+    the app answers besides the loopback ones (the ``--host`` it binds).
+
+    >>> app = create_app(model, "uncover-results", token="t0k3n")
+    >>> app.state.server.token
+    't0k3n'
+    """
+    root = Path(results).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    srv = Server(model, root, token or secrets.token_urlsafe(24))
+    app = FastAPI(title="uncover workbench", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = srv
+    app.add_middleware(Guard, token=srv.token, hosts={*LOOPBACK_NAMES, "testserver", *(hosts or set())})
+
+    def err(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(UncoverError)
+    async def _usage(request: Request, e: UncoverError) -> JSONResponse:
+        return err(400, error_line(e))
+
+    @app.exception_handler(LookupError)
+    async def _missing(request: Request, e: LookupError) -> JSONResponse:
+        return err(404, str(e.args[0]) if e.args else "not found")
+
+    @app.exception_handler(BodyTooLarge)
+    async def _large(request: Request, e: BodyTooLarge) -> JSONResponse:
+        return err(413, str(e))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException) -> JSONResponse:
+        return err(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        return err(422, "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception) -> JSONResponse:
+        log.exception("request %s failed", request.url.path)
+        return err(500, f"internal error ({type(e).__name__}); the server's log has the details")
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw:
+            return {}
+        import json
+
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise UsageError("the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise UsageError("the request body must be a JSON object")
+        return data
+
+    # ---- pages -------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> Any:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Any:
+        if name == "plotly.min.js":
+            import plotly
+
+            return FileResponse(Path(plotly.__file__).parent / "package_data" / "plotly.min.js",
+                                media_type="text/javascript")
+        if name not in {p.name for p in STATIC.iterdir()}:
+            raise LookupError(f"no static file {name!r}")
+        return FileResponse(STATIC / name)
+
+    # ---- model and operations ----------------------------------------------------------------
+    @app.get("/api/model")
+    async def model_info() -> dict[str, Any]:
+        from uncover.ops.provenance import weights_fingerprint
+
+        c = model.cfg
+        fp = await srv.call(lambda: weights_fingerprint(model.model))
+        return {"name": model.name, "family": c.family, "n_layers": c.n_layers, "n_heads": c.n_heads,
+                "d_model": c.d_model, "d_vocab": c.d_vocab, "fingerprint": fp, "applied": list(srv.applied)}
+
+    @app.get("/api/operations")
+    async def list_ops() -> list[dict[str, Any]]:
+        from uncover.ops.registry import operations
+
+        return [op.describe() for op in operations()]
+
+    # ---- jobs --------------------------------------------------------------------------------
+    @app.post("/api/jobs", status_code=202)
+    async def start(request: Request) -> dict[str, Any]:
+        from uncover.ops.registry import execute, get_operation
+
+        data = await body(request)
+        name = data.get("op")
+        if not isinstance(name, str):
+            raise UsageError("give the operation's name: {\"op\": \"lens\", \"config\": {...}}")
+        op = get_operation(name)
+        fields = confine_config(op.config, data.get("config", {}), root)
+        seed = data.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise UsageError(f"seed must be an integer, got {seed!r}")
+        config = op.config(**fields)
+        if op.needs_model:
+            config.check_model(model)
+        job = Job(new_id(), op.name, config.to_dict(), changes_weights=op.changes_weights)
+
+        def run(progress: Any) -> Any:
+            snapshot = ({k: v.detach().clone() for k, v in model.model.state_dict().items()}
+                        if op.changes_weights else None)
+            try:
+                return execute(op, config, model if op.needs_model else None, progress=progress, seed=seed)
+            except BaseException:
+                if snapshot is not None:  # a failed edit leaves the weights as they were
+                    model.model.load_state_dict(snapshot)
+                raise
+
+        srv.worker.submit(job, run, model if op.needs_model else None, on_done=srv.save)
+        return job.to_dict()
+
+    @app.get("/api/jobs")
+    async def history() -> list[dict[str, Any]]:
+        return [j.to_dict() for j in reversed(list(srv.worker.jobs.values()))]
+
+    @app.get("/api/jobs/{job_id}")
+    async def status(job_id: str) -> dict[str, Any]:
+        return srv.job(job_id).to_dict()
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    async def cancel(job_id: str) -> dict[str, Any]:
+        job = srv.job(job_id)
+        if job.status in ("queued", "running"):
+            srv.worker.cancel(job)
+        return job.to_dict()
+
+    def finished(job_id: str) -> Job:
+        job = srv.job(job_id)
+        if job.status != "done" or job.result is None:
+            raise HTTPException(409, f"job {job_id} is {job.status}; it has no result")
+        return job
+
+    @app.get("/api/jobs/{job_id}/result")
+    async def result(job_id: str) -> dict[str, Any]:
+        return {"job": (job := finished(job_id)).to_dict(), **views.result_view(job.result)}
+
+    @app.get("/api/jobs/{job_id}/figure")
+    async def figure(job_id: str) -> Response:
+        return Response(views.figure_json(finished(job_id).result), media_type="application/json")
+
+    def job_file(job_id: str, kind: str) -> Path:
+        job = finished(job_id)
+        if kind not in job.files:
+            raise HTTPException(404, f"job {job_id} has no {kind} file")
+        return inside(root, job.files[kind])
+
+    @app.get("/api/jobs/{job_id}/file")
+    async def download(job_id: str) -> Any:
+        job = srv.job(job_id)
+        return FileResponse(job_file(job_id, "result"), media_type="application/octet-stream",
+                            filename=f"{job.op.replace(' ', '-')}-{job.id}.safetensors")
+
+    @app.get("/api/jobs/{job_id}/report")
+    async def report(job_id: str) -> Any:
+        return FileResponse(job_file(job_id, "report"), media_type="text/html")
+
+    @app.post("/api/jobs/{job_id}/revert")
+    async def revert(job_id: str) -> dict[str, Any]:
+        from uncover.ops.provenance import weights_fingerprint
+
+        job = finished(job_id)
+        if not job.changes_weights or not hasattr(job.result, "revert"):
+            raise HTTPException(409, f"job {job_id} ({job.op}) did not change the weights")
+        if job.reverted:
+            raise HTTPException(409, f"job {job_id} is already reverted")
+        if srv.applied and srv.applied[-1] != job_id:
+            raise HTTPException(409, f"revert the later weight change {srv.applied[-1]} first")
+
+        def undo() -> str:
+            job.result.revert()
+            return weights_fingerprint(model.model)
+
+        fp = await srv.call(undo)
+        job.reverted = True
+        srv.applied.remove(job_id)
+        return {**job.to_dict(), "fingerprint": fp}
+
+    @app.post("/api/jobs/{job_id}/rerun", status_code=202)
+    async def rerun(job_id: str) -> dict[str, Any]:
+        from uncover.ops.registry import get_operation
+        from uncover.ops.reproduce import rerun as rerun_
+
+        original = finished(job_id)
+        op = get_operation(original.op) if original.result.provenance else None
+        if op is None:
+            raise HTTPException(409, f"job {job_id}'s result has no provenance to rerun")
+        job = Job(new_id(), f"rerun {op.name}", {"job": job_id})
+
+        def run(progress: Any) -> Any:
+            verdict, again = rerun_(original.result, model if op.needs_model else None, progress=progress)
+            if op.changes_weights:
+                again.revert()  # the rerun's own change is not kept
+            return verdict
+
+        srv.worker.submit(job, run, model if op.needs_model else None, on_done=srv.save)
+        return job.to_dict()
+
+    @app.post("/api/compare", status_code=202)
+    async def compare(request: Request) -> dict[str, Any]:
+        from uncover.ops.reproduce import compare as compare_
+
+        data = await body(request)
+        a, b = finished(str(data.get("a"))), finished(str(data.get("b")))
+        job = Job(new_id(), "compare", {"a": a.id, "b": b.id})
+        compare_(a.result, b.result)  # a usage error (two operations) is refused before queueing
+        srv.worker.submit(job, lambda progress: compare_(a.result, b.result), on_done=srv.save)
+        return job.to_dict()
+
+    @app.post("/api/open")
+    async def reopen(request: Request) -> dict[str, Any]:
+        from uncover.core.persist import load_result
+
+        name = (await body(request)).get("name")
+        path = inside(root, name)
+        if not path.is_file():
+            raise LookupError(f"no file {name!r} in the results folder")
+        res = await srv.call(lambda: load_result(path))
+        prov = res.provenance
+        job = Job(new_id(), prov.operation if prov else type(res).__name__,
+                  dict(prov.config) if prov else {}, status="done", result=res, files={"result": path.name})
+        job.started, job.finished = job.created, job.created
+        srv.worker.jobs[job.id] = job
+        return job.to_dict()
+
+    @app.post("/api/jobs/{job_id}/cell")
+    async def cell(job_id: str, request: Request) -> dict[str, Any]:
+        from uncover.ops.registry import get_operation
+
+        job = finished(job_id)
+        if type(job.result).__name__ != "PatchResult" or job.op != "patch":
+            raise HTTPException(409, f"job {job_id} is not an activation-patching result")
+        index = (await body(request)).get("index")
+        config = get_operation("patch").config.from_dict(job.config)
+        return await srv.call(lambda: views.patch_cell(model, config, job.result, index))
+
+    # ---- views -------------------------------------------------------------------------------
+    @app.post("/api/prompt")
+    async def prompt(request: Request) -> dict[str, Any]:
+        data = await body(request)
+        text = data.get("prompt")
+        if isinstance(text, str) and len(text) > 4000:
+            raise UsageError(f"prompt is {len(text)} characters; the workbench takes at most 4000")
+        k = data.get("k", 10)
+        return await srv.call(lambda: views.prompt_view(model, text, data.get("answer"), data.get("wrong"), k))
+
+    # ---- files -------------------------------------------------------------------------------
+    @app.get("/api/files")
+    async def files() -> list[dict[str, Any]]:
+        return [{"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size}
+                for p in sorted(root.rglob("*")) if p.is_file()]
+
+    @app.get("/api/files/{name:path}")
+    async def file(name: str) -> Any:
+        path = inside(root, name)
+        if not path.is_file():
+            raise LookupError(f"no file {name!r} in the results folder")
+        return FileResponse(path, filename=path.name)
+
+    return app

@@ -1,0 +1,221 @@
+"""What the workbench's views show, as JSON: pure functions of a model and a prompt, or of a result.
+
+- :func:`prompt_view`: tokens, the next-token distribution, the logit-lens heatmap, every head's attention
+  pattern and the direct logit attribution of an answer against a wrong token, from the library's own
+  ``logit_lens``, ``attention_patterns`` and ``direct_logit_attribution``.
+- :func:`patch_cell`: one cell of an activation-patching grid, rerun as a scoped ``Replace`` intervention,
+  with its effect on the output distribution.
+- :func:`result_view`: any operation's result for the page (summary, table, figure, provenance), plus what
+  a dedicated view needs (a patching grid, a circuit's edges, steered generations, an edit's rows).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from uncover.core.errors import UsageError
+from uncover.core.names import act_name
+
+if TYPE_CHECKING:
+    from uncover.core.results import Result
+    from uncover.hooks.hooked import HookedModel
+
+#: longest prompt of the prompt view, in tokens
+MAX_TOKENS = 256
+#: table rows sent to the page
+MAX_RECORDS = 500
+#: circuit edges sent to the page (the slider picks how many to draw)
+MAX_EDGES = 300
+
+
+def _r(t: torch.Tensor, digits: int = 4) -> Any:
+    """A tensor as nested lists of rounded floats (NaN/inf as None, for JSON)."""
+    def fix(x: float) -> float | None:
+        return round(x, digits) if math.isfinite(x) else None
+
+    def walk(v: Any) -> Any:
+        return [walk(x) for x in v] if isinstance(v, list) else fix(float(v))
+
+    return walk(t.detach().float().cpu().tolist())
+
+
+def _token_id(model: HookedModel, tok: str | int | None, fallback: int) -> int:
+    if tok is None or tok == "":
+        return fallback
+    if isinstance(tok, bool) or not isinstance(tok, int | str):
+        raise UsageError(f"a token must be text or a token id, got {tok!r}")
+    if isinstance(tok, int):
+        if not 0 <= tok < model.cfg.d_vocab:
+            raise UsageError(f"token id {tok} is out of range; this model has ids 0..{model.cfg.d_vocab - 1}")
+        return tok
+    return model.to_single_token(tok)
+
+
+def prompt_view(model: HookedModel, prompt: str, answer: str | int | None = None, wrong: str | int | None = None,
+                k: int = 10) -> dict[str, Any]:
+    """Everything the prompt explorer shows about ``prompt``.
+
+    ``answer``/``wrong``: the tokens (text or id) whose logit difference DLA explains; default the model's top
+    two next tokens. Returns ``tokens``, ``top`` (next-token ``[token, id, prob]``), ``lens`` (``[layer, pos]``
+    top-1 token and probability), ``attention`` (``[layer][head][q][k]``) and ``dla`` (labels, contributions,
+    the ``[layer, head]`` grid and the logit difference).
+
+    >>> v = prompt_view(model, "The Eiffel Tower is in the city of")
+    >>> v["top"][0][0], len(v["attention"]) == model.cfg.n_layers
+    (' Paris', True)
+    """
+    from uncover.attribution.dla import direct_logit_attribution
+    from uncover.heads.patterns import attention_patterns
+    from uncover.lenses.logit_lens import logit_lens
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError("prompt: give some text")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 50:
+        raise UsageError(f"k must be an integer 1..50, got {k!r}")
+    ids = model.to_tokens(prompt)[0]
+    if len(ids) > MAX_TOKENS:
+        raise UsageError(f"prompt is {len(ids)} tokens; the prompt view takes at most {MAX_TOKENS}")
+    with torch.no_grad():
+        logits = model(ids[None])[0, -1].float()  # [d_vocab] the next-token distribution
+        lens = logit_lens(model, ids[None], positions=None, k=1)  # top-1 per [layer, pos]
+    nxt = _dist(logits, model, k, [])
+    top2 = logits.topk(2).indices.tolist()
+    a_id = _token_id(model, answer, top2[0])
+    w_id = _token_id(model, wrong, top2[1])
+    if a_id == w_id:
+        raise UsageError("answer and wrong are the same token; pick two different tokens")
+    c = model.cfg
+    pats = attention_patterns(model, ids, [(layer, h) for layer in range(c.n_layers) for h in range(c.n_heads)])
+    att = pats.patterns.view(c.n_layers, c.n_heads, len(ids), len(ids))  # [layer, head, q, k]
+    dla = direct_logit_attribution(model, ids[None], a_id, w_id)
+    return {
+        "tokens": lens.str_tokens[0],
+        "ids": ids.tolist(),
+        "top": nxt["top"],
+        "lens": {"layers": lens.layers, "tokens": [[pos[0] for pos in layer] for layer in lens.top_tokens[0]],
+                 "probs": _r(lens.top_probs[0, :, :, 0]), "kl": _r(lens.kl_to_final[0])},
+        "attention": _r(att, 3),
+        "dla": {"answer": model._strs([a_id])[0], "wrong": model._strs([w_id])[0], "answer_id": a_id,
+                "wrong_id": w_id, "labels": dla.labels, "contributions": _r(dla.contributions[:, 0]),
+                "heads": _r(_head_grid(dla)),
+                "logit_diff": round(float(dla.logit_diff[0]), 5)},
+        "n_layers": c.n_layers, "n_heads": c.n_heads,
+    }
+
+
+def _head_grid(dla: Any) -> torch.Tensor:
+    """``[layer, head]`` DLA of each head (``head_grid`` is a property or a method, by version)."""
+    g = dla.head_grid
+    return g() if callable(g) else g
+
+
+def _dist(logits: torch.Tensor, model: HookedModel, k: int, ids: list[int]) -> dict[str, Any]:
+    """Top-k tokens and the probabilities of ``ids`` under ``logits`` ``[d_vocab]``."""
+    p = torch.softmax(logits.float(), -1)
+    tp, ti = p.topk(k)
+    return {"top": [[model._strs([int(i)])[0], int(i), round(float(v), 5)] for v, i in zip(tp, ti)],
+            "tracked": [round(float(p[i]), 5) for i in ids]}
+
+
+def patch_cell(model: HookedModel, config: Any, result: Any, index: list[int], k: int = 8) -> dict[str, Any]:
+    """One cell of a ``patch`` result, rerun: the output distribution with only that site patched.
+
+    ``config``: the job's ``PatchConfig``; ``result``: its ``PatchResult``; ``index``: the grid cell
+    (``[layer, pos]``, ``[layer, head]`` or ``[layer, head, pos]``). Returns the distributions of the base run,
+    the patched run and the source run at the last position, with the answer's and wrong token's probabilities.
+
+    >>> from uncover.patching.ops import PatchConfig
+    >>> cfg = PatchConfig(clean="The Eiffel Tower is in the city of", corrupt="The Colosseum is in the city of",
+    ...                   answer=" Paris", wrong=" Rome")
+    >>> r = uncover.run("patch", model, **cfg.to_dict())
+    >>> cell = patch_cell(model, cfg, r, [20, 4])
+    >>> cell["patched"]["tracked"][0] > cell["base"]["tracked"][0]
+    True
+    """
+    from uncover.hooks.interventions import Replace
+    from uncover.patching.activation import check_pair
+
+    grid = result.grid
+    if (not isinstance(index, list) or len(index) != grid.dim()
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in index)):
+        raise UsageError(f"cell: give {grid.dim()} integer indices {list(grid.shape)}, got {index!r}")
+    for i, n in zip(index, grid.shape):
+        if not 0 <= i < n:
+            raise UsageError(f"cell {index} is outside the grid {list(grid.shape)}")
+    clean, corrupt, answer, wrong = config.pair(model)
+    clean_ids, corrupt_ids = check_pair(model, clean, corrupt)
+    base, src = (corrupt_ids, clean_ids) if result.direction == "denoise" else (clean_ids, corrupt_ids)
+    a_id, w_id = model.to_single_token(answer), model.to_single_token(wrong)
+    layer = index[0]
+    name = act_name(result.hook, layer)
+    _, cache = model.run_with_cache(src, names=[name])
+    source = cache[name]
+    n_pos = base.shape[1]
+    if result.per == "pos":
+        iv = Replace(name, positions=(index[1],), source=source)
+        label = f"L{layer} {result.hook} @ {result.str_tokens[index[1]]!r} (pos {index[1]})"
+    elif result.per == "head":
+        iv = Replace(name, heads=(index[1],), positions=tuple(range(result.first_diff, n_pos)), source=source)
+        label = f"L{layer}H{index[1]} z"
+    else:
+        iv = Replace(name, heads=(index[1],), positions=(index[2],), source=source)
+        label = f"L{layer}H{index[1]} z @ pos {index[2]}"
+    with torch.no_grad():
+        base_logits = model(base)[0, -1]
+        src_logits = model(src)[0, -1]
+        with model.intervene([iv]):
+            patched = model(base)[0, -1]
+    tracked = [a_id, w_id]
+    return {"cell": index, "label": label, "value": round(float(grid[tuple(index)]), 5),
+            "answer": answer, "wrong": wrong, "direction": result.direction,
+            "base": _dist(base_logits, model, k, tracked), "patched": _dist(patched, model, k, tracked),
+            "source": _dist(src_logits, model, k, tracked)}
+
+
+def result_view(result: Result) -> dict[str, Any]:
+    """A result for the page: kind, title, summary, table (first rows), provenance and a dedicated ``view``.
+
+    >>> v = result_view(uncover.run("lens", model, prompt="The Eiffel Tower is in the city of"))
+    >>> v["kind"], v["view"]["type"]
+    ('LensResult', 'generic')
+    """
+    try:
+        frame = result.to_frame()
+        records = json.loads(frame.head(MAX_RECORDS).to_json(orient="records", default_handler=str))
+        columns, n = [str(c) for c in frame.columns], len(frame)
+    except NotImplementedError:
+        records, columns, n = [], [], 0
+    prov = result.provenance
+    return {"kind": type(result).__name__, "title": result.title, "summary": result.summary(),
+            "columns": columns, "records": records, "n_records": n,
+            "provenance": prov.to_dict() if prov is not None else None, "view": _special(result)}
+
+
+def _special(result: Result) -> dict[str, Any]:
+    kind = type(result).__name__
+    if kind == "PatchResult":
+        return {"type": "patch", "grid": _r(result.grid), "str_tokens": result.str_tokens, "per": result.per,
+                "hook": result.hook, "first_diff": result.first_diff, "metric": result.metric,
+                "normalised": result.normalised}
+    if kind == "Circuit":
+        edges = result.top(min(MAX_EDGES, result.n_edges)).edges()
+        return {"type": "circuit", "edges": [[s, r, round(float(v), 6)] for s, r, v in edges],
+                "n_edges": result.n_edges, "method": result.method, "metric": result.metric}
+    if kind == "SteerResult":
+        return {"type": "steer", "prompts": result.prompts, "plain": result.plain, "steered": result.steered}
+    if kind == "EditReport":
+        return {"type": "edit", "rows": json.loads(json.dumps(result.rows, default=str))}
+    return {"type": "generic"}
+
+
+def figure_json(result: Result) -> str:
+    """The result's plotly figure as JSON text (``"null"`` when it has none)."""
+    try:
+        fig = result.plot()
+    except NotImplementedError:
+        return "null"
+    return fig.to_json()
