@@ -24,9 +24,9 @@ PACKAGE = SRC / "uncover"
 TECHNIQUES = ("lenses", "attribution", "patching", "circuits", "heads", "neurons", "sae", "probing", "steering",
               "editing", "pruning", "decoding", "dynamics", "transcoders", "graphs", "diffing", "autointerp",
               "saebench")
-#: ``scale`` (shards, manifests, engines) sits beside ``data``: techniques read its shards; ``serve`` (the web
-#: workbench) sits on the facade, under the CLI that starts it
-RANK = {"core": 0, "models": 1, "hooks": 2, "data": 3, "scale": 3, **dict.fromkeys(TECHNIQUES, 4), "ops": 5,
+#: ``scale`` (shards, manifests, engines) sits on ``data`` (it streams corpora and reads fact sets) and under the
+#: techniques, which read its shards; ``serve`` (the web workbench) sits on the facade, under the CLI that starts it
+RANK = {"core": 0, "models": 1, "hooks": 2, "data": 3, "scale": 3.5, **dict.fromkeys(TECHNIQUES, 4), "ops": 5,
         "report": 6, "uncover": 7, "serve": 7.5, "cli": 8}
 
 #: technique -> technique imports that are part of the design: (importer, imported) -> why
@@ -36,6 +36,9 @@ TECHNIQUE_USES = {
     ("editing", "neurons"): "knowledge-neuron edits locate their neurons with knowledge_neurons",
     ("editing", "patching"): "ROME picks its layer with causal_trace when none is given",
     ("steering", "probing"): "reading vectors and ITI fit and cross-validate probes",
+    ("diffing", "sae"): "crosscoders are SAEs on paired activations: the SAE trainer, store and SAE features",
+    ("diffing", "patching"): "a diff puts the causal traces of both models side by side",
+    ("diffing", "steering"): "a steered model's diff reads the saved steering vector",
 }
 
 
