@@ -28,14 +28,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from uncover.core.errors import UsageError
+from uncover.sae.saelens import NORMALIZATIONS, RESHAPES, SAEError, cfg_from_saelens, cfg_to_saelens
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 
 
-class SAEError(UsageError):
-    """A bad SAE configuration or an SAE directory that cannot be read."""
+__all__ = ["ARCHITECTURES", "CFG_FILE", "SAE", "SAEConfig", "SAEError", "WEIGHTS_FILE"]
 
 
 @dataclass
@@ -81,8 +80,6 @@ class SAEConfig:
             raise SAEError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
         if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
             raise SAEError(f"a topk SAE needs 0 < k <= d_sae, got k={self.k}")
-        from uncover.sae.saelens import NORMALIZATIONS, RESHAPES
-
         if self.normalize_activations == "expected_average_only_in":
             raise SAEError("normalize_activations='expected_average_only_in' needs the dataset's norm scaling "
                            "factor, which cfg.json does not hold: load with SAE.load(path, norm_scaling_factor=...) "
@@ -107,16 +104,12 @@ class SAEConfig:
 
     def to_saelens(self) -> dict[str, Any]:
         """``cfg.json`` content in SAELens 6's layout (see :func:`uncover.sae.saelens.cfg_to_saelens`)."""
-        from uncover.sae.saelens import cfg_to_saelens
-
         return cfg_to_saelens(self)
 
     @staticmethod
     def from_saelens(d: dict[str, Any]) -> SAEConfig:
         """Parse a SAELens ``cfg.json``, any version (see :func:`uncover.sae.saelens.cfg_from_saelens`)."""
-        from uncover.sae.saelens import cfg_from_saelens
-
-        return cfg_from_saelens(d)
+        return SAEConfig(**cfg_from_saelens(d))
 
 
 ARCHITECTURES: dict[str, type[SAE]] = {}

@@ -25,8 +25,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from uncover.core.errors import UsageError
+
 if TYPE_CHECKING:
     from uncover.sae.base import SAEConfig
+
+
+class SAEError(UsageError):
+    """A bad SAE configuration or an SAE directory that cannot be read."""
 
 #: the SAELens release whose cfg.json layout :func:`cfg_to_saelens` follows (any version >= 6 takes the v6 path)
 SAELENS_LAYOUT_VERSION = "6.18.0"
@@ -34,6 +40,8 @@ SAELENS_LAYOUT_VERSION = "6.18.0"
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 RESHAPES = ("none", "hook_z")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: the SAELens architectures uncover computes (other SAE-like classes, e.g. crosscoders, have their own files)
+SAELENS_ARCHITECTURES = ("jumprelu", "standard", "topk")
 
 #: keys that describe where the SAE reads and what it was trained on; they do not change encode/decode
 KEPT = frozenset({
@@ -62,8 +70,6 @@ _RENAMED = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index
 
 
 def _error(msg: str) -> Exception:
-    from uncover.sae.base import SAEError
-
     return SAEError(msg)
 
 
@@ -72,22 +78,20 @@ def _version_at_least_6(v: Any) -> bool:
     return bool(m) and int(m.group(1)) >= 6
 
 
-def cfg_from_saelens(d: dict[str, Any]) -> SAEConfig:
-    """Parse a SAELens ``cfg.json`` (any version) into an :class:`~uncover.sae.base.SAEConfig`, or refuse it.
+def cfg_from_saelens(d: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~uncover.sae.base.SAEConfig` fields of a SAELens ``cfg.json`` (any version), or a refusal.
 
     >>> cfg = cfg_from_saelens({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2,
     ...                          "rescale_acts_by_decoder_norm": True,
     ...                          "metadata": {"sae_lens_version": "6.5.0", "hook_name": "blocks.1.hook_resid_post"}})
-    >>> cfg.architecture, cfg.k, cfg.rescale_acts_by_decoder_norm, cfg.hook_name
+    >>> cfg["architecture"], cfg["k"], cfg["rescale_acts_by_decoder_norm"], cfg["hook_name"]
     ('topk', 2, True, 'blocks.1.hook_resid_post')
     >>> cfg_from_saelens({"architecture": "standard", "d_in": 4, "d_sae": 8, "l2_penalty": 1.0})
     Traceback (most recent call last):
     ...
-    uncover.sae.base.SAEError: cfg.json has field(s) l2_penalty that uncover does not know; it refuses them rather \
+    uncover.sae.saelens.SAEError: cfg.json has field(s) l2_penalty that uncover does not know; it refuses them rather \
 than ignore what they may change (known: see uncover.sae.saelens)
     """
-    from uncover.sae.base import ARCHITECTURES, SAEConfig
-
     meta = dict(d.get("metadata") or {})
     v6 = _version_at_least_6(d.get("sae_lens_version") or meta.get("sae_lens_version"))
     d = {_RENAMED.get(k, k): v for k, v in d.items()}
@@ -109,8 +113,8 @@ than ignore what they may change (known: see uncover.sae.saelens)
     kwargs = d.get("activation_fn_kwargs") or {}
     if not v6 and act == "topk" and kwargs.get("k") is not None:
         arch = "topk"
-    if arch not in ARCHITECTURES:
-        raise _error(f"SAE architecture {arch!r} is not supported; valid: {', '.join(sorted(ARCHITECTURES))}")
+    if arch not in SAELENS_ARCHITECTURES:
+        raise _error(f"SAE architecture {arch!r} is not supported; valid: {', '.join(SAELENS_ARCHITECTURES)}")
     if arch != "topk" and act not in (None, "relu"):
         raise _error(f"activation_fn {act!r} with architecture {arch!r} is not supported; valid: relu")
     hook = get("hook_name", "") or ""
@@ -137,7 +141,7 @@ than ignore what they may change (known: see uncover.sae.saelens)
     extra = {key: v for key, v in d.items() if key not in COMPUTED and key not in ("hook_name", "model_name")}
     if meta:
         extra["metadata"] = meta
-    return SAEConfig(
+    return dict(
         d_in=int(d["d_in"]), d_sae=int(d["d_sae"]), architecture=arch, hook_name=hook,
         k=int(k) if k is not None else None, apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
         model_name=get("model_name", "") or "", dtype=dtype, normalize_activations=norm,
@@ -148,7 +152,7 @@ than ignore what they may change (known: see uncover.sae.saelens)
 def cfg_to_saelens(cfg: SAEConfig) -> dict[str, Any]:
     """``cfg.json`` content: SAELens 6's layout (``metadata`` with ``sae_lens_version``) and the pre-6 flat keys.
 
-    >>> from uncover.sae.base import SAEConfig
+    >>> from uncover.sae import SAEConfig
     >>> d = cfg_to_saelens(SAEConfig(d_in=4, d_sae=8, architecture="topk", k=2, hook_name="blocks.0.attn.hook_z",
     ...                              reshape_activations="hook_z"))
     >>> d["metadata"]["sae_lens_version"], d["reshape_activations"], d["metadata"]["hook_name"]
