@@ -2,7 +2,7 @@
 
 Every operation (``uncover list``) is a command whose options come from its config. The
 hand-written commands are those no config form expresses: ``models``, ``tour``, ``list``,
-``rerun`` and ``compare``.
+``rerun``, ``compare`` and ``serve`` (the web workbench).
 
 Usage errors (unknown hook name, model path, a value out of range) exit with code 2 and a
 one-line message; any other failure prints one line with a hint to rerun with ``--debug``
@@ -22,6 +22,20 @@ from uncover.core.errors import UncoverError
 from uncover.ops.registry import operations
 
 
+def serve(
+    model: str | None = typer.Option(None, "--model", "-m", help="Model to load (default: the embedded one)"),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (anything but loopback prints a warning)"),
+    results: str = typer.Option("uncover-results", "--results", help="The server's results folder (created)"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, mps (default: best available)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (default: the model's)"),
+) -> None:
+    """Serve the local web workbench: every operation in a browser; prints the URL (it carries a token)."""
+    from uncover.serve import serve as serve_
+
+    serve_(model, host=host, port=port, results=results, device=device, dtype=dtype)
+
+
 def build_app() -> typer.Typer:
     """The typer application: hand-written commands plus one per operation."""
     app = typer.Typer(
@@ -35,6 +49,7 @@ def build_app() -> typer.Typer:
     app.command("list")(results.list_operations)
     app.command("rerun")(results.rerun)
     app.command("compare")(results.compare)
+    app.command("serve")(serve)
     add_operations(app, operations())
     return app
 

@@ -202,6 +202,7 @@ function renderPatchGrid(jobId, view, target) {
       const td = el("td", { class: "cell", "data-index": `${layer},${j}`, title: `L${layer} ${cols[j]}: ${fmt(v)}`,
         text: v === null ? "" : v.toFixed(2) });
       td.style.background = color(v, lo, hi);
+      if (v !== null && Math.abs(v) > 0.6 * Math.max(Math.abs(lo), Math.abs(hi))) td.style.color = "#fff";
       td.addEventListener("click", async () => {
         t.querySelectorAll(".selected").forEach((x) => x.classList.remove("selected"));
         td.classList.add("selected");

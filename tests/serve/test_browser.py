@@ -1,0 +1,137 @@
+"""The workbench in a real browser: Playwright driving Debian's chromium, headless, against a live uvicorn server.
+
+A tiny word-level model keeps these fast. Each test saves a screenshot under ``tests/serve/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.serve.conftest import ARTIFACTS, LiveServer, word_model
+from uncover.ops.provenance import weights_fingerprint
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (CI installs chromium)")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    server = LiveServer(word_model(), tmp_path_factory.mktemp("results"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True, args=ARGS,
+                                                    viewport={"width": 1400, "height": 1000})
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser_context, live):
+    p = browser_context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    p.goto(live.url)
+    p.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    assert "token=" not in p.url  # the page keeps the token, not the address bar
+    yield p
+    p.close()
+    assert not errors, errors
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def fill(page, op: str, values: dict) -> None:
+    form = page.locator(f"form[data-op='{op}']").first
+    for k, v in values.items():
+        field = form.locator(f"[name='{k}']")
+        if field.evaluate("e => e.tagName") == "SELECT":
+            field.select_option(str(v))
+        else:
+            field.fill(str(v))
+
+
+def test_type_a_prompt_and_see_the_lens(page):
+    page.fill("#prompt-text", "the tower is in the city of")
+    page.click("#prompt-run")
+    page.wait_for_selector("#lens-plot .heatmaplayer", timeout=20_000)
+    assert page.locator("#prompt-tokens span").count() == 7
+    assert page.locator("#prompt-top tr").count() == 11  # header + top 10
+    page.wait_for_selector("#att-plot .heatmaplayer")
+    page.select_option("#att-layer", "2")
+    page.wait_for_selector("#dla-plot .heatmaplayer")
+    assert "vs" in page.inner_text("#dla-title")
+    shot(page, "prompt")
+
+
+def test_run_a_patch_and_click_a_cell(page):
+    page.click("#tabs button[data-tab='patching']")
+    fill(page, "patch", {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris",
+                         "wrong": "rome"})
+    page.click("form[data-op='patch'] button.run")
+    page.wait_for_selector("#patching-result td.cell", timeout=30_000)
+    assert page.locator("#patching-result td.cell").count() == 3 * 5
+    page.click("#patching-result td.cell[data-index='2,4']")
+    page.wait_for_selector("#patching-result .cell-label", timeout=20_000)
+    assert "L2 resid_pre" in page.inner_text("#patching-result .cell-label")
+    assert page.locator("#patching-result .cell-detail table").count() == 3  # base, patched, source
+    shot(page, "patch")
+
+
+def test_apply_and_revert_an_edit(page, live):
+    model = live.app.state.server.model
+    before = weights_fingerprint(model.model)
+    assert page.inner_text("#fingerprint") == before
+    page.click("#tabs button[data-tab='editing']")
+    fill(page, "edit", {"prompt": "the tower is in the city of", "subject": "the tower", "target": " london",
+                        "method": "rome", "layer": 1, "mom2_samples": 300, "gen_tokens": 0})
+    page.click("form[data-op='edit'] button.run")
+    page.wait_for_selector("#editing-result button.revert", timeout=60_000)
+    edited = weights_fingerprint(model.model)
+    assert edited != before
+    page.wait_for_function(f"document.querySelector('#fingerprint').textContent === '{edited}'")
+    shot(page, "edit-applied")
+    page.click("#editing-result button.revert")
+    page.wait_for_selector("#editing-result .reverted", timeout=20_000)
+    page.wait_for_function(f"document.querySelector('#fingerprint').textContent === '{before}'")
+    assert weights_fingerprint(model.model) == before
+    shot(page, "edit-reverted")
+
+
+def test_start_and_cancel_a_training_job(page):
+    page.click("#tabs button[data-tab='operations']")
+    page.select_option("#op-select", "grok")
+    fill(page, "grok", {"p": 7, "steps": 100000, "eval_every": 50, "threads": 1})
+    page.click("form[data-op='grok'] button.run")
+    running = page.locator("#job-list li[data-status='running']").filter(has_text="grok")
+    running.wait_for(timeout=30_000)
+    shot(page, "training-running")
+    running.locator("button.cancel").click()
+    page.locator("#job-list li[data-status='cancelled']").filter(has_text="grok").wait_for(timeout=30_000)
+    shot(page, "training-cancelled")
