@@ -126,8 +126,17 @@ class LinearSite:
 
     @property
     def rows(self) -> torch.Tensor:
-        """The weight as ``[d_out, d_in]`` (a view: writing it writes the model)."""
+        """The weight as ``[d_out, d_in]`` (a view: writing it writes the model; ``meta`` if offloaded)."""
         return self.module.weight.T if _is_conv1d(self.module) else self.module.weight
+
+    def value(self, model: HookedModel) -> torch.Tensor:
+        """The weight as ``[d_out, d_in]``, real even when accelerate offloaded it (for reading)."""
+        w = weights.read(model, f"{self.path}.weight")
+        return w.T if _is_conv1d(self.module) else w
+
+    def write(self, model: HookedModel, new: torch.Tensor) -> None:
+        """Set the weight to ``new`` ``[d_out, d_in]`` wherever it lives (:func:`uncover.hooks.weights.write`)."""
+        weights.write(model, f"{self.path}.weight", new.T if _is_conv1d(self.module) else new)
 
     @property
     def kind(self) -> str:
@@ -142,7 +151,7 @@ def _is_conv1d(mod: nn.Module) -> bool:
 def linear_sites(model: HookedModel) -> list[LinearSite]:
     """Every linear layer of the blocks, in forward order (no embedding/unembedding).
 
-    >>> [s.name for s in linear_sites(model)][:3]  # doctest: +SKIP
+    >>> [s.name for s in linear_sites(model)][:3]
     ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']
     """
     root = model.adapter.family.layers
@@ -220,7 +229,7 @@ def edit_weights(model: HookedModel) -> Iterator[weights.Transaction]:
     Ctrl-C included, every recorded parameter is restored and the error propagates, so a failed
     pruning leaves the model untouched.
 
-    >>> with edit_weights(model) as tx:  # doctest: +SKIP
+    >>> with edit_weights(model) as tx:
     ...     remember(tx, site); site.rows.zero_()
     """
     with weights.transaction(model) as tx:
@@ -324,8 +333,8 @@ class Pruning(Result):
     def load(cls, path: str | Path, model: HookedModel) -> Pruning:
         """Apply a saved pruning to ``model``; the returned record reverts it.
 
-        >>> p = Pruning.load("wanda.safetensors", model)  # doctest: +SKIP
-        >>> p.revert()  # doctest: +SKIP
+        >>> p = Pruning.load("wanda.safetensors", model)
+        >>> p.revert()
         """
         tensors, mode, meta = weights.load_change(path, default_mode="set", error=PruningError)
         if "method" not in meta or mode != "set":
@@ -336,11 +345,14 @@ class Pruning(Result):
         return rec
 
 
-def measured_rows(sites: list[LinearSite]) -> list[dict[str, Any]]:
-    """Measured zeros per linear: ``[{layer, module, kind, weights, zeros, sparsity}, ...]``."""
+def measured_rows(sites: list[LinearSite], model: HookedModel | None = None) -> list[dict[str, Any]]:
+    """Measured zeros per linear: ``[{layer, module, kind, weights, zeros, sparsity}, ...]``.
+
+    ``model``: needed when accelerate offloaded weights (they are read where they live).
+    """
     out = []
     for s in sites:
-        w = s.module.weight
+        w = s.module.weight if model is None else s.value(model)
         zeros = int((w == 0).sum())
         out.append({"layer": s.layer, "module": s.name, "kind": s.kind, "weights": w.numel(), "zeros": zeros,
                     "sparsity": zeros / w.numel()})

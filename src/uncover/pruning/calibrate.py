@@ -193,10 +193,9 @@ def prune_linears(
     with edit_weights(model) as tx:
 
         def do(site: LinearSite, st: InputStats | None) -> None:
-            new = weight_fn(site.rows.detach(), st, target, nm)
+            new = weight_fn(site.value(model).detach(), st, target, nm)
             remember(tx, site)
-            with torch.no_grad():
-                site.rows.copy_(new)
+            site.write(model, new)  # in place, or into accelerate's weights map when offloaded
 
         def block(layer: int, sites_l: list[LinearSite], st: dict[str, InputStats]) -> None:
             for s in sites_l:
@@ -209,7 +208,7 @@ def prune_linears(
                 do(s, None)
         else:
             sequential(model, tokens, stats, block)
-        rows = measured_rows(sites)  # inside the transaction: an interrupt here still restores the model
+        rows = measured_rows(sites, model)  # inside the transaction: an interrupt here still restores the model
     pat = None if nm is None else f"{nm[0]}:{nm[1]}"
     return Pruning(method, target, pat, options or {}, rows, time.perf_counter() - t0, model=model,
                    originals=tx.originals)

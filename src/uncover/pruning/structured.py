@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from uncover.core.names import act_name
+from uncover.hooks import weights
 from uncover.pruning.base import (
     Pruning,
     PruningError,
@@ -122,10 +123,6 @@ def activation_means(model: HookedModel, tokens: torch.Tensor, unit: str, batch_
 SCORERS: dict[str, Scorer] = {"activation": activation_scores, "attribution": attribution_scores}
 
 
-def _rows(mod: nn.Module) -> torch.Tensor:
-    return mod.weight.T if _is_conv1d(mod) else mod.weight
-
-
 def choose_units(scores: torch.Tensor, sparsity: float, scope: str = "layer") -> torch.Tensor:
     """Boolean ``[n_layers, n_units]``: the lowest-scoring units, per layer or globally.
 
@@ -191,11 +188,13 @@ def prune_structured(
             if t is None:
                 return
             tx.remember(f"{path}.{what}", t)
-            v = _rows(mod) if what == "weight" else t
+            new = weights.read(model, f"{path}.{what}").detach().clone()  # real even when offloaded
+            v = new.T if what == "weight" and _is_conv1d(mod) else new
             if rows is not None:
                 v[rows] = 0.0
             if cols is not None:
                 v[:, cols] = 0.0
+            weights.write(model, f"{path}.{what}", new)
 
         for layer in range(c.n_layers):
             ids = chosen[layer].nonzero().flatten()
@@ -212,7 +211,7 @@ def prune_structured(
                         zero(a.mlp_part(layer, name), "weight", rows=ids, path=p)
                         zero(a.mlp_part(layer, name), "bias", rows=ids, path=p)
                 zero(a.mlp_part(layer, f.mlp_out), "weight", cols=ids, path=f"{base}.{f.mlp}.{f.mlp_out}")
-        rows = measured_rows(linear_sites(model))  # inside the transaction: an interrupt here still restores
+        rows = measured_rows(linear_sites(model), model)  # inside the transaction: an interrupt here still restores
     pruned = [[int(i), int(j)] for i, j in chosen.nonzero().tolist()]
     name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
     return Pruning(unit, s, None, {"scorer": "given" if given else name, "scope": scope, "pruned": pruned},
