@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import KINDS, tiny, tiny_hf, tokens
+from tests.conftest import tokens
+from tests.families.kinds import ALL_KINDS as KINDS
+from tests.families.kinds import family_hf as tiny_hf
+from tests.families.kinds import family_model as tiny
 from uncover import HookedModel
 
 
@@ -39,7 +42,7 @@ def test_residual_identities(kind, dtype, tol):
     torch.testing.assert_close(cache["ln_final.hook_normalized"], hs[n], rtol=0, atol=0)
     # embed + sum of attention and MLP outputs is the final residual
     comps, labels = cache.decompose_resid()
-    assert labels[0] == "embed" and len(labels) == 2 * n + (2 if kind == "gpt2" else 1)
+    assert labels[0] == "embed" and len(labels) == 2 * n + (2 if m.adapter.family.pos_embed else 1)
     torch.testing.assert_close(comps.sum(0), cache.final_resid(), rtol=tol, atol=tol)
     # heads sum (plus output bias) to hook_attn_out; Gemma's norms compute in float32 even in
     # a float64 model, so post-norm families cannot do better than float32 rounding there

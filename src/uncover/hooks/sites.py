@@ -105,10 +105,20 @@ def _qkv_site(a: Adapter, layer: int, which: int) -> Site:
     if f.qkv_layout == "separate":
         return Site(a.attn_part(layer, (f.q, f.k, f.v)[which]), "out", *_heads(n, c.d_head), order=which)
     mod = a.attn_part(layer, f.qkv_fused)
-    if f.qkv_layout == "gpt2":
-        size = c.n_heads * c.d_head
-        return Site(mod, "out", *_slice(which * size, (which + 1) * size, n, c.d_head), order=which)
+    if f.qkv_layout in ("gpt2", "concat"):  # q | k | v blocks (k and v narrower with multi-query attention)
+        lo = sum(a.qkv_sizes[:which])
+        return Site(mod, "out", *_slice(lo, lo + a.qkv_sizes[which], n, c.d_head), order=which)
     return Site(mod, "out", *_neox(which, n, c.d_head), order=which)
+
+
+def _mlp_in_site(a: Adapter, layer: int, which: int) -> Site:
+    """``mlp.hook_pre`` (``which=0``: the gate, or the only input) or ``mlp.hook_pre_linear`` (``1``)."""
+    f, d = a.family, a.cfg.d_mlp
+    if f.mlp_fused_gate_up:  # one linear computes [gate | up] (Phi-3, GLM-4)
+        ext, ins = _slice(which * d, (which + 1) * d, 1, d)
+        return Site(a.mlp_part(layer, f.mlp_in), "out", lambda t: ext(t).squeeze(-2),
+                    lambda t, new: ins(t, new.unsqueeze(-2)), order=which)
+    return Site(a.mlp_part(layer, (f.mlp_gate or f.mlp_in) if which == 0 else f.mlp_in), "out")
 
 
 def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
@@ -134,7 +144,7 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "hook_resid_post": lambda: Site(a.block(layer), "out"),
             "hook_attn_out": lambda: Site(attn_out_mod, "out"),
             "hook_resid_mid": lambda: None if c.parallel_attn_mlp else Site(attn_out_mod, "mid", order=1),
-            "hook_mlp_out": lambda: Site(mlp_out_mod, "out"),
+            "hook_mlp_out": lambda: Site(mlp_out_mod, "out", torch.clone if f.mlp_out_mutated else _same),
             "ln1.hook_normalized": lambda: Site(a.sub(layer, f.ln1), "out"),
             "ln2.hook_normalized": lambda: Site(a.sub(layer, f.ln2), "out"),
             "attn.hook_q": lambda: _qkv_site(a, layer, 0),
@@ -144,8 +154,8 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "attn.hook_result": lambda: Site(a.attn_part(layer, f.o), "result"),
             "attn.hook_attn_scores": lambda: Site(a.attn(layer), "attnfn", order=0),
             "attn.hook_pattern": lambda: Site(a.attn(layer), "attnfn", order=1),
-            "mlp.hook_pre": lambda: Site(a.mlp_part(layer, f.mlp_gate or f.mlp_in), "out"),
-            "mlp.hook_pre_linear": lambda: Site(a.mlp_part(layer, f.mlp_in), "out") if f.mlp_gate else None,
+            "mlp.hook_pre": lambda: _mlp_in_site(a, layer, 0),
+            "mlp.hook_pre_linear": lambda: _mlp_in_site(a, layer, 1) if c.gated_mlp else None,
             "mlp.hook_post": lambda: Site(a.mlp_part(layer, f.mlp_out), "in"),
         }
         site = table.get(p, lambda: None)()
@@ -158,7 +168,7 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             )
         elif h.layer is not None and not 0 <= h.layer < c.n_layers:
             msg += f" (layers are 0..{c.n_layers - 1})"
-        elif h.point == "mlp.hook_pre_linear" and not f.mlp_gate:
+        elif h.point == "mlp.hook_pre_linear" and not c.gated_mlp:
             msg += f" ({c.family} has no gated MLP, so mlp.hook_pre is the whole MLP input)"
         raise UnknownHookName(msg)
     return site

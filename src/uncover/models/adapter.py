@@ -52,7 +52,8 @@ class Family:
     qkv_fused: str | None = None
     """Fused QKV projection (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``)."""
     qkv_layout: str = "separate"
-    """``separate``, ``gpt2`` (q|k|v blocks) or ``neox`` (per head q|k|v)."""
+    """``separate``, ``gpt2``/``concat`` (q|k|v blocks of ``n_heads``, ``n_kv_heads``, ``n_kv_heads`` heads:
+    GPT-2, Phi-3, GPT-BigCode and Falcon's multi-query) or ``neox`` (per head q|k|v)."""
     q_norm: str | None = None
     """Per-head query norm (Qwen3, Gemma 3); ``hook_q`` is its output."""
     k_norm: str | None = None
@@ -63,6 +64,12 @@ class Family:
     mlp_in: str = "up_proj"
     mlp_gate: str | None = "gate_proj"
     mlp_out: str = "down_proj"
+    mlp_fused_gate_up: bool = False
+    """``mlp_in`` computes ``[gate | up]`` in one linear (Phi-3, GLM-4): its first half is ``mlp.hook_pre``."""
+    mlp_out_mutated: bool = False
+    """The block adds into the MLP's output tensor in place (Falcon), so its hook reads a copy."""
+    kv_heads: Callable[[Any], int | None] = lambda cfg: None
+    """Number of key/value heads where the config does not say it as ``num_key_value_heads`` (multi-query)."""
     norm_kind: str = "rms"
     """``rms`` (weight * x/rms), ``rms1p`` ((1+weight) * x/rms, Gemma) or ``layer`` (LayerNorm)."""
     conv1d: bool = False
@@ -133,7 +140,7 @@ class Adapter:
             )
         d_model = _first(hf, "hidden_size", "n_embd")
         n_heads = _first(hf, "num_attention_heads", "n_head")
-        n_kv = _first(hf, "num_key_value_heads", default=n_heads)
+        n_kv = family.kv_heads(hf) or _first(hf, "num_key_value_heads", default=n_heads)
         d_head = _first(hf, "head_dim", default=d_model // n_heads)
         d_mlp = _first(hf, "intermediate_size", "n_inner", default=4 * d_model)
         eps = _first(hf, "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", default=1e-5)
@@ -148,7 +155,7 @@ class Adapter:
             family=family.name,
             model_type=hf.model_type,
             parallel_attn_mlp=bool(family.parallel(hf)),
-            gated_mlp=family.mlp_gate is not None,
+            gated_mlp=family.mlp_gate is not None or family.mlp_fused_gate_up,
             norm_kind=family.norm_kind,
             eps=float(eps),
         )
@@ -193,9 +200,9 @@ class Adapter:
         f, c = self.family, self.cfg
         if f.qkv_layout == "separate":
             return tuple(self._linear_w(self.attn_part(layer, n)) for n in (f.q, f.k, f.v))  # type: ignore[return-value]
-        w = self._linear_w(self.attn_part(layer, f.qkv_fused))  # [d_model, 3 * n * d_head]
-        if f.qkv_layout == "gpt2":
-            return tuple(w.split(c.n_heads * c.d_head, dim=1))  # type: ignore[return-value]
+        w = self._linear_w(self.attn_part(layer, f.qkv_fused))  # [d_model, (n_heads + 2 n_kv) * d_head]
+        if f.qkv_layout in ("gpt2", "concat"):
+            return tuple(w.split(self.qkv_sizes, dim=1))  # type: ignore[return-value]
         w = w.view(c.d_model, c.n_heads, 3, c.d_head)
         return tuple(w[:, :, i, :] for i in range(3))  # type: ignore[return-value]
 
@@ -206,10 +213,16 @@ class Adapter:
         b = self.attn_part(layer, f.qkv_fused).bias
         if b is None:
             return (None, None, None)
-        if f.qkv_layout == "gpt2":
-            return tuple(b.split(c.n_heads * c.d_head))
+        if f.qkv_layout in ("gpt2", "concat"):
+            return tuple(b.split(self.qkv_sizes))
         b = b.view(c.n_heads, 3, c.d_head)
         return tuple(b[:, i, :] for i in range(3))
+
+    @property
+    def qkv_sizes(self) -> list[int]:
+        """Widths of the q, k and v blocks of a fused ``gpt2``/``concat`` projection."""
+        c = self.cfg
+        return [c.n_heads * c.d_head, c.n_kv_heads * c.d_head, c.n_kv_heads * c.d_head]
 
     def W_Q(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_model, d_head]``."""
@@ -245,10 +258,13 @@ class Adapter:
 
     def W_in(self, layer: int) -> torch.Tensor:
         """``[d_model, d_mlp]`` (the linear, non-gate input of a gated MLP)."""
-        return self._linear_w(self.mlp_part(layer, self.family.mlp_in))
+        w = self._linear_w(self.mlp_part(layer, self.family.mlp_in))
+        return w[:, self.cfg.d_mlp:] if self.family.mlp_fused_gate_up else w
 
     def W_gate(self, layer: int) -> torch.Tensor | None:
         """``[d_model, d_mlp]`` or ``None`` for ungated MLPs."""
+        if self.family.mlp_fused_gate_up:
+            return self._linear_w(self.mlp_part(layer, self.family.mlp_in))[:, : self.cfg.d_mlp]
         m = self.mlp_part(layer, self.family.mlp_gate)
         return None if m is None else self._linear_w(m)
 

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 from uncover.core.errors import UnsupportedModel
 from uncover.models.adapter import Family
+from uncover.models.families.falcon import FALCON
 from uncover.models.families.gemma import GEMMA, GEMMA2, GEMMA3
+from uncover.models.families.glm import GLM4
 from uncover.models.families.gpt2 import GPT2
+from uncover.models.families.gpt_bigcode import GPT_BIGCODE
 from uncover.models.families.gpt_neox import GPT_NEOX
+from uncover.models.families.gptj import GPTJ
+from uncover.models.families.layernorm_llama import OLMO, STABLELM, STARCODER2
 from uncover.models.families.llama import LLAMA, QWEN3
+from uncover.models.families.phi import PHI, PHI3
 
-FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX)
+FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
+                                STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4)
+
+REFUSED: dict[str, str] = {
+    "mixtral": "mixture-of-experts MLPs (per-expert and router hooks are not implemented)",
+    "qwen2_moe": "mixture-of-experts MLPs (per-expert and router hooks are not implemented)",
+    "qwen3_moe": "mixture-of-experts MLPs (per-expert and router hooks are not implemented)",
+    "gpt_oss": "mixture-of-experts MLPs and attention sinks (not implemented)",
+    "granite": "embedding, residual, attention and logit multipliers applied outside the modules that the hooks see",
+    "cohere": "a logit scale applied after the unembedding, outside the modules that the hooks see",
+    "bloom": "ALiBi attention in a custom attention function, and a norm on the embeddings",
+    "opt": "MLP linears that sit directly in the block (no MLP module to hook) and learned positions with an offset",
+    "olmo2": "norms only after attention and MLP (no pre-norms for ln1/ln2)",
+}
+"""Architectures refused on purpose, with the reason (shown by :func:`family_for`)."""
 
 
 def supported_model_types() -> list[str]:
@@ -26,10 +46,17 @@ def family_for(model_type: str) -> Family:
 
     >>> family_for("qwen2").name
     'llama'
+    >>> family_for("mixtral")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UnsupportedModel: architecture 'mixtral' is not supported: mixture-of-experts MLPs ...
     """
     for f in FAMILIES:
         if model_type in f.model_types:
             return f
+    if model_type in REFUSED:
+        raise UnsupportedModel(f"architecture {model_type!r} is not supported: {REFUSED[model_type]}; "
+                               f"supported: {', '.join(supported_model_types())}")
     raise UnsupportedModel(
         f"no adapter for architecture {model_type!r}; supported: {', '.join(supported_model_types())}"
     )

@@ -1,4 +1,4 @@
-"""Llama-style decoders: Llama (incl. SmolLM2), Mistral, Qwen2 and Qwen3.
+"""Llama-style decoders: Llama (incl. SmolLM2), SmolLM3, Mistral, Qwen2 and Qwen3.
 
 Pre-norm RMSNorm blocks, rotary positions, separate q/k/v projections (grouped-query
 attention allowed), gated SiLU MLP. Qwen3 adds per-head q/k RMSNorm.
@@ -22,7 +22,7 @@ def _refuse(cfg: Any) -> list[str]:
 
 LLAMA = Family(
     name="llama",
-    model_types=("llama", "mistral", "qwen2"),
+    model_types=("llama", "mistral", "qwen2", "smollm3"),
     layers="model.layers",
     embed="model.embed_tokens",
     final_norm="model.norm",
