@@ -66,6 +66,9 @@ API = {
     # training dynamics
     "GrokConfig": "dynamics.grokking", "MemConfig": "dynamics.memorization",
     "train_memorization": "dynamics.memorization", "extraction_scan": "dynamics.memorization",
+    # model diffing
+    "Crosscoder": "diffing.crosscoder", "train_crosscoder": "diffing.analysis",
+    "analyse_crosscoder": "diffing.analysis", "model_diff": "diffing.diff",
     # data
     "ioi": "data.tasks", "facts": "data.tasks", "greater_than": "data.tasks", "repeated_tokens": "data.tasks",
     # results

@@ -37,6 +37,7 @@ CATALOG = (
     "uncover.pruning.ops",
     "uncover.decoding.ops",
     "uncover.dynamics.ops",
+    "uncover.diffing.ops",
 )
 
 _REGISTRY: dict[str, Operation] = {}
