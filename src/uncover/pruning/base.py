@@ -229,8 +229,15 @@ def edit_weights(model: HookedModel) -> Iterator[weights.Transaction]:
     Ctrl-C included, every recorded parameter is restored and the error propagates, so a failed
     pruning leaves the model untouched.
 
-    >>> with edit_weights(model) as tx:
-    ...     remember(tx, site); site.rows.zero_()
+    >>> site = linear_sites(model)[0]
+    >>> try:
+    ...     with edit_weights(model) as tx:
+    ...         remember(tx, site); _ = site.rows.zero_()
+    ...         raise RuntimeError("half-way")
+    ... except RuntimeError:
+    ...     pass
+    >>> bool(site.rows.abs().sum() > 0)  # restored
+    True
     """
     with weights.transaction(model) as tx:
         yield tx
@@ -333,8 +340,17 @@ class Pruning(Result):
     def load(cls, path: str | Path, model: HookedModel) -> Pruning:
         """Apply a saved pruning to ``model``; the returned record reverts it.
 
-        >>> p = Pruning.load("wanda.safetensors", model)
-        >>> p.revert()
+        >>> import os, tempfile
+        >>> from uncover.pruning import magnitude_prune
+        >>> from tests.conftest import tiny
+        >>> small = tiny("llama")
+        >>> rec = magnitude_prune(small, 0.5)
+        >>> path = rec.save(os.path.join(tempfile.mkdtemp(), "p.safetensors"))
+        >>> rec.revert()
+        >>> again = Pruning.load(path, small)  # pruned again, from the file
+        >>> again.overall_sparsity()
+        0.5
+        >>> again.revert()
         """
         tensors, mode, meta = weights.load_change(path, default_mode="set", error=PruningError)
         if "method" not in meta or mode != "set":
