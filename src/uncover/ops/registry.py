@@ -37,7 +37,10 @@ CATALOG = (
     "uncover.pruning.ops",
     "uncover.decoding.ops",
     "uncover.dynamics.ops",
+    "uncover.scale.ops",
     "uncover.diffing.ops",
+    "uncover.autointerp.ops",
+    "uncover.saebench.ops",
 )
 
 _REGISTRY: dict[str, Operation] = {}

@@ -11,7 +11,6 @@ change of model, corpus, hooks or settings is refused with every difference list
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -140,8 +139,9 @@ def harvest_corpus(
                      {"tokens": tokens, "block_len": block_len, "shard_blocks": shard_blocks,
                       "skip_first": skip_first})
     fresh = Manifest(**{**fresh.__dict__, **_jsonable({k: getattr(fresh, k) for k in fresh.identity()})})
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    if overwrite and (out / NAME).is_file():  # only a harvest's own files: never a folder of other things
+        for f in [*out.glob("shard_*.safetensors"), *out.glob(".shard_*.tmp"), out / NAME]:
+            f.unlink()
     out.mkdir(parents=True, exist_ok=True)
     if (out / NAME).is_file():
         manifest = Manifest.read(out)
