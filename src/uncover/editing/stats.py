@@ -74,7 +74,8 @@ def key_moments(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[int, torch.Tensor]:
-    """Uncentred second moments ``E[k kᵀ]`` ``[d_mlp, d_mlp]`` (float64) of the keys of ``layers``.
+    """Uncentred second moments ``E[k kᵀ]`` ``[d_mlp, d_mlp]`` (float64, on the CPU) of the keys of ``layers``,
+    accumulated in float64 on the model's device whatever the model's dtype (bfloat16 keys lose nothing more).
 
     ``tokens``: ``[n_blocks, block_len]`` ids; every position but a leading BOS
     (:func:`uncover.data.corpus.prefix_len`) counts as one sample. The keys are
@@ -91,16 +92,17 @@ def key_moments(
         check_layer(model, layer)
     skip = prefix_len(model, tokens) if model.tokenizer is not None else 0  # BOS: an outlier, not text
     d = model.cfg.d_mlp
-    sums = {layer: torch.zeros(d, d, dtype=torch.float64) for layer in layers}
+    dev = model.device  # accumulate where the keys are (a GPU), in float64 whatever the model's dtype
+    sums = {layer: torch.zeros(d, d, dtype=torch.float64, device=dev) for layer in layers}
     count = 0
     names = {act_name("post", layer): layer for layer in layers}
-    for batch, got in harvest(model, tokens, list(names), batch_size=batch_size, dtype=torch.float64,
+    for batch, got in harvest(model, tokens, list(names), batch_size=batch_size, dtype=torch.float64, device=dev,
                               progress=progress, desc=f"key statistics, layers {layers}"):
         for name, layer in names.items():
             k = got[name][:, skip:].reshape(-1, d)
             sums[layer].addmm_(k.T, k)
         count += batch.input_ids[:, skip:].numel()
-    return {layer: s / max(count, 1) for layer, s in sums.items()}
+    return {layer: (s / max(count, 1)).cpu() for layer, s in sums.items()}
 
 
 def corpus_tokens(model: HookedModel, mom2_samples: int, block_len: int = BLOCK_LEN) -> torch.Tensor:
