@@ -2,7 +2,7 @@
 
 - :func:`prompt_view`: tokens, the next-token distribution, the logit-lens heatmap, every head's attention
   pattern and the direct logit attribution of an answer against a wrong token, from the library's own
-  ``logit_lens``, ``attention_patterns`` and ``direct_logit_attribution``.
+  ``run_with_cache`` (logits and patterns in one forward), ``logit_lens`` and ``direct_logit_attribution``.
 - :func:`patch_cell`: one cell of an activation-patching grid, rerun as a scoped ``Replace`` intervention,
   with its effect on the output distribution.
 - :func:`result_view`: any operation's result for the page (summary, table, figure, provenance), plus what
@@ -69,7 +69,6 @@ def prompt_view(model: HookedModel, prompt: str, answer: str | int | None = None
     (' Paris', True)
     """
     from uncover.attribution.dla import direct_logit_attribution
-    from uncover.heads.patterns import attention_patterns
     from uncover.lenses.logit_lens import logit_lens
 
     if not isinstance(prompt, str) or not prompt.strip():
@@ -79,18 +78,19 @@ def prompt_view(model: HookedModel, prompt: str, answer: str | int | None = None
     ids = model.to_tokens(prompt)[0]
     if len(ids) > MAX_TOKENS:
         raise UsageError(f"prompt is {len(ids)} tokens; the prompt view takes at most {MAX_TOKENS}")
-    with torch.no_grad():
-        logits = model(ids[None])[0, -1].float()  # [d_vocab] the next-token distribution
+    c = model.cfg
+    names = [act_name("pattern", layer) for layer in range(c.n_layers)]
+    with torch.no_grad():  # one forward gives the next-token logits and every head's pattern
+        out, cache = model.run_with_cache(ids[None], names=names)
         lens = logit_lens(model, ids[None], positions=None, k=1)  # top-1 per [layer, pos]
+    logits = out[0, -1].float()  # [d_vocab]
+    att = torch.stack([cache[n][0] for n in names]).float()  # [layer, head, q, k]
     nxt = _dist(logits, model, k, [])
     top2 = logits.topk(2).indices.tolist()
     a_id = _token_id(model, answer, top2[0])
     w_id = _token_id(model, wrong, top2[1])
     if a_id == w_id:
         raise UsageError("answer and wrong are the same token; pick two different tokens")
-    c = model.cfg
-    pats = attention_patterns(model, ids, [(layer, h) for layer in range(c.n_layers) for h in range(c.n_heads)])
-    att = pats.patterns.view(c.n_layers, c.n_heads, len(ids), len(ids))  # [layer, head, q, k]
     dla = direct_logit_attribution(model, ids[None], a_id, w_id)
     return {
         "tokens": lens.str_tokens[0],
@@ -128,11 +128,13 @@ def patch_cell(model: HookedModel, config: Any, result: Any, index: list[int], k
     (``[layer, pos]``, ``[layer, head]`` or ``[layer, head, pos]``). Returns the distributions of the base run,
     the patched run and the source run at the last position, with the answer's and wrong token's probabilities.
 
+    >>> from uncover.patching.activation import PatchResult
     >>> from uncover.patching.ops import PatchConfig
     >>> cfg = PatchConfig(clean="The Eiffel Tower is in the city of", corrupt="The Colosseum is in the city of",
     ...                   answer=" Paris", wrong=" Rome")
-    >>> r = uncover.run("patch", model, **cfg.to_dict())
-    >>> cell = patch_cell(model, cfg, r, [20, 4])
+    >>> grid = torch.zeros(model.cfg.n_layers, 9)  # [layer, pos] (a result of the patch operation, say)
+    >>> r = PatchResult("resid_pre", "pos", grid, [], 1.0, 0.0, "logit_diff", "denoise", True, 1)
+    >>> cell = patch_cell(model, cfg, r, [0, 3])  # the clean resid at ' Tower' before layer 0
     >>> cell["patched"]["tracked"][0] > cell["base"]["tracked"][0]
     True
     """
@@ -157,7 +159,7 @@ def patch_cell(model: HookedModel, config: Any, result: Any, index: list[int], k
     n_pos = base.shape[1]
     if result.per == "pos":
         iv = Replace(name, positions=(index[1],), source=source)
-        label = f"L{layer} {result.hook} @ {result.str_tokens[index[1]]!r} (pos {index[1]})"
+        label = f"L{layer} {result.hook} @ {model._strs([int(base[0, index[1]])])[0]!r} (pos {index[1]})"
     elif result.per == "head":
         iv = Replace(name, heads=(index[1],), positions=tuple(range(result.first_diff, n_pos)), source=source)
         label = f"L{layer}H{index[1]} z"
@@ -179,6 +181,7 @@ def patch_cell(model: HookedModel, config: Any, result: Any, index: list[int], k
 def result_view(result: Result) -> dict[str, Any]:
     """A result for the page: kind, title, summary, table (first rows), provenance and a dedicated ``view``.
 
+    >>> import uncover
     >>> v = result_view(uncover.run("lens", model, prompt="The Eiffel Tower is in the city of"))
     >>> v["kind"], v["view"]["type"]
     ('LensResult', 'generic')
