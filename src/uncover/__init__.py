@@ -52,6 +52,9 @@ API = {
     "train_toy_models": "neurons.superposition", "SAE": "sae.base", "SAEConfig": "sae.base",
     "train_sae": "sae.train", "evaluate_sae": "sae.evaluate", "feature_dashboard": "sae.dashboard",
     "attach_sae": "sae.attach", "quick_sae": "sae.quick",
+    # auto-interpretability and SAE metrics
+    "explain_features": "autointerp.explain", "FeatureSource": "autointerp.sources",
+    "neuron_source": "autointerp.sources", "sae_source": "autointerp.sources", "sae_bench": "saebench.bench",
     # representations
     "probe_layers": "probing.layers", "fit_probe": "probing.linear", "ccs_layers": "probing.ccs",
     "fit_ccs": "probing.ccs", "reading_vectors": "steering.reading", "actadd": "steering.methods",
@@ -71,6 +74,9 @@ API = {
     "analyse_crosscoder": "diffing.analysis", "model_diff": "diffing.diff",
     # data
     "ioi": "data.tasks", "facts": "data.tasks", "greater_than": "data.tasks", "repeated_tokens": "data.tasks",
+    # dataset scale: corpora, shards with a manifest, engines
+    "Corpus": "scale.corpora", "harvest_corpus": "scale.harvest", "ShardReader": "scale.reader",
+    "ShardSource": "scale.reader", "top_contexts": "scale.reader", "make_engine": "scale.engines",
     # results
     "rerun": "ops.reproduce", "compare": "ops.reproduce", "Provenance": "core.provenance",
 }
