@@ -137,8 +137,11 @@ class Corpus:
             yield row[self.field]
 
     def _parquet(self) -> Iterator[str]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UsageError("reading Parquet needs pyarrow: pip install uncover[corpora]") from None
 
         try:
             f = pq.ParquetFile(self.source)

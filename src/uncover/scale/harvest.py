@@ -162,7 +162,9 @@ def harvest_corpus(
     computed: list[int] = []
     try:
         tasks = plan(model, corpus, manifest, out, batch_size, skipped)
-        for _, rec in eng.map(compute_shard, tasks, progress=prog, desc=f"harvest ({eng.name})"):
+        # the number of shards is known up front only with a token budget (and a corpus at least that long)
+        total = None if tokens is None else max(0, -(-(tokens // block_len) // shard_blocks) - len(manifest.done))
+        for _, rec in eng.map(compute_shard, tasks, progress=prog, total=total, desc=f"harvest ({eng.name})"):
             manifest.record(rec)
             computed.append(rec["index"])
             manifest.write(out)
