@@ -126,6 +126,11 @@ def test_config_paths_are_confined_to_the_results_folder(client, app):
     r = client.post("/api/jobs", json={"op": "lens", "config": {"prompt": "the", "tuned": "missing.safetensors"}})
     assert r.status_code == 400 and "does not exist" in r.json()["error"]
     assert str(app.state.server.results) in r.json()["error"]  # resolved inside the folder
+    from uncover.lenses.ops import TrainLensConfig
+    from uncover.serve.security import confine_config
+
+    fields = confine_config(TrainLensConfig, {"steps": 0}, app.state.server.results)  # the default path as well
+    assert fields["out"] == str(app.state.server.results / "tuned-lens.safetensors")
 
 
 # ---- operations and jobs -----------------------------------------------------------------------------
@@ -274,6 +279,25 @@ def test_rerun_and_compare(client):
     p = wait(client, client.post("/api/jobs", json={"op": "patch", "config": PATCH}).json()["id"])
     r = client.post("/api/compare", json={"a": a["id"], "b": p["id"]})
     assert r.status_code == 400 and "same operation" in r.json()["error"]
+
+
+def test_circuit_and_steering_views(client, wmodel):
+    import uncover as uc
+
+    cfg = {**PATCH, "edges": 10}
+    j = wait(client, client.post("/api/jobs", json={"op": "circuit", "config": cfg}).json()["id"])
+    view = client.get(f"/api/jobs/{j['id']}/result").json()["view"]
+    ref = uc.run("circuit", wmodel, **cfg)
+    assert view["type"] == "circuit" and view["n_edges"] == 10
+    assert [e[:2] for e in view["edges"]] == [list(e[:2]) for e in ref.top(10).edges()]
+    scores = [abs(e[2]) for e in view["edges"]]
+    assert scores == sorted(scores, reverse=True)
+    cfg = {"prompts": ["the tower is"], "positive": "good", "negative": "bad", "layer": 1, "scale": 5.0,
+           "max_new_tokens": 3}
+    j = wait(client, client.post("/api/jobs", json={"op": "steer", "config": cfg}).json()["id"])
+    view = client.get(f"/api/jobs/{j['id']}/result").json()["view"]
+    ref = uc.run("steer", wmodel, **cfg)
+    assert view == {"type": "steer", "prompts": ref.prompts, "plain": ref.plain, "steered": ref.steered}
 
 
 # ---- the prompt view ---------------------------------------------------------------------------------

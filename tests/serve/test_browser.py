@@ -102,6 +102,22 @@ def test_run_a_patch_and_click_a_cell(page):
     assert "L2 resid_pre" in page.inner_text("#patching-result .cell-label")
     assert page.locator("#patching-result .cell-detail table").count() == 3  # base, patched, source
     shot(page, "patch")
+    # the saved result is listed in the results folder and reopens
+    page.locator("#file-list li button.open").first.click()
+    page.wait_for_selector("#operations-result td.cell", timeout=20_000)
+
+
+def test_circuit_graph_with_an_edge_slider(page):
+    page.click("#tabs button[data-tab='circuits']")
+    fill(page, "circuit", {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris",
+                           "wrong": "rome", "edges": 12})
+    page.click("form[data-op='circuit'] button.run")
+    page.wait_for_selector("#circuits-result svg.circuit line", state="attached", timeout=30_000)
+    assert page.locator("#circuits-result svg.circuit line").count() == 12
+    page.fill("#edge-slider", "3")
+    assert page.locator("#circuits-result svg.circuit line").count() == 3
+    assert page.inner_text("#circuits-result .edge-count") == "3 of 12 edges"
+    shot(page, "circuit")
 
 
 def test_apply_and_revert_an_edit(page, live):

@@ -90,7 +90,7 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
     srv = Server(model, root, token or secrets.token_urlsafe(24))
     app = FastAPI(title="uncover workbench", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
-    app.add_middleware(Guard, token=srv.token, hosts={*LOOPBACK_NAMES, "testserver", *(hosts or set())})
+    app.add_middleware(Guard, token=srv.token, hosts={*LOOPBACK_NAMES, *(hosts or set())})
 
     def err(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)

@@ -117,8 +117,8 @@ def _bounded_text(owner: str, name: str, v: Any) -> None:
 def confine_config(cls: type[Config], data: Any, root: Path) -> dict[str, Any]:
     """Browser JSON -> config fields: unknown fields refused, texts bounded, paths confined to ``root``.
 
-    Path fields are names inside the results folder; a text field that may name a file (its help says
-    "file") is a built-in name or a file inside the folder.
+    Path fields are names inside the results folder (a default path too); a text field that may name a file
+    (its help says "file") is a built-in name or a file inside the folder.
 
     >>> from uncover.lenses.ops import LensConfig
     >>> confine_config(LensConfig, {"prompt": "Hi", "tuned": "/etc/passwd"}, Path("/tmp"))
@@ -130,11 +130,16 @@ def confine_config(cls: type[Config], data: Any, root: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{owner}: the config must be a JSON object of fields, got {type(data).__name__}")
     names = {f.name: f for f in fields_of(cls)}
-    out: dict[str, Any] = {}
-    for k, v in data.items():
+    for k in data:
         if k not in names:
             raise UsageError(f"{owner}: unknown field {k!r}; valid: {', '.join(names)}")
-        f = names[k]
+    out: dict[str, Any] = {}
+    for k, f in names.items():
+        if k not in data:
+            if not f.required and isinstance(f.default, Path):  # a default file lands in the folder too
+                out[k] = str(inside(root, str(f.default)))
+            continue
+        v = data[k]
         _bounded_text(owner, k, v)
         kind = type_name(f.type)
         if v is not None and kind.startswith("path"):

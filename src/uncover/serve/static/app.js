@@ -9,7 +9,7 @@ if (params.get("token")) {
 }
 const TOKEN = sessionStorage.getItem("uncover-token") || "";
 const OPS = {};
-const state = { jobs: [], checked: new Set(), shown: {} };
+const state = { jobs: [], checked: new Set(), shown: {}, doneCount: -1 };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -248,15 +248,19 @@ function renderCircuit(view, target) {
     count.textContent = `${n} of ${view.n_edges} edges`;
     const edges = view.edges.slice(0, n).map(([s, r, v]) => [s, r.replace(/\.[qkv]$/, "").replace(/<[qkv]>$/, ""), v]);
     const nodes = [...new Set(edges.flatMap(([s, r]) => [s, r]))];
+    // columns: layers left to right (input first, logits last); rows: the head, MLPs on top
     const layers = [...new Set(nodes.map(layerOf))].sort((a, b) => a - b);
-    const rows = {};
-    nodes.forEach((nd) => { (rows[layerOf(nd)] = rows[layerOf(nd)] || []).push(nd); });
-    const W = 760, H = Math.max(200, 60 * layers.length);
+    const headOf = (nd) => { const m = /H(\d+)/.exec(nd); return m ? Number(m[1]) : null; };
+    const maxHead = Math.max(0, ...nodes.map((nd) => headOf(nd) ?? 0));
+    const W = 860, H = 90 + 36 * (maxHead + 2);
     const pos = {};
-    layers.forEach((l, i) => {
-      const row = rows[l].sort();
-      row.forEach((nd, j) => { pos[nd] = [(j + 1) * W / (row.length + 1), H - 25 - i * (H - 50) / Math.max(1, layers.length - 1)]; });
-    });
+    for (const nd of nodes) {
+      const col = layers.indexOf(layerOf(nd));
+      const x = 50 + col * (W - 100) / Math.max(1, layers.length - 1);
+      const h = headOf(nd);
+      const row = /^MLP/.test(nd) ? maxHead + 1 : h !== null ? h : (maxHead + 1) / 2;
+      pos[nd] = [x, H - 30 - row * (H - 60) / (maxHead + 1)];
+    }
     const NS = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("class", "circuit"); svg.setAttribute("width", W); svg.setAttribute("height", H);
@@ -271,8 +275,11 @@ function renderCircuit(view, target) {
     }
     for (const nd of nodes) {
       const [x, y] = pos[nd];
+      const dot = document.createElementNS(NS, "circle");
+      dot.setAttribute("cx", x); dot.setAttribute("cy", y); dot.setAttribute("r", 4); dot.setAttribute("fill", "#475569");
+      svg.append(dot);
       const text = document.createElementNS(NS, "text");
-      text.setAttribute("x", x); text.setAttribute("y", y); text.setAttribute("text-anchor", "middle");
+      text.setAttribute("x", x); text.setAttribute("y", y - 7); text.setAttribute("text-anchor", "middle");
       text.setAttribute("font-size", "11"); text.setAttribute("class", "node"); text.textContent = nd;
       svg.append(text);
     }
@@ -300,6 +307,8 @@ async function pollJobs() {
   try { state.jobs = await api("/api/jobs"); } catch (err) { return; }
   renderJobs();
   let busy = false;
+  const doneNow = state.jobs.filter((j) => j.status === "done").length;
+  if (doneNow !== state.doneCount) { state.doneCount = doneNow; refreshFiles(); }
   for (const j of state.jobs) {
     if (j.status === "queued" || j.status === "running") busy = true;
     const target = state.shown[j.id];
@@ -341,6 +350,19 @@ function renderJobs() {
     }
     return li;
   }));
+}
+
+async function refreshFiles() {
+  let files;
+  try { files = await api("/api/files"); } catch (err) { return; }
+  const list = document.getElementById("file-list");
+  list.replaceChildren(...files.filter((f) => f.name.endsWith(".safetensors")).map((f) => el("li", { "data-file": f.name },
+    el("button", { class: "open", text: "open", onclick: async () => {
+      const target = document.getElementById("operations-result");
+      switchTab("operations");
+      try { const j = await api("/api/open", { name: f.name }); showResult(j.id, target); pollJobs(); }
+      catch (err) { showError(target, err); }
+    } }), " ", el("span", { text: f.name }))));
 }
 
 function openJob(j) {
