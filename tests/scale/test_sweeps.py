@@ -95,3 +95,16 @@ def test_generated_counterfacts_pair_each_fact_with_other_objects_of_its_kind():
     assert generated_counterfacts(5, seed=1) == generated_counterfacts(5, seed=1) != generated_counterfacts(5)
     with pytest.raises(UsageError, match="n must be in"):
         generated_counterfacts(10**6)
+
+
+def test_engines_refuse_what_they_cannot_run(tiny_model):
+    from tests.conftest import tiny
+    from uncover.scale.engines import ModelSpec, make_engine
+
+    with pytest.raises(UsageError, match="built in memory, so Ray workers cannot load it"):
+        ModelSpec.of(tiny("llama"))
+    assert ModelSpec.of(tiny_model).source == str(tiny_model.source)
+    with pytest.raises(UsageError, match="--ray-address needs --engine ray"):
+        make_engine("local", tiny_model, address="auto")
+    with pytest.raises(UsageError, match="unknown engine 'spark'; valid: local, ray"):
+        make_engine("spark", tiny_model)

@@ -48,8 +48,13 @@ class ModelSpec:
 
     @classmethod
     def of(cls, model: HookedModel) -> ModelSpec:
+        """The spec of a model loaded by ``uncover.load`` (workers load it the same way)."""
         from uncover.core.fingerprint import weights_fingerprint
+        from uncover.models.load import EMBEDDED_NAME
 
+        if getattr(model, "source", None) is None and model.name != EMBEDDED_NAME:
+            raise UsageError(f"model {model.name!r} was built in memory, so Ray workers cannot load it; save it "
+                             "(model.model.save_pretrained(DIR) and its tokenizer) and load it with uncover.load(DIR)")
         return cls(getattr(model, "source", None), str(model.dtype).removeprefix("torch."),
                    weights_fingerprint(model.model), model.name)
 
@@ -161,7 +166,12 @@ class RayEngine:
             self._started_ray = True
         if not self.actors:
             self.actors = [self._new_actor() for _ in range(self.workers)]
-            self.pids = self._get([a.pid.remote() for a in self.actors])
+            try:
+                self.pids = self._get([a.pid.remote() for a in self.actors])
+            except ray.exceptions.RayActorError as e:  # the worker's __init__ failed: say why, in one line
+                self.close()
+                why = str(e).strip().splitlines()
+                raise UncoverError(f"a Ray worker could not start: {why[-1] if why else type(e).__name__}") from None
 
     def _get(self, refs: Any) -> Any:
         ray = _ray()
