@@ -94,7 +94,7 @@ class _Worker:
         from uncover.hooks.hooked import load
 
         torch.set_num_threads(threads)
-        self.model = load(spec.source, device="cpu", dtype=spec.dtype)
+        self.model = load(spec.source, dtype=spec.dtype)  # on the GPU Ray gave this actor, if any
         got = weights_fingerprint(self.model.model)
         if got != spec.fingerprint:
             raise UncoverError(f"worker loaded {spec.source or 'the embedded model'} with weights fingerprint {got}, "
@@ -126,6 +126,7 @@ class RayEngine:
         address: a running cluster's address (``ray://host:10001`` or ``auto``); ``None`` starts a local Ray
             with ``workers * threads`` CPUs when none is running in this process.
         in_flight: items queued per worker (2 keeps each busy while the driver records results).
+        gpus: GPUs per worker (Ray makes them visible to the actor; 0: the workers run on CPUs).
 
     >>> eng = RayEngine(ModelSpec.of(model), workers=2)  # doctest: +SKIP
     >>> sorted(eng.map(square, [1, 2, 3]))  # doctest: +SKIP
@@ -135,24 +136,25 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, spec: ModelSpec, workers: int = 2, threads: int = 1, address: str | None = None,
-                 in_flight: int = 2):
+                 in_flight: int = 2, gpus: float = 0.0):
         if workers < 1 or threads < 1 or in_flight < 1:
             raise UsageError(f"the ray engine needs workers, threads and in_flight >= 1, got {workers}, {threads}, "
                              f"{in_flight}")
         self.spec, self.workers, self.threads, self.address, self.in_flight = spec, workers, threads, address, \
             in_flight
+        self.gpus = gpus
         self.actors: list[Any] = []
         self.pids: list[int] = []
         self.replaced = 0
         self._started_ray = False
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "workers": self.workers, "threads": self.threads, "address": self.address,
-                "replaced": self.replaced}
+        return {"name": self.name, "workers": self.workers, "threads": self.threads, "gpus": self.gpus,
+                "address": self.address, "replaced": self.replaced}
 
     def _new_actor(self) -> Any:
         ray = _ray()
-        cls = ray.remote(num_cpus=self.threads, max_restarts=0)(_Worker)
+        cls = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_restarts=0)(_Worker)
         return cls.remote(self.spec, self.threads)
 
     def start(self) -> None:

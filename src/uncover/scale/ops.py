@@ -143,7 +143,11 @@ def perplexity_part(model: HookedModel, blocks: list[torch.Tensor]) -> tuple[flo
 
 
 def perplexity_reduce(parts: list[tuple[float, int]]) -> float:
-    """``exp(total NLL / total tokens)``."""
+    """``exp(total NLL / total tokens)``.
+
+    >>> round(perplexity_reduce([(math.log(2.0) * 3, 3), (math.log(8.0) * 1, 1)]), 6)  # 2 ** ((3 + 3) / 4)
+    2.828427
+    """
     return math.exp(sum(p[0] for p in parts) / sum(p[1] for p in parts))
 
 
@@ -177,7 +181,11 @@ class PatchSettings:
 
 
 def stack_grids(parts: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Every pair's grid, stacked ``[pairs, ...]`` (grids per position need pairs of one length)."""
+    """Every pair's grid, stacked ``[pairs, ...]`` (grids per position need pairs of one length).
+
+    >>> stack_grids([[torch.zeros(2, 3)], [torch.ones(2, 3), torch.ones(2, 3)]]).shape
+    torch.Size([3, 2, 3])
+    """
     grids = [g for p in parts for g in p]
     if len({tuple(g.shape) for g in grids}) > 1:
         raise UsageError("the pairs' grids have different shapes (prompts of different lengths); patch per head "
@@ -229,7 +237,13 @@ class EditPart:
 
 
 def concat_evals(parts: list[EditEval]) -> EditEval:
-    """One :class:`~uncover.editing.evaluate.EditEval` of all shards' rows, in order."""
+    """One :class:`~uncover.editing.evaluate.EditEval` of all shards' rows, in order.
+
+    >>> a = EditEval("rome", [{"subject": "A", "new": " x"}], {}, 1.0, [0.5])
+    >>> b = EditEval("rome", [{"subject": "B", "new": " y"}], {}, 2.0, [0.7])
+    >>> ev = concat_evals([a, b]); ev.n_facts, ev.seconds, ev.edit_seconds
+    (2, 3.0, [0.5, 0.7])
+    """
     first = parts[0]
     return EditEval(first.method, [r for p in parts for r in p.rows], dict(first.options),
                     sum(p.seconds for p in parts), [s for p in parts for s in p.edit_seconds])

@@ -124,7 +124,13 @@ def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
 
 
 def file_digest(path: Path) -> str:
-    """A 16-hex-digit hash of a file's bytes."""
+    """A 16-hex-digit hash of a file's bytes.
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "a.bin"; _ = f.write_bytes(b"abc")
+    >>> len(file_digest(f))
+    16
+    """
     h = hashlib.blake2b(digest_size=8)
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
