@@ -36,10 +36,10 @@ def new_config(kind: str) -> T.PretrainedConfig:
     if kind == "starcoder2":
         return T.Starcoder2Config(**COMMON, num_key_value_heads=2, residual_dropout=0.0, embedding_dropout=0.0)
     if kind == "gptj":
-        return T.GPTJConfig(vocab_size=V, n_embd=D, n_layer=L, n_head=H, rotary_dim=4, n_positions=64,
+        return T.GPTJConfig(vocab_size=V, n_embd=D, n_layer=L, n_head=H, rotary_dim=4, n_positions=160,
                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     if kind in ("gpt_bigcode", "gpt_bigcode-mha"):
-        return T.GPTBigCodeConfig(vocab_size=V, n_embd=D, n_layer=L, n_head=H, n_positions=64,
+        return T.GPTBigCodeConfig(vocab_size=V, n_embd=D, n_layer=L, n_head=H, n_positions=160,
                                   multi_query=kind == "gpt_bigcode", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     if kind == "falcon":
         return T.FalconConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, bias=True)

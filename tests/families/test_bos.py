@@ -50,7 +50,7 @@ def test_token_blocks_follow_the_tokenizer(bos):
 
 
 @pytest.mark.parametrize("bos", [True, False])
-def test_scale_corpus_blocks_and_key_moments_skip_bos(bos, one_thread):
+def test_scale_corpus_blocks_and_key_moments_skip_bos(bos, one_thread, tmp_path):
     from uncover.editing.stats import key_moments
     from uncover.scale.corpora import Corpus
     from uncover.scale.corpora import token_blocks as stream_blocks
@@ -60,7 +60,9 @@ def test_scale_corpus_blocks_and_key_moments_skip_bos(bos, one_thread):
     m.tokenizer = tok
     blocks = token_blocks(tok, TEXTS, block_len=8)[:4]
     assert bool((blocks[:, 0] == 3).all()) == bos
-    streamed = list(stream_blocks(m, Corpus.open(None), 8, max_blocks=2))
+    (tmp_path / "c.txt").write_text("\n\n".join(TEXTS[:3]))
+    streamed = list(stream_blocks(m, Corpus.open(tmp_path / "c.txt"), 8, max_blocks=2))
+    assert len(streamed) == 2
     assert all(bool(b[0] == 3) == bos for b in streamed)
     # E[k kᵀ] over the text positions only: the BOS key (an attention-sink outlier) is left out
     C = key_moments(m, [1], blocks, progress=False)[1]

@@ -74,8 +74,8 @@ class Graph:
         if model.adapter.family.attn_post_norm is not None:
             raise UnsupportedModel(
                 f"edge-level circuits need per-head outputs that add up in the residual stream, but {c.family} "
-                "normalises the sum of the heads after attention; supported families: llama, mistral, qwen2, "
-                "qwen3, gemma (1), gpt2, gpt_neox"
+                "normalises the sum of the heads after attention, so one head's contribution is not defined; "
+                "use activation or path patching, or a family without a post-attention norm"
             )
         return cls(c.n_layers, c.n_heads, c.n_kv_heads, c.parallel_attn_mlp)
 

@@ -181,6 +181,13 @@ def prefix_len(tokenizer: Any, tokens: torch.Tensor) -> int:
     return n if bool((tokens[:, :n] == head).all()) else 0
 
 
+def _positions(obj: Any) -> int | None:
+    """How many positions a model with learned position embeddings can read (``None``: no such limit)."""
+    adapter = getattr(obj, "adapter", None)
+    W_pos = getattr(adapter, "W_pos", None) if adapter is not None else None
+    return None if W_pos is None else int(W_pos.shape[0])
+
+
 def token_blocks(
     tokenizer: Any,
     texts: Sequence[str] | None = None,
@@ -206,6 +213,10 @@ def token_blocks(
     """
     if block_len < 1:
         raise CorpusError(f"block_len must be positive, not {block_len}")
+    limit = _positions(tokenizer)
+    if limit is not None and block_len > limit:
+        raise CorpusError(f"blocks of {block_len} tokens are longer than the model's {limit} positions; "
+                          f"use a block length of at most {limit}")
     tok = _tokenizer(tokenizer)
     prefix = special_prefix(tok) if bos is not False else []
     if bos and not prefix:
