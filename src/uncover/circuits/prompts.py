@@ -56,7 +56,10 @@ class Prompts:
     ) -> Prompts:
         """Tokenize and check: every pair must have the same token count; answers one token each.
 
-        >>> p = Prompts.build(model, ["When Mary and John ... John gave it to"], ...)  # doctest: +SKIP
+        >>> p = Prompts.build(model, ["When Mary and John went to the store, John gave it to"],
+        ...                   ["When Mary and John went to the store, Mary gave it to"], [" Mary"], [" John"])
+        >>> p.n
+        1
         """
         cb, xb = model.tokenize(clean), model.tokenize(corrupt)
         if cb.input_ids.shape != xb.input_ids.shape or not torch.equal(cb.attention_mask, xb.attention_mask):

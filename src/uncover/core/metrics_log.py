@@ -43,7 +43,8 @@ def tensorboard_dir(tensorboard: str | Path | bool | None, out: Path | None) -> 
 def summary_writer(logdir: Path, purge_step: int | None = None) -> Any:
     """A ``tensorboardX.SummaryWriter`` on ``logdir``; a clear error when the package is missing.
 
-    >>> w = summary_writer(Path("runs/tb"))  # doctest: +SKIP
+    >>> w = summary_writer(tmp / "tb")
+    >>> w.close()
     """
     try:
         from tensorboardX import SummaryWriter

@@ -250,7 +250,8 @@ def from_file(path: str | Path) -> Labelled:
     Labels may be integers ``0, 1, ...`` or names (names are numbered in sorted order); an
     optional ``group`` column gives control-task groups.
 
-    >>> from_file("statements.csv").label_names  # doctest: +SKIP
+    >>> _ = (tmp / "statements.csv").write_text("text,label\\nParis is in France.,true\\nParis is in Peru.,false\\n")
+    >>> from_file(tmp / "statements.csv").label_names
     ('false', 'true')
     """
     rows = _rows(path)
@@ -279,7 +280,8 @@ def _pair_label(value: object, i: int, path: str | Path) -> int:
 def pairs_from_file(path: str | Path) -> ContrastPairs:
     """Contrast pairs from CSV/JSONL with ``positive``, ``negative`` and an optional 0/1 ``label`` column.
 
-    >>> pairs_from_file("pairs.csv").positive[:1]  # doctest: +SKIP
+    >>> _ = (tmp / "pairs.csv").write_text("positive,negative\\nThe movie was great.,The movie was awful.\\n")
+    >>> pairs_from_file(tmp / "pairs.csv").positive[:1]
     ['The movie was great.']
     """
     rows = _rows(path)

@@ -149,8 +149,8 @@ def detect(
     ``inputs``: prompts or ``[batch, pos]`` ids; default ``repeated_tokens(model, n, seq_len, seed)``.
     Returns ``{kind: HeadScores}``.
 
-    >>> model = uncover.load()  # doctest: +SKIP
-    >>> detect(model)["induction"].top(3)  # doctest: +SKIP
+    >>> [(layer, head) for layer, head, _ in detect(model)["induction"].top(3)]
+    [(18, 6), (17, 4), (17, 3)]
     """
     kinds = list(kinds)
     for kind in kinds:
@@ -211,7 +211,8 @@ def head_scores(model: HookedModel, kind: str = "induction", inputs: Inputs | No
     Pattern kinds take ``inputs``/``n``/``seq_len``/``seed`` as :func:`detect`; ``copying`` is
     computed from the weights (:func:`copying_scores`).
 
-    >>> head_scores(model, "previous").top(3)  # doctest: +SKIP
+    >>> [(layer, head) for layer, head, _ in head_scores(model, "previous").top(3)]
+    [(16, 0), (11, 1), (2, 1)]
     """
     if kind == "copying":
         return copying_scores(model)

@@ -36,8 +36,10 @@ Names = None | str | Sequence[str] | Callable[[str], bool]
 class HookedModel(nn.Module):
     """A causal LM with named hook points, caching and scoped interventions.
 
+    The doctests' ``model`` is this model, loaded once:
+
     >>> import uncover
-    >>> model = uncover.load()
+    >>> model = uncover.load()  # doctest: +SKIP
     >>> logits, cache = model.run_with_cache("The Eiffel Tower is in")
     >>> cache["blocks.0.hook_resid_post"].shape
     torch.Size([1, 6, 576])

@@ -95,7 +95,7 @@ def value_logits(model: HookedModel, layer: int, neurons: Sequence[int] | None =
                  apply_norm_weight: bool = True) -> torch.Tensor:
     """``[n, d_vocab]``: ``(W_out[neurons] * g) @ W_U`` with ``g`` the final norm's gain.
 
-    >>> value_logits(model, 10, [0, 1]).shape  # doctest: +SKIP
+    >>> value_logits(model, 10, [0, 1]).shape
     torch.Size([2, 49152])
     """
     cfg = model.cfg
@@ -121,8 +121,8 @@ def neuron_logits(model: HookedModel, layer: int, neurons: Sequence[int] | None 
     ``neurons`` defaults to all ``d_mlp`` neurons (processed ``chunk`` at a time, so the
     ``[d_mlp, d_vocab]`` matrix is never held at once).
 
-    >>> r = neuron_logits(model, 20, [5], k=5)  # doctest: +SKIP
-    >>> len(r.promoted(0))  # doctest: +SKIP
+    >>> r = neuron_logits(model, 20, [5], k=5)
+    >>> len(r.promoted(0))
     5
     """
     neurons = list(range(model.cfg.d_mlp)) if neurons is None else list(neurons)

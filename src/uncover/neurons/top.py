@@ -58,8 +58,8 @@ def top_activations(
     The corpus is ``tokens`` (``[n_blocks, pos]``), else ``texts``, else the embedded
     corpus, cut into ``block_len`` blocks (first ``max_blocks``; ``None`` for all).
 
-    >>> r = top_activations(model, 10, units=[5, 7], k=5)  # doctest: +SKIP
-    >>> r.values.shape  # doctest: +SKIP
+    >>> r = top_activations(model, 10, units=[5, 7], k=5, max_blocks=8)
+    >>> r.values.shape
     torch.Size([2, 5])
     """
     from uncover.data.corpus import token_blocks
