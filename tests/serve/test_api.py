@@ -318,5 +318,8 @@ def test_prompt_view_agrees_with_the_library(client, wmodel):
     dla = uc.direct_logit_attribution(wmodel, prompt, top2[0], top2[1])
     assert v["dla"]["logit_diff"] == pytest.approx(float(dla.logit_diff[0]), abs=1e-4)
     assert sum(v["dla"]["contributions"]) == pytest.approx(v["dla"]["logit_diff"], abs=1e-3)
+    last = client.post("/api/prompt", json={"prompt": prompt, "k": 5, "lens_positions": "last"}).json()
+    assert last["lens"]["positions"] == [6] and last["lens"]["probs"] == [[row[-1]] for row in v["lens"]["probs"]]
+    assert client.post("/api/prompt", json={"prompt": prompt, "lens_positions": "x"}).status_code == 400
     chosen = client.post("/api/prompt", json={"prompt": prompt, "answer": "paris", "wrong": "rome"}).json()
     assert chosen["dla"]["answer"] == "paris" and chosen["dla"]["wrong"] == "rome"

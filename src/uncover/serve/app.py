@@ -9,7 +9,7 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
   ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel``, ``GET /api/jobs/{id}/result`` / ``figure`` /
   ``file`` / ``report``; ``POST /api/jobs/{id}/revert`` (weight edits), ``/rerun``, ``/cell`` (a patch
   cell); ``POST /api/compare`` ``{"a", "b"}``; ``POST /api/open`` ``{"name"}`` (reopen a saved result);
-- ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k"}``: the prompt explorer;
+- ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k", "lens_positions"}``: the prompt explorer;
 - ``GET /api/files`` and ``GET /api/files/{name}``: the results folder, and nothing outside it.
 """
 
@@ -330,7 +330,8 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         if isinstance(text, str) and len(text) > 4000:
             raise UsageError(f"prompt is {len(text)} characters; the workbench takes at most 4000")
         k = data.get("k", 10)
-        return await srv.call(lambda: views.prompt_view(model, text, data.get("answer"), data.get("wrong"), k))
+        where = data.get("lens_positions", "all")
+        return await srv.call(lambda: views.prompt_view(model, text, data.get("answer"), data.get("wrong"), k, where))
 
     # ---- files -------------------------------------------------------------------------------
     @app.get("/api/files")

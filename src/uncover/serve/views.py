@@ -56,13 +56,14 @@ def _token_id(model: HookedModel, tok: str | int | None, fallback: int) -> int:
 
 
 def prompt_view(model: HookedModel, prompt: str, answer: str | int | None = None, wrong: str | int | None = None,
-                k: int = 10) -> dict[str, Any]:
+                k: int = 10, lens_positions: str = "all") -> dict[str, Any]:
     """Everything the prompt explorer shows about ``prompt``.
 
     ``answer``/``wrong``: the tokens (text or id) whose logit difference DLA explains; default the model's top
     two next tokens. Returns ``tokens``, ``top`` (next-token ``[token, id, prob]``), ``lens`` (``[layer, pos]``
     top-1 token and probability), ``attention`` (``[layer][head][q][k]``) and ``dla`` (labels, contributions,
-    the ``[layer, head]`` grid and the logit difference).
+    the ``[layer, head]`` grid and the logit difference). ``lens_positions``: ``all`` (the heatmap over every
+    position: one unembedding per layer and position, the view's largest cost) or ``last``.
 
     >>> v = prompt_view(model, "The Eiffel Tower is in the city of")
     >>> v["top"][0][0], len(v["attention"]) == model.cfg.n_layers
@@ -73,6 +74,8 @@ def prompt_view(model: HookedModel, prompt: str, answer: str | int | None = None
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UsageError("prompt: give some text")
+    if lens_positions not in ("all", "last"):
+        raise UsageError(f"lens_positions must be 'all' or 'last', got {lens_positions!r}")
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 50:
         raise UsageError(f"k must be an integer 1..50, got {k!r}")
     ids = model.to_tokens(prompt)[0]
@@ -82,7 +85,7 @@ def prompt_view(model: HookedModel, prompt: str, answer: str | int | None = None
     names = [act_name("pattern", layer) for layer in range(c.n_layers)]
     with torch.no_grad():  # one forward gives the next-token logits and every head's pattern
         out, cache = model.run_with_cache(ids[None], names=names)
-        lens = logit_lens(model, ids[None], positions=None, k=1)  # top-1 per [layer, pos]
+        lens = logit_lens(model, ids[None], positions=None if lens_positions == "all" else -1, k=1)
     logits = out[0, -1].float()  # [d_vocab]
     att = torch.stack([cache[n][0] for n in names]).float()  # [layer, head, q, k]
     nxt = _dist(logits, model, k, [])
@@ -96,7 +99,8 @@ def prompt_view(model: HookedModel, prompt: str, answer: str | int | None = None
         "tokens": lens.str_tokens[0],
         "ids": ids.tolist(),
         "top": nxt["top"],
-        "lens": {"layers": lens.layers, "tokens": [[pos[0] for pos in layer] for layer in lens.top_tokens[0]],
+        "lens": {"layers": lens.layers, "positions": lens.positions[0],
+                 "tokens": [[pos[0] for pos in layer] for layer in lens.top_tokens[0]],
                  "probs": _r(lens.top_probs[0, :, :, 0]), "kl": _r(lens.kl_to_final[0])},
         "attention": _r(att, 3),
         "dla": {"answer": model._strs([a_id])[0], "wrong": model._strs([w_id])[0], "answer_id": a_id,

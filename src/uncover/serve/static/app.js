@@ -388,6 +388,7 @@ document.getElementById("prompt-form").addEventListener("submit", async (ev) => 
   const out = document.getElementById("prompt-out");
   const body = { prompt: document.getElementById("prompt-text").value };
   const a = document.getElementById("prompt-answer").value, w = document.getElementById("prompt-wrong").value;
+  body.lens_positions = document.getElementById("prompt-all").checked ? "all" : "last";
   if (a) body.answer = a;
   if (w) body.wrong = w;
   const banner = document.getElementById("banner");
@@ -402,7 +403,7 @@ function renderPrompt(v) {
   document.getElementById("prompt-tokens").replaceChildren(...v.tokens.map((t, i) => el("span", { title: `id ${v.ids[i]}`, text: t })));
   document.getElementById("prompt-top").replaceChildren(el("tr", {}, el("th", { text: "token" }), el("th", { text: "p" })),
     ...v.top.map(([t, , p]) => el("tr", {}, el("td", { text: JSON.stringify(t) }), el("td", { text: fmt(p) }))));
-  const x = v.tokens.map((t, i) => `${i}:${t}`);
+  const x = v.lens.positions.map((i) => `${i}:${v.tokens[i]}`);
   Plotly.newPlot("lens-plot", [{ type: "heatmap", z: v.lens.probs, x, y: v.lens.layers.map((l) => `L${l}`),
     text: v.lens.tokens, texttemplate: "%{text}", colorscale: "Blues", zmin: 0, zmax: 1,
     hovertemplate: "layer %{y}, %{x}<br>top-1 %{text} (p=%{z:.3f})<extra></extra>" }],

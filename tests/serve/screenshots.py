@@ -1,0 +1,52 @@
+"""Screenshots of the workbench on the embedded model for the docs (not a test).
+
+``python -m tests.serve.screenshots [OUT_DIR]`` starts a live server, drives chromium headless through the
+prompt explorer and an activation-patching run, and saves ``workbench.png`` and ``workbench-patch.png``
+(default ``docs/img``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.serve.conftest import LiveServer
+from tests.serve.test_browser import ARGS, CHROMIUM
+
+
+def main(out: Path) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import uncover
+
+    out.mkdir(parents=True, exist_ok=True)
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = LiveServer(uncover.load(), Path(tmp) / "results")
+        try:
+            with sync_playwright() as pw:
+                ctx = pw.chromium.launch_persistent_context(str(Path(tmp) / "profile"), executable_path=CHROMIUM,
+                                                            headless=True, args=ARGS,
+                                                            viewport={"width": 1400, "height": 1100})
+                page = ctx.new_page()
+                page.goto(server.url)
+                page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+                page.click("#prompt-run")
+                page.wait_for_selector("#dla-plot .heatmaplayer", timeout=300_000)
+                page.screenshot(path=str(out / "workbench.png"))
+                page.click("#tabs button[data-tab='patching']")
+                page.click("form[data-op='patch'] button.run")
+                page.wait_for_selector("#patching-result td.cell", timeout=600_000)
+                page.click("#patching-result td.cell[data-index='20,3']")
+                page.wait_for_selector("#patching-result .cell-label", timeout=300_000)
+                page.locator("#patching-result .cell-label").scroll_into_view_if_needed()
+                page.screenshot(path=str(out / "workbench-patch.png"))
+                ctx.close()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/img"))
