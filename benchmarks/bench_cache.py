@@ -147,7 +147,8 @@ def build(key: str, s: Setup) -> Callable[[], tuple[Any, Any]]:
         hf, tok = _peer_model(s)
         # The hub id only names the architecture; config and weights come from hf_model (offline).
         bridge = TransformerBridge.boot_transformers(
-            "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf, tokenizer=tok, device="cpu", dtype=hf.dtype
+            "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf, tokenizer=tok, device=str(s.input_ids.device),
+            dtype=hf.dtype,
         )
         filt = is_resid if key == "tl-resid" else None
 
@@ -194,6 +195,27 @@ def build(key: str, s: Setup) -> Callable[[], tuple[Any, Any]]:
     raise SystemExit(f"unknown configuration {key!r}")
 
 
+def _card(device: str) -> str:
+    """The accelerator's name (``torch.cuda.get_device_name()``), or ``""`` on the CPU."""
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else ""
+
+
+def _synced(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
+    """``fn`` that waits for the GPU to finish, so that wall times are the work's (CUDA runs asynchronously)."""
+    if not device.startswith("cuda"):
+        return fn
+    import torch
+
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
 def worker(key: str, args: argparse.Namespace) -> None:
     """Run one configuration in this (fresh) process and print its result line."""
     import torch
@@ -206,10 +228,10 @@ def worker(key: str, args: argparse.Namespace) -> None:
     transformers.utils.logging.disable_progress_bar()
     import uncover
 
-    hooked = uncover.load(device="cpu")
-    input_ids = common.make_input_ids(hooked.tokenizer, args.batch, args.seq)
+    hooked = uncover.load(args.model, device=args.device)
+    input_ids = common.make_input_ids(hooked.tokenizer, args.batch, args.seq).to(args.device)
     s = Setup(hooked, hooked.model, hooked.tokenizer, input_ids, torch.ones_like(input_ids))
-    result: dict[str, Any] = {"key": key, "threads": torch.get_num_threads()}
+    result: dict[str, Any] = {"key": key, "threads": torch.get_num_threads(), "card": _card(args.device)}
     with torch.no_grad():
         try:
             fn = build(key, s)
@@ -228,7 +250,7 @@ def worker(key: str, args: argparse.Namespace) -> None:
         result["n_cached"], result["cached_mb"] = cached_stats(cache)
         result["max_dlogits"] = float((logits.float() - ref.float()).abs().max())
         del logits, cache, ref
-        paired = common.time_paired(fn, s.floor, args.repeats, args.warmup)
+        paired = common.time_paired(_synced(fn, args.device), _synced(s.floor, args.device), args.repeats, args.warmup)
     result.update(
         median=paired.median,
         floor=paired.floor_median,
@@ -300,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8, help="prompts per batch (default 8)")
     p.add_argument("--seq", type=int, default=64, help="tokens per prompt (default 64)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu); GPU rows name the card")
+    p.add_argument("--model", default=None, help="model to load (default: the embedded SmolLM2-135M-Instruct)")
     keys_help = "comma-separated configuration keys (a partial run is not recorded): " + ", ".join(
         c.key for c in CONFIGS)
     p.add_argument("--only", default="", help=keys_help)
@@ -322,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unknown configuration(s) {sorted(unknown)}")
     configs = [c for c in CONFIGS if not keys or c.key in keys]
     passthrough = ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--batch", str(args.batch),
-                   "--seq", str(args.seq), "--threads", str(args.threads)]
+                   "--seq", str(args.seq), "--threads", str(args.threads), "--device", args.device,
+                   *(["--model", args.model] if args.model else [])]
     print(f"bench_cache: batch {args.batch} × {args.seq} tokens, {args.warmup} warm-up + {args.repeats} timed calls; "
           f"{common.machine()}", flush=True)
     results: list[tuple[Config, dict[str, Any]]] = []
@@ -332,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
         r = common.run_worker([__file__, "--worker", cfg.key, *passthrough], env, args.timeout)
         results.append((cfg, r))
         if "ratio" in r:
-            print(f"{r['median'] * 1e3:.1f} ms ({r['ratio']:.3f}× floor)", flush=True)
+            print(f"{r['median'] * 1e3:.1f} ms ({r['ratio']:.3f}× floor){' on ' + r['card'] if r.get('card') else ''}",
+                  flush=True)
         else:
             print(f"skipped ({r.get('skip') or r.get('error')})", flush=True)
 
@@ -345,8 +371,12 @@ def main(argv: list[str] | None = None) -> None:
     if keys:
         print("\n(partial run with --only: BENCHMARKS.md left as it was)")
     elif not args.no_record:
-        section = f"bench_cache ({common.env_label()}{', --keep-freed-memory' if args.keep_freed_memory else ''})"
-        extra = (f"batch {args.batch} × {args.seq} tokens, {args.warmup} warm-up + {args.repeats} timed calls "
+        card = next((r["card"] for _, r in results if r.get("card")), "")
+        section = (f"bench_cache ({common.env_label()}{', ' + card if card else ''}"
+                   f"{', --keep-freed-memory' if args.keep_freed_memory else ''})")
+        extra = (f"{'device ' + args.device + ' (' + card + '), ' if card else ''}"
+                 f"{'model ' + args.model + ', ' if args.model else ''}"
+                 f"batch {args.batch} × {args.seq} tokens, {args.warmup} warm-up + {args.repeats} timed calls "
                  f"(interleaved with the floor), torch threads {threads}, `torch.no_grad()`")
         if args.keep_freed_memory:
             settings = " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items())

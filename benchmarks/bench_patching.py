@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="timed sweeps per library (default 3)")
     p.add_argument("--no-record", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: uncover.load's choice)")
+    p.add_argument("--model", default=None, help="model to load (default: the embedded SmolLM2-135M-Instruct)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -33,14 +35,22 @@ def main(argv: list[str] | None = None) -> None:
     from uncover.patching.activation import activation_patching
 
     torch.set_grad_enabled(False)
-    model = uncover.load()
+    model = uncover.load(args.model, device=args.device)
+    card = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else ""
     a, w = model.to_single_token(" Mary"), model.to_single_token(" John")
 
+    def sync() -> None:  # CUDA runs asynchronously: time the work, not its launch
+        if card:
+            torch.cuda.synchronize(model.device)
+
     def run_uncover() -> torch.Tensor:
-        return activation_patching(model, CLEAN, CORRUPT, a, w, normalise=False).grid
+        grid = activation_patching(model, CLEAN, CORRUPT, a, w, normalise=False).grid
+        sync()
+        return grid
 
     def forward() -> None:
         model.model(model.to_tokens(CORRUPT), use_cache=False)
+        sync()
 
     rows = []
     forward()
@@ -53,11 +63,13 @@ def main(argv: list[str] | None = None) -> None:
         from transformer_lens import patching
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError as e:
-        rows.append([f"TransformerLens: skipped ({e.name} not installed; {common.SETUP_HINT})", "", "", "", ""])
+        hint = "run in .bench-venv: bash benchmarks/setup_bench_env.sh"
+        rows.append([f"TransformerLens: skipped ({e.name} not installed; {hint})", "", "", "", ""])
     else:
         hf, tok = copy.deepcopy(model.model), copy.deepcopy(model.tokenizer)
         bridge = TransformerBridge.boot_transformers(
-            "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf, tokenizer=tok, device="cpu", dtype=hf.dtype
+            "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf, tokenizer=tok, device=str(model.device),
+            dtype=hf.dtype,
         )
         clean_ids, corrupt_ids = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
         _, clean_cache = bridge.run_with_cache(clean_ids)
@@ -66,21 +78,26 @@ def main(argv: list[str] | None = None) -> None:
             return logits[0, -1, a] - logits[0, -1, w]
 
         def run_tl() -> torch.Tensor:
-            return patching.get_act_patch_resid_pre(bridge, corrupt_ids, clean_cache, metric)
+            out = patching.get_act_patch_resid_pre(bridge, corrupt_ids, clean_cache, metric)
+            sync()
+            return out
 
         theirs = run_tl()
         t_tl = statistics.median(common.timed(run_tl)[0] for _ in range(max(1, args.repeats - 1)))
-        diff = float((theirs.float() - ours).abs().max())
+        diff = float((theirs.float().cpu() - ours.cpu()).abs().max())
         ratio = t_tl / t_ours
         verdict = f"≥ {GOAL:.0f}× {'met' if ratio >= GOAL else 'MISSED'}"
         rows.append(["TransformerLens get_act_patch_resid_pre", common.fmt_ms(t_tl), f"{ratio:.1f}×", verdict,
                      f"{diff:.1e}"])
     headers = ["configuration", "median ms", "uncover speed-up", "goal", "max abs Δ grid"]
     body = common.table(headers, rows, [False, True, True, False, True])
+    print(f"bench_patching on {card or 'the CPU'}" + (f", model {args.model}" if args.model else ""))
     print(body)
     if not args.no_record:
-        section = f"bench_patching ({common.env_label()})"
+        section = f"bench_patching ({common.env_label()}{', ' + card if card else ''})"
         extra = f"one IOI pair ({ours.shape[1]} tokens), grid {tuple(ours.shape)} of logit differences"
+        if card:
+            extra += f", device {model.device} ({card})" + (f", model {args.model}" if args.model else "")
         common.record(section, "\n".join([f"## {section}", "", *common.header_lines(extra), "", body, ""]))
 
 
