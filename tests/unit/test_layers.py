@@ -36,6 +36,9 @@ TECHNIQUE_USES = {
     ("editing", "neurons"): "knowledge-neuron edits locate their neurons with knowledge_neurons",
     ("editing", "patching"): "ROME picks its layer with causal_trace when none is given",
     ("steering", "probing"): "reading vectors and ITI fit and cross-validate probes",
+    ("transcoders", "sae"): "transcoders train with the SAE trainer and its activation sources, and key their "
+                            "quick set by the SAE's model fingerprint",
+    ("graphs", "transcoders"): "attribution graphs replace the MLPs with transcoder features",
     ("saebench", "probing"): "sparse probing and the first-letter probes of absorption fit logistic probes",
     ("saebench", "sae"): "the core metrics (L0, dead/dense latents, loss recovered) are evaluate_sae's",
     ("diffing", "sae"): "crosscoders are SAEs on paired activations: the SAE trainer, store and SAE features",
