@@ -52,7 +52,7 @@ def blocks(n=64, pos=33, seed=0):
 
 def stub_explainer(messages):
     """Names the token marked most often: a perfect explanation of a single-token feature."""
-    found = re.findall(r"<<(<\d+>)>>", messages[1]["content"])
+    found = re.findall(r"<<(<\d+>)>>", messages[-1]["content"])
     return "token " + max(set(found), key=found.count)
 
 
@@ -112,7 +112,10 @@ def test_the_pipeline_sends_the_documented_prompts(model):
 def test_prompt_texts():
     ctx = Context(["The", " cat", " sat", "\n", "."], [0.0, 2.0, 1.0, 0.0, 0.0], [False, True, True, False, False])
     m = explainer_messages([ctx, ctx])
-    assert m == [{"role": "system", "content": EXPLAIN_SYSTEM},
+    shot = ("Examples:\n1. I took my<< dog>> for a walk.\n2. She fed the<< cats>> and the<< horse>>.\n"
+            "3. A<< bird>> sang outside.\n\nWhat do the marked tokens have in common?")
+    assert m == [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": shot},
+                 {"role": "assistant", "content": "The marked tokens are names of animals."},
                  {"role": "user", "content": "Examples:\n1. The<< cat sat>> .\n2. The<< cat sat>> .\n\n"
                                              "What do the marked tokens have in common?"}]
     assert detection_messages("cats", ctx)[1]["content"] == ("Description: cats\nText: The cat sat .\n"

@@ -5,7 +5,9 @@ space and a lowercase word of at least three letters, each read after a fixed pr
 For each letter ``L`` with enough words:
 
 1. a logistic probe on the SAE's inputs (train split) for "starts with L" gives the ground-truth
-   direction ``p`` (unit length);
+   direction ``p`` (unit length). It is fit on the raw inputs (centred and scaled by one global
+   scale, :func:`letter_probe`), not per-feature standardised ones, whose direction would weigh
+   low-variance coordinates up;
 2. the *main* latents of ``L`` are the ``k_main`` latents with the largest class-mean difference on the
    train split (SAEBench picks them by k-sparse probing; here ``k_main`` is fixed);
 3. on test words of ``L`` that the probe classifies correctly, a *false negative* is one where no main
@@ -29,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.threads import torch_threads
 from uncover.hooks.harvest import hook_values
-from uncover.probing import fit_probe
 from uncover.saebench.probing import stratified_split, top_latents
 
 if TYPE_CHECKING:
@@ -67,6 +69,37 @@ def word_inputs(model: HookedModel, hook: str, ids: list[int], prefix: str = " W
     pre = model.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     toks = torch.tensor([[*pre, i] for i in ids], dtype=torch.long)
     return torch.cat([v[:, -1] for v in hook_values(model, toks, hook, batch_size=batch_size)])
+
+
+def letter_probe(X: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w [d], b)``: binary logistic regression on ``X [n, d]`` with labels ``y [n]``, fit by L-BFGS.
+
+    ``X`` is centred on its mean and divided by its overall standard deviation (one number), so the
+    weights stay a direction of the raw space; ``w`` and ``b`` apply to raw ``X``: ``logit = X @ w + b``.
+
+    >>> X = torch.tensor([[0.0, 1.0], [0.0, -1.0], [2.0, 1.0], [2.0, -1.0]]); y = torch.tensor([0, 0, 1, 1])
+    >>> w, b = letter_probe(X, y)
+    >>> ((X @ w + b > 0).long() == y).all().item(), bool(w[0] > 10 * w[1].abs())
+    (True, True)
+    """
+    X = X.float()
+    mu, scale = X.mean(0), X.std().clamp_min(1e-12)
+    Z = (X - mu) / scale
+    w = torch.zeros(X.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+    target = y.float()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(Z @ w + b, target) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad(), torch_threads(1):
+        opt.step(closure)
+    w_raw = w.detach() / scale
+    return w_raw, b.detach() - mu @ w_raw
 
 
 @dataclass
@@ -119,11 +152,12 @@ def absorption(X: torch.Tensor, F: torch.Tensor, W_dec: torch.Tensor, letters: t
         if int((letters == c).sum()) < min_words:
             continue
         y = (letters == c).long()
-        probe = fit_probe(X[tr], y[tr])
-        accs.append(probe.score(X[te], y[te]))
-        p = probe.direction
+        w, b = letter_probe(X[tr], y[tr])
+        said = (X[te] @ w + b > 0).long()
+        accs.append(float((said == y[te]).float().mean()))
+        p = w / w.norm().clamp_min(1e-12)
         main = top_latents(F[tr], y[tr], k_main)
-        pos = te[(y[te] == 1) & (probe.predict(X[te]) == 1)]
+        pos = te[(y[te] == 1) & (said == 1)]
         fn = pos[(F[pos][:, main] <= 0).all(1)]
         contrib = F[fn] * (W @ p)  # [n_fn, d_sae]
         top = contrib.argmax(1)
