@@ -24,6 +24,7 @@ from uncover.core.config import Config, param
 from uncover.core.errors import UsageError
 from uncover.core.results import Result
 from uncover.editing.evaluate import EditEval
+from uncover.editing.rome import RomeConfig
 from uncover.ops.registry import operation
 from uncover.scale.engines import LocalEngine, RayEngine, make_engine
 from uncover.scale.harvest import harvest_corpus
@@ -306,6 +307,7 @@ class EditSweepConfig(Config):
     shard_size: int = param(4, help="Facts per shard (one task each)", ge=1)
     layer: int | None = param(None, help="Edited layer (default: ROME's choice)", unit="layer")
     mom2_samples: int = param(20_000, help="Corpus tokens for ROME's key statistics", ge=64)
+    steps: int = param(25, help="ROME's optimisation steps for each new value", ge=1)
     engine: Literal["local", "ray"] = param("local", help="Where shards run: this process or Ray actors")
     workers: int = param(2, help="Ray engine: workers (actors), one model each", ge=1)
     threads: int = param(1, help="Ray engine: torch threads per worker", ge=1)
@@ -315,13 +317,14 @@ class EditSweepConfig(Config):
 
 
 @operation("edit-sweep", EditSweepConfig, EditEval, long=True, rtol=1e-3, atol=1e-4,
-           example={"facts": 1, "shard_size": 1, "layer": 4, "mom2_samples": 2000})
+           example={"facts": 1, "shard_size": 1, "layer": 4, "mom2_samples": 2000, "steps": 5})
 def edit_sweep_op(model: HookedModel, cfg: EditSweepConfig, progress: Progress) -> EditEval:
     """ROME over many generated counterfactuals (efficacy, paraphrase, neighbourhood), sharded."""
     eng = make_engine(cfg.engine, model, workers=cfg.workers, threads=cfg.threads, address=cfg.ray_address)
     try:
         run = edit_sweep(eng, generated_counterfacts(cfg.facts, seed=cfg.seed),
-                         RomeEdit(cfg.layer, cfg.mom2_samples), shard_size=cfg.shard_size, progress=progress)
+                         RomeEdit(cfg.layer, cfg.mom2_samples, config=RomeConfig(steps=cfg.steps)),
+                         shard_size=cfg.shard_size, progress=progress)
     finally:
         eng.close()
     ev = run.value
