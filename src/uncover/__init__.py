@@ -28,7 +28,8 @@ from uncover.ops.registry import execute, get_operation, operations, run
 
 #: technique packages, reachable as ``uc.<package>``
 PACKAGES = ("attribution", "circuits", "data", "decoding", "dynamics", "editing", "heads", "hooks", "lenses",
-            "models", "neurons", "ops", "patching", "probing", "pruning", "report", "sae", "steering")
+            "models", "neurons", "ops", "patching", "probing", "pruning", "report", "sae", "steering",
+            "transcoders", "graphs")
 
 #: public functions and classes, reachable as ``uc.<name>`` (module, attribute)
 API = {
@@ -52,6 +53,11 @@ API = {
     "train_toy_models": "neurons.superposition", "SAE": "sae.base", "SAEConfig": "sae.base",
     "train_sae": "sae.train", "evaluate_sae": "sae.evaluate", "feature_dashboard": "sae.dashboard",
     "attach_sae": "sae.attach", "quick_sae": "sae.quick",
+    # transcoders and attribution graphs
+    "Transcoder": "transcoders.base", "CrossLayerTranscoder": "transcoders.clt", "TranscoderSet": "transcoders.sets",
+    "train_transcoders": "transcoders.train", "evaluate_transcoders": "transcoders.evaluate",
+    "quick_transcoders": "transcoders.quick", "attribution_graph": "graphs.attribute",
+    "feature_effects": "graphs.validate",
     # auto-interpretability and SAE metrics
     "explain_features": "autointerp.explain", "FeatureSource": "autointerp.sources",
     "neuron_source": "autointerp.sources", "sae_source": "autointerp.sources", "sae_bench": "saebench.bench",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny, tokens
-from uncover.graphs import AttributionGraph, attribute, edge_rows, replacement_pass
+from uncover.graphs import AttributionGraph, attribution_graph, edge_rows, replacement_pass
 from uncover.graphs.attribute import feature_preacts, feature_table
 from uncover.transcoders import CLTConfig, CrossLayerTranscoder, Transcoder, TranscoderConfig, TranscoderSet, mlp_in
 
@@ -140,7 +140,7 @@ def test_edges_equal_the_change_when_a_source_is_removed(cross_layer, one_thread
 def test_graph_json_pruning_and_round_trip(tmp_path, one_thread):
     m = tiny("llama")
     ts = _set(m, cross_layer=False)
-    g = attribute(m, ts, tokens(1, 7)[0], max_feature_nodes=40, batch_size=16, node_threshold=0.9)
+    g = attribution_graph(m, ts, tokens(1, 7)[0], max_feature_nodes=40, batch_size=16, node_threshold=0.9)
     assert isinstance(g, AttributionGraph) and g.n_features == 40 and g.backward_passes == 41
     n = len(g.adjacency)
     # a DAG in which sources precede their targets: features only read earlier layers or earlier positions

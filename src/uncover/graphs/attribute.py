@@ -111,7 +111,7 @@ def logit_targets(model: HookedModel, rp: ReplacementPass, targets: Sequence[str
     return ids, probs[ids]
 
 
-def attribute(model: HookedModel, tset: TranscoderSet, prompt: str | torch.Tensor,
+def attribution_graph(model: HookedModel, tset: TranscoderSet, prompt: str | torch.Tensor,
               targets: Sequence[str] | None = None, *, n_logits: int = 1, max_feature_nodes: int = 256,
               batch_size: int = 32, node_threshold: float = 0.8, edge_threshold: float = 0.98,
               progress: Progress | bool = False) -> AttributionGraph:
@@ -123,11 +123,11 @@ def attribute(model: HookedModel, tset: TranscoderSet, prompt: str | torch.Tenso
     order of influence); ``batch_size``: targets per vectorised backward pass. ``node_threshold`` and
     ``edge_threshold``: shares of the influence the pruned graph keeps (circuit-tracer's 0.8 and 0.98).
 
-    >>> from uncover.transcoders import quick_transcoders
-    >>> g = attribute(model, quick_transcoders(model, progress=False), "The capital of France is",  # doctest: +SKIP
-    ...               [" Paris"])
-    >>> g.targets  # doctest: +SKIP
-    [' Paris']
+    >>> from uncover.transcoders import QuickTranscoderSpec, quick_transcoders
+    >>> ts = quick_transcoders(model, QuickTranscoderSpec(layers=(3,), steps=10), progress=False)
+    >>> g = attribution_graph(model, ts, "The capital of France is", [" Paris"], max_feature_nodes=8)
+    >>> g.targets, g.n_features
+    ([' Paris'], 8)
     """
     from uncover.graphs.graph import AttributionGraph
 

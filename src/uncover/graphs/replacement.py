@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from uncover.core.errors import UsageError
 from uncover.core.names import resid_name
 from uncover.hooks.cache import norm_scale
 
@@ -120,25 +119,6 @@ def frozen_norms(model: HookedModel, stash: dict[int, torch.Tensor] | None = Non
             h.remove()
 
 
-def check_transcoders(model: HookedModel, tset: TranscoderSet) -> None:
-    """The set reads each layer's MLP input and has the model's widths; else a :class:`UsageError`."""
-    from uncover.transcoders.base import mlp_in
-
-    c = model.cfg
-    bad = [la for la in tset.layers if not 0 <= la < c.n_layers]
-    if bad:
-        raise UsageError(f"the transcoders cover layer {bad[0]}, but this model has layers 0..{c.n_layers - 1}")
-    for la in tset.layers:
-        if tset.W_enc(la).shape[0] != c.d_model or tset.b_dec(la).shape[-1] != c.d_model:
-            raise UsageError(f"the transcoder of layer {la} maps {tset.W_enc(la).shape[0]} -> "
-                             f"{tset.b_dec(la).shape[-1]} wide activations; this model's are {c.d_model} wide")
-        if tset.per_layer and str(la) in tset.per_layer:
-            hook = tset.per_layer[str(la)].cfg.hook_name  # type: ignore[union-attr]
-            if hook and hook != mlp_in(la):
-                raise UsageError(f"the transcoder of layer {la} reads {hook}; attribution graphs need transcoders "
-                                 f"of the MLP input {mlp_in(la)}")
-
-
 def replacement_pass(model: HookedModel, tset: TranscoderSet, tokens: torch.Tensor) -> ReplacementPass:
     """Run ``tokens`` ``[pos]`` (one prompt) through the local replacement model; gradients enabled.
 
@@ -149,7 +129,7 @@ def replacement_pass(model: HookedModel, tset: TranscoderSet, tokens: torch.Tens
     >>> torch.allclose(rp.logits, model(model.to_tokens("The Eiffel Tower is in"))[0], atol=1e-4)
     True
     """
-    check_transcoders(model, tset)
+    tset.check_model(model, "attribution graph")
     ids = tokens.reshape(1, -1).to(model.device)
     c = model.cfg
     covered = set(tset.layers)

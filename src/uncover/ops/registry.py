@@ -31,6 +31,8 @@ CATALOG = (
     "uncover.heads.ops",
     "uncover.neurons.ops",
     "uncover.sae.ops",
+    "uncover.transcoders.ops",
+    "uncover.graphs.ops",
     "uncover.probing.ops",
     "uncover.steering.ops",
     "uncover.editing.ops",

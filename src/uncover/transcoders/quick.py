@@ -69,7 +69,7 @@ def quick_transcoders(model: HookedModel, spec: QuickTranscoderSpec | None = Non
     """``model``'s quick transcoder set: loaded from the cache, else trained (minutes of CPU for every layer).
 
     >>> from uncover.transcoders.quick import QuickTranscoderSpec, quick_transcoders
-    >>> ts = quick_transcoders(model, QuickTranscoderSpec(layers=(3,), steps=2, n_blocks=4), progress=False)
+    >>> ts = quick_transcoders(model, QuickTranscoderSpec(layers=(3,), steps=10), progress=False)
     >>> ts.layers, ts.d_sae(3)
     ([3], 1152)
     """

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from uncover.transcoders.base import CFG_FILE, Transcoder, TranscoderError
+from uncover.core.errors import UsageError
+from uncover.transcoders.base import CFG_FILE, Transcoder, TranscoderError, mlp_in
 from uncover.transcoders.clt import CrossLayerTranscoder
+
+if TYPE_CHECKING:
+    from uncover.hooks.hooked import HookedModel
 
 SET_FILE = "transcoders.json"
 
@@ -109,6 +114,32 @@ class TranscoderSet(nn.Module):
             s = self.W_skip(la)
             out[la] = y if s is None else y + xs[la].to(s.dtype) @ s.T
         return out
+
+    def check_model(self, model: HookedModel, owner: str = "transcoders") -> None:
+        """The set fits ``model``: its layers exist, its widths are the model's, each reads its layer's MLP input.
+
+        >>> from uncover.transcoders.base import TranscoderConfig
+        >>> TranscoderSet({1: Transcoder(TranscoderConfig(d_in=8, d_sae=8, d_out=8, k=2))}).check_model(model)
+        Traceback (most recent call last):
+        ...
+        uncover.core.errors.UsageError: transcoders: the transcoder of layer 1 maps 8 -> 8 wide activations; this \
+model's are 576 wide (it was trained on another model)
+        """
+        c = model.cfg
+        bad = [la for la in self.layers if not 0 <= la < c.n_layers]
+        if bad:
+            raise UsageError(f"{owner}: the transcoders cover layer {bad[0]}, but this model has layers "
+                             f"0..{c.n_layers - 1}")
+        for la in self.layers:
+            d_in, d_out = self.W_enc(la).shape[0], self.b_dec(la).shape[-1]
+            if d_in != c.d_model or d_out != c.d_model:
+                raise UsageError(f"{owner}: the transcoder of layer {la} maps {d_in} -> {d_out} wide activations; "
+                                 f"this model's are {c.d_model} wide (it was trained on another model)")
+            if self.clt is None:
+                hook = self._tc(la).cfg.hook_name
+                if hook and hook != mlp_in(la):
+                    raise UsageError(f"{owner}: the transcoder of layer {la} reads {hook}, not the MLP input "
+                                     f"{mlp_in(la)}")
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
