@@ -56,7 +56,8 @@ def _check_unit(unit: str) -> None:
 def activation_scores(model: HookedModel, tokens: torch.Tensor, unit: str, batch_size: int = 8) -> torch.Tensor:
     """Mean activation magnitude per unit ``[n_layers, n_units]`` over ``tokens`` ``[n, seq]``.
 
-    >>> activation_scores(model, tokens, "heads").shape  # doctest: +SKIP
+    >>> from uncover.pruning.calibrate import calibration_tokens
+    >>> activation_scores(model, calibration_tokens(model, 2, 16), "heads").shape
     torch.Size([30, 9])
     """
     _check_unit(unit)
@@ -78,7 +79,8 @@ def attribution_scores(model: HookedModel, tokens: torch.Tensor, unit: str, batc
 
     ``L`` is the mean next-token loss of each batch; the mean activation is over all ``tokens``.
 
-    >>> attribution_scores(model, tokens, "neurons").shape  # doctest: +SKIP
+    >>> from uncover.pruning.calibrate import calibration_tokens
+    >>> attribution_scores(model, calibration_tokens(model, 2, 16), "neurons").shape
     torch.Size([30, 1536])
     """
     _check_unit(unit)
@@ -123,6 +125,10 @@ def activation_means(model: HookedModel, tokens: torch.Tensor, unit: str, batch_
 SCORERS: dict[str, Scorer] = {"activation": activation_scores, "attribution": attribution_scores}
 
 
+def _rows(mod: nn.Module) -> torch.Tensor:
+    return mod.weight.T if _is_conv1d(mod) else mod.weight
+
+
 def choose_units(scores: torch.Tensor, sparsity: float, scope: str = "layer") -> torch.Tensor:
     """Boolean ``[n_layers, n_units]``: the lowest-scoring units, per layer or globally.
 
@@ -153,8 +159,8 @@ def prune_structured(
 
     ``scores``: precomputed ``[n_layers, n_units]`` importances (skips the scorer).
 
-    >>> p = prune_structured(model, "heads", 0.25, scorer="attribution")  # doctest: +SKIP
-    >>> p.options["pruned"][:3]  # doctest: +SKIP
+    >>> p = prune_structured(model, "heads", 0.25, scorer="attribution", n_samples=2, seq_len=32)
+    >>> p.options["pruned"][:3]
     [[0, 4], [1, 2], [2, 7]]
     """
     _check_unit(unit)
@@ -188,13 +194,18 @@ def prune_structured(
             if t is None:
                 return
             tx.remember(f"{path}.{what}", t)
-            new = weights.read(model, f"{path}.{what}").detach().clone()  # real even when offloaded
-            v = new.T if what == "weight" and _is_conv1d(mod) else new
+            new = None
+            if t.device.type == "meta":  # offloaded by accelerate: change a copy, write it back where it lives
+                new = weights.read(model, f"{path}.{what}").detach().clone()
+                v = new.T if what == "weight" and _is_conv1d(mod) else new
+            else:
+                v = _rows(mod) if what == "weight" else t
             if rows is not None:
                 v[rows] = 0.0
             if cols is not None:
                 v[:, cols] = 0.0
-            weights.write(model, f"{path}.{what}", new)
+            if new is not None:
+                weights.write(model, f"{path}.{what}", new)
 
         for layer in range(c.n_layers):
             ids = chosen[layer].nonzero().flatten()
