@@ -31,8 +31,11 @@ def serve(
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (default: the model's)"),
 ) -> None:
     """Serve the local web workbench: every operation in a browser; prints the URL (it carries a token)."""
-    from uncover.serve import serve as serve_
-
+    try:
+        from uncover.serve import serve as serve_
+    except ImportError as e:
+        raise UncoverError(f"uncover serve needs the web extra ({e.name} is missing): pip install 'uncover[web]'") \
+            from None
     serve_(model, host=host, port=port, results=results, device=device, dtype=dtype)
 
 

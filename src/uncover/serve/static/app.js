@@ -405,7 +405,7 @@ function renderPrompt(v) {
     ...v.top.map(([t, , p]) => el("tr", {}, el("td", { text: JSON.stringify(t) }), el("td", { text: fmt(p) }))));
   const x = v.lens.positions.map((i) => `${i}:${v.tokens[i]}`);
   Plotly.newPlot("lens-plot", [{ type: "heatmap", z: v.lens.probs, x, y: v.lens.layers.map((l) => `L${l}`),
-    text: v.lens.tokens, texttemplate: "%{text}", colorscale: "Blues", zmin: 0, zmax: 1,
+    text: v.lens.tokens, texttemplate: "%{text}", colorscale: "Blues", reversescale: true, zmin: 0, zmax: 1,
     hovertemplate: "layer %{y}, %{x}<br>top-1 %{text} (p=%{z:.3f})<extra></extra>" }],
   { margin: { t: 10, l: 50 }, height: Math.max(300, 16 * v.lens.layers.length), xaxis: { type: "category" } },
   { responsive: true });
