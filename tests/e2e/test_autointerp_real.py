@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import uncover as uc
-from uncover.autointerp import LMScorer, detection_messages, explain_features
+from uncover.autointerp import LMExplainer, LMScorer, detection_messages, explain_features, explainer_messages
 from uncover.autointerp.examples import Context
 from uncover.data.corpus import token_blocks
 from uncover.sae.quick import quick_sae
@@ -25,17 +25,17 @@ def sae(real):
 
 def test_explain_two_quick_sae_latents(real, sae, tmp_path):
     tokens = token_blocks(real, block_len=65, split="heldout")[:24]
-    r = explain_features(real, sae, LATENTS, tokens, ctx_len=12, n_explain=5, n_holdout=4)
+    r = explain_features(real, sae, LATENTS, tokens, ctx_len=12, n_explain=5, n_holdout=3)
     assert [f.feature for f in r.features] == LATENTS and r.explainer == real.name
     for f in r.features:
         assert f.explanation and f.explanation != "(empty)"
-        assert f.scores["detection"]["n"] == 8 and f.scores["fuzzing"]["n"] == 8
+        assert f.scores["detection"]["n"] == 6 and f.scores["fuzzing"]["n"] == 6
         for s in f.scores.values():
             assert 0.0 <= s["balanced_accuracy"] <= 1.0 and 0.0 <= s["auroc"] <= 1.0
         assert all(c.max_act > f.threshold for c in f.shown + f.active)
         assert all(c.max_act <= f.threshold for c in f.inactive)
-    again = explain_features(real, sae, LATENTS, tokens, ctx_len=12, n_explain=5, n_holdout=4)
-    assert [f.explanation for f in again.features] == [f.explanation for f in r.features]  # greedy: deterministic
+    again = LMExplainer(real)(explainer_messages(r.features[0].shown))
+    assert again == r.features[0].explanation  # greedy: deterministic
     back = uc.load_result(r.save(tmp_path / "r.safetensors"))
     assert back.to_frame().equals(r.to_frame())
 

@@ -82,8 +82,8 @@ class ExplainConfig(Config):
         return int(json.loads((sae_dir(self.path) / CFG_FILE).read_text(encoding="utf-8"))["d_sae"])
 
 
-@operation("explain", ExplainConfig, Explanations,
-           example={"feature": [2, 3], "blocks": 16, "n_explain": 4, "n_holdout": 4})
+@operation("explain", ExplainConfig, Explanations, long=True,
+           example={"feature": [2, 3], "blocks": 16, "ctx_len": 12, "n_explain": 4, "n_holdout": 2})
 def explain(model: HookedModel, cfg: ExplainConfig, progress: Progress) -> Explanations:
     """Explain features with a local model; score the explanations by detection and fuzzing."""
     from uncover.autointerp.explain import explain_features

@@ -60,7 +60,7 @@ def stratified_split(y: torch.Tensor, test_fraction: float = 0.3, seed: int = 0)
 
     >>> tr, te = stratified_split(torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 1]))
     >>> len(tr), len(te), sorted(torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])[te].tolist())
-    (6, 4, [0, 1, 1, 1])
+    (7, 3, [0, 1, 1])
     """
     g = torch.Generator().manual_seed(seed)
     train, test = [], []
