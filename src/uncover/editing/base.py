@@ -91,7 +91,7 @@ def check_request(model: HookedModel, request: Request) -> list[int]:
     Raises :class:`EditError` when the prompt has no single ``{}``, the subject is empty, or
     the target tokenises to nothing.
 
-    >>> check_request(model, Request("{} is in", "Paris", ""))  # doctest: +SKIP
+    >>> check_request(model, Request("{} is in", "Paris", ""))
     Traceback (most recent call last):
     ...
     uncover.editing.base.EditError: target '' tokenises to no tokens; give a word such as ' Rome'
@@ -111,7 +111,7 @@ def check_request(model: HookedModel, request: Request) -> list[int]:
 def check_layer(model: HookedModel, layer: int) -> int:
     """``layer`` if it is a block index of ``model``, else :class:`EditError` naming the range.
 
-    >>> check_layer(model, 40)  # doctest: +SKIP
+    >>> check_layer(model, 40)
     Traceback (most recent call last):
     ...
     uncover.editing.base.EditError: layer 40 is out of range; valid: 0 to 29
@@ -153,7 +153,7 @@ def apply_deltas(model: HookedModel, deltas: dict[str, torch.Tensor]) -> dict[st
     computed in the parameter's dtype, so re-applying the same delta to the same weights gives the
     same bits.
 
-    >>> originals = apply_deltas(model, {})  # doctest: +SKIP
+    >>> originals = apply_deltas(model, {})
     """
     return weights.apply_change(model, deltas, "add", what="edit", error=EditError)
 
@@ -161,7 +161,7 @@ def apply_deltas(model: HookedModel, deltas: dict[str, torch.Tensor]) -> dict[st
 def restore(model: HookedModel, originals: dict[str, torch.Tensor]) -> None:
     """Copy ``originals`` back into the model's parameters (bit-exact; Ctrl-C held off until done).
 
-    >>> restore(model, apply_deltas(model, {}))  # doctest: +SKIP
+    >>> restore(model, apply_deltas(model, {}))
     """
     weights.restore(model, originals)
 
@@ -174,8 +174,20 @@ class Edit(Result):
     of the original weight, rank of the delta). Saved as a result (``save``/``uncover.load_result``)
     it keeps its deltas but not the model: :meth:`apply_to` puts it on a model again.
 
-    >>> e = rome(model, "{} is in the city of", "The Eiffel Tower", " Rome")  # doctest: +SKIP
-    >>> with e.applied(): ...  # doctest: +SKIP
+    A hand-made edit (what :func:`~uncover.editing.rome.rome` builds, with a computed delta):
+
+    >>> import time
+    >>> req = Request("{} is in the city of", "The Eiffel Tower", " Rome")
+    >>> w = down_proj(model, 6)  # [d_model, d_mlp]
+    >>> e = make_edit(model, "rome", [req], [6], {down_proj_path(model, 6): 1e-3 * torch.ones_like(w)}, {},
+    ...               time.perf_counter())
+    >>> e.is_applied, e.to_frame().shape[0]
+    (True, 1)
+    >>> e.revert()
+    >>> with e.applied() as m:  # on for the block only
+    ...     on = m("The Eiffel Tower is in the city of")
+    >>> e.is_applied
+    False
     """
 
     method: str
@@ -251,7 +263,12 @@ class Edit(Result):
     def apply_to(self, model: HookedModel) -> Edit:
         """A copy of this edit applied to ``model`` (e.g. an edit loaded from a result file).
 
-        >>> e = uncover.load_result("edit.safetensors").edit.apply_to(model)  # doctest: +SKIP
+        >>> e = Edit("rome", [], [6], {down_proj_path(model, 6): 1e-3 * torch.ones_like(down_proj(model, 6))},
+        ...          model=model, is_applied=True)  # a record as loaded from a file: not on this model yet
+        >>> e2 = e.apply_to(model)
+        >>> e2.is_applied
+        True
+        >>> e2.revert()
         """
         e = Edit(self.method, [dict(r) for r in self.requests], list(self.layers), dict(self.deltas),
                  dict(self.options), self.seconds, model=model)
@@ -296,8 +313,13 @@ class Edit(Result):
     def load(cls, path: str | Path, model: HookedModel, apply: bool = True) -> Edit:
         """Read a saved edit and (by default) apply it to ``model``.
 
-        >>> e = Edit.load("eiffel-rome", model)  # doctest: +SKIP
-        >>> e.revert()  # doctest: +SKIP
+        >>> import time
+        >>> delta = {down_proj_path(model, 6): 1e-3 * torch.ones_like(down_proj(model, 6))}
+        >>> e = make_edit(model, "rome", [], [6], delta, {}, time.perf_counter())
+        >>> path = e.save(tmp / "eiffel-rome")
+        >>> e.revert()
+        >>> e = Edit.load(path, model)  # applied again
+        >>> e.revert()
         """
         path = Path(path)
         if not (path / DELTA_FILE).is_file() or not (path / META_FILE).is_file():
@@ -315,7 +337,13 @@ def make_edit(model: HookedModel, method: str, requests: Sequence[Request], laye
               deltas: dict[str, torch.Tensor], options: dict[str, Any], start: float) -> Edit:
     """Build the :class:`Edit` record and apply its deltas (atomically; the model is unchanged if this raises).
 
-    >>> e = make_edit(model, "rome", [req], [6], {down_proj_path(model, 6): delta}, {}, t0)  # doctest: +SKIP
+    >>> import time
+    >>> req = Request("{} is in the city of", "The Eiffel Tower", " Rome")
+    >>> delta = 1e-3 * torch.ones_like(down_proj(model, 6))  # [d_model, d_mlp], HF's orientation here
+    >>> e = make_edit(model, "rome", [req], [6], {down_proj_path(model, 6): delta}, {}, time.perf_counter())
+    >>> e.layers, e.is_applied
+    ([6], True)
+    >>> e.revert()
     """
     params = weights.check_fits(model, deltas, what="edit", error=EditError)
     deltas = {k: v.to(params[k].dtype).contiguous() for k, v in deltas.items()}

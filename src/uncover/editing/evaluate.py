@@ -59,8 +59,8 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
 def object_logprobs(model: HookedModel, prompts: Sequence[str], objects: Sequence[str]) -> torch.Tensor:
     """``[len(prompts), len(objects)]`` log p(object | prompt), summed over the object's tokens.
 
-    >>> object_logprobs(model, ["The capital of France is"], [" Paris", " Rome"])  # doctest: +SKIP
-    tensor([[-0.3567, -5.1203]])
+    >>> object_logprobs(model, ["The capital of France is"], [" Paris", " Rome"]).round(decimals=2)
+    tensor([[-0.2600, -7.5700]])
     """
     from uncover.editing.rome import pad
 

@@ -98,10 +98,10 @@ def kn_edit(
     ``lam``: the value change per neuron (norm of the added vector); ``None`` searches the
     smallest one that gives the new object a ``margin`` (nats) over the old on every prompt.
 
-    >>> e = kn_edit(model, "{} is in the city of", "The Eiffel Tower", " Rome")
-    >>> e.options["neurons"][:2]
+    >>> e = kn_edit(model, "{} is in the city of", "The Eiffel Tower", " Rome")  # doctest: +SKIP
+    >>> e.options["neurons"][:2]  # doctest: +SKIP
     [[28, 1095], [29, 1066]]
-    >>> e.revert()
+    >>> e.revert()  # doctest: +SKIP
     """
     from uncover.neurons.knowledge import knowledge_neurons
 

@@ -142,8 +142,8 @@ def memit(
     tuples. ``mom2_weight``: λ, the weight of the key statistics against the new keys.
 
     >>> e = memit(model, [("{} is in the city of", "The Eiffel Tower", " Rome"),
-    ...                   ("{} is in the city of", "Big Ben", " Paris")])
-    >>> e.revert()
+    ...                   ("{} is in the city of", "Big Ben", " Paris")])  # doctest: +SKIP
+    >>> e.revert()  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     cfg = config or MEMIT_CONFIG

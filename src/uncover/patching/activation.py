@@ -146,9 +146,9 @@ def activation_patching(
     ``metric``: ``logit_diff``, ``prob`` or ``logprob`` of ``answer`` (vs ``wrong``) at the last position.
 
     >>> r = activation_patching(model, "When Mary and John went to the store, John gave a drink to",
-    ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
-    >>> r.grid.shape  # doctest: +SKIP
-    torch.Size([30, 15])
+    ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+    >>> r.grid.shape  # [layer, position]: 30 blocks, 14 tokens
+    torch.Size([30, 14])
     """
     from uncover.hooks.decode import target_ids
 

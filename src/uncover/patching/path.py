@@ -149,9 +149,10 @@ def path_patching(
     (default every head before the last receiver's layer).
 
     >>> r = path_patching(model, "When Mary and John went to the store, John gave a drink to",
-    ...     "When Alice and Bob went to the store, Sam gave a drink to", " Mary", " John")  # doctest: +SKIP
-    >>> r.top(3)  # doctest: +SKIP
-    [(23, 3, -0.31), ...]
+    ...     "When Alice and Bob went to the store, Sam gave a drink to", " Mary", " John",
+    ...     senders=[(layer, h) for layer in (23, 29) for h in range(9)])  # default: every head (slower)
+    >>> [(layer, head, round(effect, 2)) for layer, head, effect in r.top(2)]
+    [(23, 3, -0.42), (29, 1, -0.23)]
     """
     from uncover.hooks.decode import target_ids
 

@@ -10,6 +10,7 @@ standard deviation of the activations projected on ``θ``, at every position.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,16 +54,25 @@ class ITI(Steering):
 
 
 def fit_iti(model: Any, data: Labelled, *, k: int = 16, alpha: float = 5.0, val_fraction: float = 0.3,
-            seed: int = 0) -> ITI:
+            seed: int = 0, layers: Sequence[int] | None = None) -> ITI:
     """Probe every head's ``hook_z`` at the last token, keep the top ``k``, build mass-mean shifts.
 
-    >>> steer = fit_iti(model, truth_statements(model), k=8, alpha=5)  # doctest: +SKIP
+    ``layers``: only heads of these layers are probed (default all; one probe per head is the
+    cost, so a band of layers is much faster).
+
+    >>> from uncover.data.labelled import truth_statements
+    >>> steer = fit_iti(model, truth_statements(), k=4, alpha=5, layers=[11, 12])
+    >>> len(steer.heads), set(steer.shifts) <= {11, 12}
+    (4, True)
     """
     data.check()
     c = model.cfg
-    if not 1 <= k <= c.n_layers * c.n_heads:
-        raise UncoverError(f"k must be between 1 and {c.n_layers * c.n_heads} heads, got {k}")
-    hooks = [act_name("z", la) for la in range(c.n_layers)]
+    layer_list = list(range(c.n_layers)) if layers is None else sorted({int(la) for la in layers})
+    if not layer_list or not all(0 <= la < c.n_layers for la in layer_list):
+        raise UncoverError(f"layers must be a non-empty subset of 0..{c.n_layers - 1}, got {list(layers or [])}")
+    if not 1 <= k <= len(layer_list) * c.n_heads:
+        raise UncoverError(f"k must be between 1 and {len(layer_list) * c.n_heads} heads, got {k}")
+    hooks = [act_name("z", la) for la in layer_list]
     acts = collect(model, data, hooks, progress=False)
     y = data.y
     n_folds = max(2, round(1 / val_fraction))
@@ -70,7 +80,7 @@ def fit_iti(model: Any, data: Labelled, *, k: int = 16, alpha: float = 5.0, val_
     tr = torch.ones(len(y), dtype=torch.bool)
     tr[val] = False
     scores = []
-    for la, h in enumerate(hooks):
+    for la, h in zip(layer_list, hooks):
         z = acts[h]  # [n, head, d_head]
         for hd in range(z.shape[1]):
             p = fit_probe(z[tr, hd], y[tr], l2=1e-1)
@@ -79,7 +89,7 @@ def fit_iti(model: Any, data: Labelled, *, k: int = 16, alpha: float = 5.0, val_
     top = scores[:k]
     shifts: dict[int, torch.Tensor] = {}
     for _, la, hd in top:
-        z = acts[hooks[la]][:, hd]
+        z = acts[act_name("z", la)][:, hd]
         theta = z[y == 1].mean(0) - z[y == 0].mean(0)
         theta = theta / theta.norm().clamp_min(1e-12)
         sigma = float((z @ theta).std())
