@@ -75,7 +75,7 @@ class Graph:
             raise UnsupportedModel(
                 f"edge-level circuits need per-head outputs that add up in the residual stream, but {c.family} "
                 "normalises the sum of the heads after attention, so one head's contribution is not defined; "
-                "use activation or path patching, or a family without a post-attention norm"
+                "use activation or path patching (supported families: those without a post-attention norm)"
             )
         return cls(c.n_layers, c.n_heads, c.n_kv_heads, c.parallel_attn_mlp)
 
