@@ -48,8 +48,8 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
     Layers are processed ``layers_per_pass`` at a time in one staged forward/backward (see the
     module docstring); the result does not depend on ``layers_per_pass``.
 
-    >>> attr, p = ig_attributions(model, "The capital of France is", 7042, [10, 20])  # doctest: +SKIP
-    >>> attr.shape  # doctest: +SKIP
+    >>> attr, p = ig_attributions(model, "The capital of France is", 7042, [10, 20])
+    >>> attr.shape
     torch.Size([2, 1536])
     """
     from uncover.hooks.decode import decode_resid
@@ -177,8 +177,10 @@ def knowledge_neurons(model: HookedModel, prompts: Sequence[str], target: str | 
     ``threshold`` times that prompt's largest, and is a knowledge neuron when kept in at
     least ``share`` of the prompts.
 
-    >>> kn = knowledge_neurons(model, ["The capital of France is", "Paris is the capital of"],
-    ...                        " Paris")  # doctest: +SKIP
+    >>> kn = knowledge_neurons(model, ["The capital of France is", "France's capital city is"], " Paris",
+    ...                        layers=[20, 22], steps=5)
+    >>> len(kn.neurons) > 0
+    True
     """
     if not prompts:
         raise UncoverError("no prompts given")
@@ -283,7 +285,7 @@ class KnowledgeEffect(Result):
 def random_neurons(model: HookedModel, like: Sequence[Neuron], seed: int = 0) -> list[Neuron]:
     """As many random neurons as ``like``, in the same layers, none of them in ``like``.
 
-    >>> len(random_neurons(model, [(3, 1), (5, 2)]))  # doctest: +SKIP
+    >>> len(random_neurons(model, [(3, 1), (5, 2)]))
     2
     """
     rng = random.Random(seed)
@@ -306,8 +308,9 @@ def knowledge_effect(model: HookedModel, kn: KnowledgeNeurons, prompts: Sequence
     ``last_only``: intervene at the last position only (where the attribution was measured).
     ``random`` is the mean over ``n_random`` draws of random neurons in the same layers.
 
-    >>> eff = knowledge_effect(model, kn)  # doctest: +SKIP
-    >>> eff.change("suppressed") < eff.change("random")  # doctest: +SKIP
+    >>> kn = knowledge_neurons(model, ["The capital of France is"], " Paris", layers=[20, 22], steps=5)
+    >>> eff = knowledge_effect(model, kn)
+    >>> eff.change("suppressed") < eff.change("random")
     True
     """
     if not kn.neurons:
