@@ -159,9 +159,18 @@ def test_model_diff_side_by_side_and_restores_the_base(one_thread):
     other = tiny("llama")
     with torch.no_grad():
         dict(other.model.named_parameters())[ROW].add_(delta[ROW])
-    d2 = model_diff(m, other, probes)
+    ids = probes[:1]
+    d2 = model_diff(m, other, probes, subject_prompt=ids, subject=[1, 2], trace_kind="mlp", trace_samples=2)
     assert [r["parameter"] for r in d2.weight_delta] == [ROW]
     assert [r["kl"] for r in d2.predictions] == pytest.approx([r["kl"] for r in d.predictions], rel=1e-4)
+    # the traces are each model's own causal trace; the in-place delta gives the same changed trace
+    from uncover.patching.causal_tracing import causal_trace
+
+    assert torch.equal(d2.trace["grid_base"], causal_trace(m, ids, [1, 2], kind="mlp", samples=2).grids["mlp"])
+    assert torch.equal(d2.trace["grid_changed"], causal_trace(other, ids, [1, 2], kind="mlp", samples=2).grids["mlp"])
+    d3 = model_diff(m, delta, probes, subject_prompt=ids, subject=[1, 2], trace_kind="mlp", trace_samples=2)
+    torch.testing.assert_close(d3.trace["grid_changed"], d2.trace["grid_changed"], rtol=1e-4, atol=1e-5)
+    assert fingerprint(m) == before
     assert "Predictions" in d.cli_text() and len(d.to_frame()) == 4
 
 

@@ -205,15 +205,19 @@ def predictions(base: HookedModel, change: Change, prompts: Sequence[str] | torc
     return rows
 
 
-def traces(base: HookedModel, change: Change, prompt: str, subject: str, kind: str = "mlp", samples: int = 3,
-           seed: int = 0) -> dict[str, Any]:
-    """Causal traces of ``prompt`` in both models, each for its own top answer (``[layer, pos]`` grids)."""
+def traces(base: HookedModel, change: Change, prompt: str | torch.Tensor, subject: str | Sequence[int],
+           kind: str = "mlp", samples: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Causal traces of ``prompt`` in both models, each for its own top answer (``[layer, pos]`` grids).
+
+    ``prompt``: text, or token ids ``[1, pos]`` with ``subject`` as token positions.
+    """
     from uncover.patching.causal_tracing import causal_trace
 
     a = causal_trace(base, prompt, subject, kind=kind, samples=samples, seed=seed)
     with change.applied(base) as m:
         b = causal_trace(m, prompt, subject, kind=kind, samples=samples, seed=seed)
-    return {"prompt": prompt, "tokens": a.str_tokens, "subject": a.subject, "kind": kind,
+    return {"prompt": prompt if isinstance(prompt, str) else str(prompt.tolist()), "tokens": a.str_tokens,
+            "subject": a.subject, "kind": kind,
             "answers": [a.answer, b.answer], "clean_prob": [a.clean_prob, b.clean_prob],
             "grid_base": a.grids[kind].float(), "grid_changed": b.grids[kind].float()}
 
@@ -239,10 +243,10 @@ def sae_feature_changes(base: HookedModel, change: Change, sae: Any, prompts: Se
 
 
 def model_diff(base: HookedModel, changed: Any, prompts: Sequence[str] | torch.Tensor, *,
-               subject_prompt: str | None = None, subject: str | None = None, trace_kind: str = "mlp",
-               trace_samples: int = 3, features: str | Path | Any | None = None, crosscoder_steps: int = 0,
-               hook: str | None = None, corpus_tokens: torch.Tensor | None = None, top: int = 8,
-               steer_scale: float = 1.0, seed: int = 0, progress: Any = None) -> ModelDiff:
+               subject_prompt: str | torch.Tensor | None = None, subject: str | Sequence[int] | None = None,
+               trace_kind: str = "mlp", trace_samples: int = 3, features: str | Path | Any | None = None,
+               crosscoder_steps: int = 0, hook: str | None = None, corpus_tokens: torch.Tensor | None = None,
+               top: int = 8, steer_scale: float = 1.0, seed: int = 0, progress: Any = None) -> ModelDiff:
     """Diff ``base`` and ``changed`` side by side (see the module docstring).
 
     ``changed``: see :func:`~uncover.diffing.changed.resolve_change`. ``features``: an SAE or crosscoder
@@ -264,7 +268,7 @@ def model_diff(base: HookedModel, changed: Any, prompts: Sequence[str] | torch.T
     if subject_prompt is not None:
         if subject is None:
             raise UsageError("a causal trace needs the subject of the subject prompt")
-        say(f"causal traces of {subject_prompt!r} ...")
+        say("causal traces of the subject prompt ...")
         out.trace = traces(base, change, subject_prompt, subject, trace_kind, trace_samples, seed)
     cc = None
     if isinstance(features, Crosscoder):
@@ -291,7 +295,7 @@ def model_diff(base: HookedModel, changed: Any, prompts: Sequence[str] | torch.T
     if cc is not None:
         from uncover.diffing.analysis import paired_activations
 
-        texts = [*([subject_prompt] if subject_prompt is not None else []),
+        texts = [*([subject_prompt] if isinstance(subject_prompt, str) else []),
                  *(prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
         pairs, ctx = [], []
         for t in texts:  # one prompt at a time: no padding enters the activations
