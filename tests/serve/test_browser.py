@@ -120,6 +120,20 @@ def test_circuit_graph_with_an_edge_slider(page):
     shot(page, "circuit")
 
 
+def test_steering_side_by_side_with_a_scale_slider(page):
+    page.click("#tabs button[data-tab='steering']")
+    fill(page, "steer", {"prompts": "the tower is", "positive": "good", "negative": "bad", "layer": 1,
+                         "max_new_tokens": 3})
+    page.fill("#steer-scale", "8")  # releasing the slider runs the operation with that scale
+    page.wait_for_selector("#steering-result h4", timeout=30_000)
+    assert page.input_value("form[data-op='steer'] [name='scale']") == "8"
+    rows = page.locator("#steering-result .special table tr")
+    assert rows.count() == 2 and rows.nth(0).inner_text().split() == ["prompt", "without", "with"]
+    job = page.locator("#job-list li").filter(has_text="steer").first
+    assert "done" in job.inner_text()
+    shot(page, "steering")
+
+
 def test_apply_and_revert_an_edit(page, live):
     model = live.app.state.server.model
     before = weights_fingerprint(model.model)

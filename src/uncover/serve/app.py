@@ -53,8 +53,7 @@ class Server:
 
     async def call(self, fn: Any) -> Any:
         """Run ``fn`` on the worker thread (after queued work) and await its value."""
-        fut = self.worker._pool.submit(fn)
-        return await asyncio.wait_for(asyncio.wrap_future(fut), VIEW_TIMEOUT)
+        return await asyncio.wait_for(asyncio.wrap_future(self.worker.later(fn)), VIEW_TIMEOUT)
 
     def save(self, job: Job) -> None:
         """Write a finished job's result file and HTML report into the results folder."""
@@ -106,6 +105,11 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
     @app.exception_handler(BodyTooLarge)
     async def _large(request: Request, e: BodyTooLarge) -> JSONResponse:
         return err(413, str(e))
+
+    @app.exception_handler(TimeoutError)
+    async def _busy(request: Request, e: TimeoutError) -> JSONResponse:
+        return err(503, f"the model is busy with queued work (waited {VIEW_TIMEOUT:.0f} s); try again later or cancel "
+                        "a job")
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException) -> JSONResponse:

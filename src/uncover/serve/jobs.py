@@ -133,7 +133,11 @@ class Worker:
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run ``fn`` on the worker thread after the queued work; wait for its value (or its exception)."""
-        return self._pool.submit(fn).result(timeout=timeout)
+        return self.later(fn).result(timeout=timeout)
+
+    def later(self, fn: Callable[[], Any]) -> Future:
+        """Queue ``fn`` on the worker thread (after the queued work); its future."""
+        return self._pool.submit(fn)
 
     def submit(self, job: Job, fn: Callable[[Progress], Any], model: Any = None,
                on_done: Callable[[Job], None] | None = None) -> Future:

@@ -453,6 +453,16 @@ async function start() {
     const op = OPS[box.dataset.op];
     if (op) buildForm(op, box, box.parentElement.querySelector(".op-result"));
   });
+  const slider = document.getElementById("steer-scale");
+  const scaleField = document.querySelector("form[data-op='steer'] [name='scale']");
+  if (scaleField) {  // the steering playground: the slider sets the form's scale (and runs it when released)
+    slider.value = scaleField.value;
+    const show = () => { document.getElementById("steer-scale-value").textContent = `scale ${slider.value}`; };
+    show();
+    slider.addEventListener("input", () => { scaleField.value = slider.value; show(); });
+    slider.addEventListener("change", () => scaleField.form.requestSubmit());
+    scaleField.addEventListener("input", () => { slider.value = scaleField.value; show(); });
+  }
   const sel = document.getElementById("op-select");
   sel.replaceChildren(...Object.keys(OPS).map((n) => el("option", { value: n, text: `${n}${OPS[n].long ? " (long)" : ""}` })));
   const pick = () => {
