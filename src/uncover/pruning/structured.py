@@ -160,8 +160,9 @@ def prune_structured(
     ``scores``: precomputed ``[n_layers, n_units]`` importances (skips the scorer).
 
     >>> p = prune_structured(model, "heads", 0.25, scorer="attribution", n_samples=2, seq_len=32)
-    >>> p.options["pruned"][:3]
-    [[0, 4], [1, 2], [2, 7]]
+    >>> len(p.options["pruned"]), p.options["pruned"][0][0]  # (layer, head) pairs, 2 of 9 heads per layer
+    (60, 0)
+    >>> p.revert()
     """
     _check_unit(unit)
     s = check_sparsity(sparsity)
