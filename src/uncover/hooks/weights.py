@@ -17,7 +17,10 @@ change. Both do it through this module:
 - :func:`restore` puts originals back (with Ctrl-C held off until it is done, so an interrupt
   cannot leave a half-restored model);
 - :func:`save_change` / :func:`load_change` store a change as safetensors with its mode and
-  free-form metadata.
+  free-form metadata;
+- :func:`read` / :func:`write` reach a parameter wherever it lives: on any device, or offloaded by
+  accelerate (``uncover.load(..., device_map=..., offload_folder=...)``), where the write is an
+  in-memory override of the offloaded value (:mod:`uncover.hooks.offload`); every function above uses them.
 
 >>> import torch
 >>> lin = torch.nn.Linear(2, 2, bias=False)
