@@ -60,7 +60,7 @@ def attention_scores(
     key = _repeat_kv(key, n_rep)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scaling)  # in place: one allocation, not two
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     q_len, k_len = scores.shape[-2:]
@@ -74,13 +74,13 @@ def attention_scores(
         allowed = attention_mask[..., :k_len]
     else:
         allowed = attention_mask[..., :k_len] > torch.finfo(attention_mask.dtype).min / 2
-    return scores.masked_fill(~allowed, float("-inf"))
+    return scores.masked_fill_(~allowed, float("-inf"))
 
 
 def pattern_from_scores(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over keys in float32, fully masked rows set to 0; ``[batch, head, q, k]``."""
-    p = torch.softmax(scores.float(), dim=-1)
-    return torch.nan_to_num(p, nan=0.0).to(scores.dtype)
+    p = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return p.nan_to_num_(nan=0.0).to(scores.dtype)
 
 
 def _make_wrapper(impl: str) -> Callable[..., Any]:
