@@ -9,7 +9,7 @@
 #        bash benchmarks/gpu_gate.sh
 #
 # Step 2 needs no network: it makes a venv on top of the machine's own python3 (its CUDA torch,
-# transformers and accelerate; --system-site-packages) holding this checkout, then runs
+# transformers and accelerate) holding this checkout's src/, then runs
 #   - benchmarks/gpu_gate.py: every tiny family × sdpa/eager (flash attention when flash_attn is
 #     installed) × float32/bfloat16 with pattern hooks, and a device_map split (GPU, CPU offload, disk);
 #   - bench_cache.py and bench_patching.py with --device cuda on a model of SmolLM2-135M's architecture
@@ -48,12 +48,14 @@ export UNCOVER_CACHE=/tmp/uncover-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 
     PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 PY="${PYTHON:-python3}"
 VENV="${GATE_VENV:-/tmp/uncover-gpu-venv}"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV" || exit 2
+# The venv sees the machine python's packages (its CUDA torch, transformers, accelerate: that python is often a
+# venv itself, so --system-site-packages would not reach them; a .pth file does) and this checkout's src/.
+[ -x "$VENV/bin/python" ] || "$PY" -m venv --without-pip "$VENV" || exit 2
 V="$VENV/bin/python"
-if ! "$V" -c "import uncover" 2>/dev/null; then
-    "$V" -m pip install -q --no-index --no-deps --no-build-isolation -e "$ROOT" >/dev/null 2>&1 ||
-        echo "$ROOT/src" >"$("$V" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/uncover-src.pth"
-fi
+SITE="$("$V" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+"$PY" -c 'import site, sysconfig; print("\n".join([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]))' \
+    >"$SITE/machine-site.pth"
+echo "$ROOT/src" >"$SITE/uncover-src.pth"
 "$V" -c "import torch, transformers, accelerate, uncover; assert torch.cuda.is_available(), 'no CUDA device';
 print('gpu_gate:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| transformers', transformers.__version__,
       '| accelerate', accelerate.__version__)" || exit 2
