@@ -129,8 +129,24 @@ def test_config_paths_are_confined_to_the_results_folder(client, app):
     from uncover.lenses.ops import TrainLensConfig
     from uncover.serve.security import confine_config
 
-    fields = confine_config(TrainLensConfig, {"steps": 0}, app.state.server.results)  # the default path as well
-    assert fields["out"] == str(app.state.server.results / "tuned-lens.safetensors")
+    root = app.state.server.results
+    fields = confine_config(TrainLensConfig, {"steps": 0}, root)  # the default path as well
+    assert fields["out"] == str(root / "tuned-lens.safetensors")
+    assert confine_config(TrainLensConfig, {"out": str(root / "a.safetensors")}, root)["out"].startswith(str(root))
+    (root / "sub").mkdir()
+    (root / "sub" / "out").symlink_to(root.parent)  # a link out of the folder is outside too
+    r = client.post("/api/jobs", json={"op": "train-lens", "config": {"out": "sub/out/x.safetensors"}})
+    assert r.status_code == 400 and "outside" in r.json()["error"]
+
+
+def test_a_saved_result_with_paths_outside_is_not_rerun(client, app, wmodel, tmp_path):
+    import uncover as uc
+
+    r = uc.run("train-lens", wmodel, out=str(tmp_path / "elsewhere.safetensors"), steps=0)
+    r.save(app.state.server.results / "foreign.safetensors")
+    j = client.post("/api/open", json={"name": "foreign.safetensors"}).json()
+    r = client.post(f"/api/jobs/{j['id']}/rerun")
+    assert r.status_code == 400 and "outside the results folder" in r.json()["error"]
 
 
 # ---- operations and jobs -----------------------------------------------------------------------------

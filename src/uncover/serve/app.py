@@ -277,6 +277,7 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         op = get_operation(original.op) if original.result.provenance else None
         if op is None:
             raise HTTPException(409, f"job {job_id}'s result has no provenance to rerun")
+        confine_config(op.config, original.result.provenance.config, root)  # a reopened file's paths too
         job = Job(new_id(), f"rerun {op.name}", {"job": job_id})
 
         def run(progress: Any) -> Any:

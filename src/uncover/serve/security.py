@@ -83,7 +83,7 @@ def origin_ok(origin: str | None, host_header: str | None) -> bool:
 
 
 def inside(root: Path, name: str) -> Path:
-    """``root / name`` if it stays inside ``root`` (no absolute paths, no ``..``, no links out); else UsageError.
+    """``root / name`` if it stays inside ``root`` (no ``..``, no links out, absolute only inside); else UsageError.
 
     >>> inside(Path("/srv/results"), "lens.safetensors").as_posix()
     '/srv/results/lens.safetensors'
@@ -95,10 +95,10 @@ def inside(root: Path, name: str) -> Path:
     if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
         raise UsageError(f"{name!r} is not a file name inside the results folder")
     p = Path(name)
-    if p.is_absolute() or ".." in p.parts:
+    if ".." in p.parts:
         raise UsageError(f"{name!r} is outside the results folder; give a name inside it")
     root = root.resolve()
-    full = (root / p).resolve()
+    full = (root / p).resolve()  # an absolute path stays itself: accepted only inside the folder
     if full != root and root not in full.parents:
         raise UsageError(f"{name!r} is outside the results folder; give a name inside it")
     return full
