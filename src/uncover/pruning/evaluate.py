@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 def heldout_tokens(model: HookedModel, n_blocks: int = 16, seq_len: int = 128) -> torch.Tensor:
     """The first ``n_blocks`` held-out token blocks ``[n_blocks, seq_len]`` of the embedded corpus.
 
-    >>> heldout_tokens(model, 8).shape  # doctest: +SKIP
+    >>> heldout_tokens(model, 8).shape
     torch.Size([8, 128])
     """
     from uncover.data.corpus import token_blocks
@@ -45,7 +45,7 @@ def heldout_tokens(model: HookedModel, n_blocks: int = 16, seq_len: int = 128) -
 def perplexity(model: HookedModel, tokens: torch.Tensor | None = None, batch_size: int = 8) -> float:
     """``exp`` of the mean next-token loss over ``tokens`` ``[n, seq]`` (default: 16 held-out blocks).
 
-    >>> perplexity(model) < 100  # doctest: +SKIP
+    >>> perplexity(model, heldout_tokens(model, 2)) < 100
     True
     """
     tokens = heldout_tokens(model) if tokens is None else tokens
@@ -63,7 +63,7 @@ def perplexity(model: HookedModel, tokens: torch.Tensor | None = None, batch_siz
 def fact_accuracy(model: HookedModel, task: Task | None = None) -> float:
     """Top-1 accuracy of the first answer token on the built-in fact set (all facts, unfiltered).
 
-    >>> fact_accuracy(model) > 0.5  # doctest: +SKIP
+    >>> fact_accuracy(model) > 0.5
     True
     """
     from uncover.data.tasks import facts
@@ -122,8 +122,11 @@ def evaluate(
 ) -> PruneEval:
     """Perplexity (held-out corpus), fact accuracy and measured sparsity of ``model`` as it is now.
 
-    >>> ev = evaluate(model, label="dense")  # doctest: +SKIP
-    >>> ev + evaluate(model, wanda_prune(model, 0.5))  # doctest: +SKIP
+    >>> ev = evaluate(model, label="dense", tokens=heldout_tokens(model, 2))
+    >>> type(ev).__name__
+    'PruneEval'
+    >>> p = wanda_prune(model, 0.5)  # doctest: +SKIP
+    >>> ev + evaluate(model, p, tokens=heldout_tokens(model, 2))  # doctest: +SKIP
     """
     rows = measured_rows(linear_sites(model))
     sparsity = sum(r["zeros"] for r in rows) / sum(r["weights"] for r in rows)
@@ -172,7 +175,7 @@ class SparsityReport(Result):
 def sparsity_report(model: HookedModel) -> SparsityReport:
     """Measure the zeros of every block linear of ``model`` (pruned or not).
 
-    >>> sparsity_report(model).to_frame().sparsity.max() <= 1  # doctest: +SKIP
+    >>> sparsity_report(model).to_frame().sparsity.max() <= 1
     True
     """
     return SparsityReport(measured_rows(linear_sites(model)), model.name)
@@ -219,7 +222,7 @@ class PruneReport(Result):
     def revert(self) -> None:
         """Undo the pruning in the model, bit-exactly (:meth:`Pruning.revert`). Idempotent.
 
-        >>> uncover.run("prune", model, method="magnitude", sparsity=0.3).revert()  # doctest: +SKIP
+        >>> uncover.run("prune", model, method="magnitude", sparsity=0.3, eval_blocks=1).revert()  # doctest: +SKIP
         """
         self.pruning.revert()
 

@@ -58,8 +58,11 @@ def wanda_prune(
     ``tokens``: calibration blocks ``[n, seq]`` (default: ``n_samples`` blocks of ``seq_len``
     tokens from the embedded corpus's train split).
 
-    >>> p = wanda_prune(model, 0.5)  # doctest: +SKIP
-    >>> p.revert()  # doctest: +SKIP
+    >>> m = tiny("llama")  # a tiny random model; on the embedded model: wanda_prune(model, 0.5)
+    >>> p = wanda_prune(m, 0.5, tokens=torch.randint(3, 64, (2, 8)))
+    >>> round(p.overall_sparsity(), 2)
+    0.5
+    >>> p.revert()
     """
     from uncover.pruning.base import resolve_target
 
