@@ -175,7 +175,7 @@ class SparsityReport(Result):
 def sparsity_report(model: HookedModel) -> SparsityReport:
     """Measure the zeros of every block linear of ``model`` (pruned or not).
 
-    >>> sparsity_report(model).to_frame().sparsity.max() <= 1
+    >>> bool(sparsity_report(model).to_frame().sparsity.max() < 0.5)  # a dense model: few exact zeros
     True
     """
     return SparsityReport(measured_rows(linear_sites(model)), model.name)
