@@ -286,8 +286,17 @@ def test_edit_then_revert_is_bit_identical(client, wmodel):
     rerun = wait(client, client.post(f"/api/jobs/{j['id']}/rerun").json()["id"])
     assert rerun["status"] == "done", rerun["error"]
     assert client.get("/api/model").json()["fingerprint"] == edited["fingerprint"]  # the rerun's edit is undone
+    # the causal trace before and after: the edit is off for the first trace, then back on, bit for bit
+    t = wait(client, client.post(f"/api/jobs/{j['id']}/trace").json()["id"])
+    assert t["status"] == "done", t["error"]
+    assert client.get("/api/model").json()["fingerprint"] == edited["fingerprint"]
+    comp = client.get(f"/api/jobs/{t['id']}/result").json()
+    assert comp["kind"] == "Comparison" and comp["view"]["type"] == "compare"
+    assert len(comp["view"]["figures"]) == 2 and comp["view"]["figures"][0]["data"]
+    assert "model fingerprint" in comp["summary"]  # the two traces ran on different weights
     r = client.post(f"/api/jobs/{j['id']}/revert").json()
     assert r["reverted"] and r["fingerprint"] == before == weights_fingerprint(wmodel.model)
+    assert client.post(f"/api/jobs/{j['id']}/trace").status_code == 409
     assert client.get("/api/model").json()["applied"] == []
     assert client.post(f"/api/jobs/{j['id']}/revert").status_code == 409
     lens = wait(client, client.post("/api/jobs", json={"op": "lens", "config": {"prompt": "the"}}).json()["id"])

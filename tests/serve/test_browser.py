@@ -146,6 +146,10 @@ def test_apply_and_revert_an_edit(page, live):
     edited = weights_fingerprint(model.model)
     assert edited != before
     page.wait_for_function(f"document.querySelector('#fingerprint').textContent === '{edited}'")
+    page.click("#editing-result button.trace")  # causal trace before and after, side by side
+    page.wait_for_selector("#editing-result .trace-result .compare .plot .main-svg", timeout=60_000)
+    assert page.locator("#editing-result .trace-result .compare .plot").count() == 2
+    assert weights_fingerprint(model.model) == edited
     shot(page, "edit-applied")
     page.click("#editing-result button.revert")
     page.wait_for_selector("#editing-result .reverted", timeout=20_000)

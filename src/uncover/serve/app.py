@@ -8,7 +8,8 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
 - ``POST /api/jobs`` ``{"op", "config", "seed"}`` -> a job; ``GET /api/jobs`` (history, newest first),
   ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel``, ``GET /api/jobs/{id}/result`` / ``figure`` /
   ``file`` / ``report``; ``POST /api/jobs/{id}/revert`` (weight edits), ``/rerun``, ``/cell`` (a patch
-  cell); ``POST /api/compare`` ``{"a", "b"}``; ``POST /api/open`` ``{"name"}`` (reopen a saved result);
+  cell), ``/trace`` (an edit's causal trace before and after); ``POST /api/compare`` ``{"a", "b"}``;
+  ``POST /api/open`` ``{"name"}`` (reopen a saved result);
 - ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k", "lens_positions"}``: the prompt explorer;
 - ``GET /api/files`` and ``GET /api/files/{name}``: the results folder, and nothing outside it.
 """
@@ -287,6 +288,35 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
             return verdict
 
         srv.worker.submit(job, run, model if op.needs_model else None, on_done=srv.save)
+        return job.to_dict()
+
+    @app.post("/api/jobs/{job_id}/trace", status_code=202)
+    async def trace(job_id: str) -> dict[str, Any]:
+        """Causal trace of an edited fact before and after the edit (the edit is off for the first trace)."""
+        from uncover.ops.registry import execute, get_operation
+        from uncover.ops.reproduce import compare as compare_
+
+        original = finished(job_id)
+        if original.op != "edit" or original.reverted:
+            raise HTTPException(409, f"job {job_id} is not an applied edit")
+        if srv.applied and srv.applied[-1] != job_id:
+            raise HTTPException(409, f"trace the latest edit {srv.applied[-1]} (edits stack)")
+        req = get_operation("edit").config.from_dict(original.config)
+        op = get_operation("trace")
+        cfg = op.config(prompt=req.request().text, subject=req.subject, answer=req.target, kind="hidden")
+        cfg.check_model(model)
+        job = Job(new_id(), "trace before/after edit", {"edit": job_id, **cfg.to_dict()})
+        e = original.result.edit
+
+        def run(progress: Any) -> Any:
+            e.revert()
+            try:
+                before = execute(op, cfg, model, progress=progress)
+            finally:
+                e.apply()  # the edit is back on, whatever happened
+            return compare_(before, execute(op, cfg, model, progress=progress))
+
+        srv.worker.submit(job, run, model, on_done=srv.save)
         return job.to_dict()
 
     @app.post("/api/compare", status_code=202)

@@ -216,6 +216,9 @@ def _special(result: Result) -> dict[str, Any]:
         return {"type": "steer", "prompts": result.prompts, "plain": result.plain, "steered": result.steered}
     if kind == "EditReport":
         return {"type": "edit", "rows": json.loads(json.dumps(result.rows, default=str))}
+    if kind == "Comparison":
+        return {"type": "compare", "titles": [result.a.title, result.b.title],
+                "figures": [json.loads(figure_json(result.a)), json.loads(figure_json(result.b))]}
     return {"type": "generic"}
 
 

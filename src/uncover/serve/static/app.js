@@ -144,6 +144,7 @@ async function showResult(jobId, target) {
     el("a", { href: withToken(`/api/jobs/${jobId}/file`), text: "download result (.safetensors)" }), " · ",
     el("a", { href: withToken(`/api/jobs/${jobId}/report`), target: "_blank", text: "HTML report" }));
   const actions = el("div", { class: "row" });
+  const later = [];  // shown below the result
   if (job.provenance && !job.op.startsWith("rerun") && job.op !== "compare") {
     actions.append(el("button", { class: "rerun", text: "Rerun", onclick: async () => {
       try { const j = await api(`/api/jobs/${jobId}/rerun`, {}); state.shown[j.id] = target; pollJobs(); }
@@ -159,6 +160,14 @@ async function showResult(jobId, target) {
         pollJobs();
       } catch (err) { showError(actions, err); }
     } }));
+    if (job.op === "edit") {
+      const traced = el("div", { class: "trace-result" });
+      actions.append(el("button", { class: "trace", text: "Causal trace before and after", onclick: async () => {
+        try { const j = await api(`/api/jobs/${jobId}/trace`, {}); state.shown[j.id] = traced; pollJobs(); }
+        catch (err) { showError(traced, err); }
+      } }));
+      later.push(traced);
+    }
   } else if (job.reverted) {
     actions.append(el("span", { class: "reverted", text: "reverted" }));
   }
@@ -168,12 +177,13 @@ async function showResult(jobId, target) {
     actions, special, fig, links,
     el("details", {}, el("summary", { text: `table (${res.n_records} rows)` }), table(res.columns, res.records)),
     el("details", {}, el("summary", { text: "provenance" }),
-      el("pre", { text: JSON.stringify(res.provenance, null, 1) })));
+      el("pre", { text: JSON.stringify(res.provenance, null, 1) })), ...later);
   const view = res.view;
   if (view.type === "patch") renderPatchGrid(jobId, view, special);
   else if (view.type === "circuit") renderCircuit(view, special);
   else if (view.type === "steer") renderSteer(view, special);
   else if (view.type === "edit") renderEdit(view, special);
+  else if (view.type === "compare") renderCompare(view, special);
   try {
     const figure = await api(`/api/jobs/${jobId}/figure`);
     if (figure) Plotly.newPlot(fig, figure.data, figure.layout, { responsive: true });
@@ -293,6 +303,15 @@ function renderCircuit(view, target) {
 function renderSteer(view, target) {
   const rows = view.prompts.map((p, i) => ({ prompt: p, without: view.plain[i], with: view.steered[i] }));
   target.append(el("h4", { text: "Generations without and with steering" }), table(["prompt", "without", "with"], rows));
+}
+
+function renderCompare(view, target) {
+  const cols = view.figures.map((f, i) => {
+    const box = el("div", { class: "plot" });
+    if (f) setTimeout(() => Plotly.newPlot(box, f.data, f.layout, { responsive: true }), 0);
+    return el("div", {}, el("h4", { text: `${"AB"[i]}: ${view.titles[i]}` }), box);
+  });
+  target.append(el("div", { class: "side compare" }, ...cols));
 }
 
 function renderEdit(view, target) {
