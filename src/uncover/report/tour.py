@@ -64,12 +64,15 @@ def path_section(model: HookedModel, step: Step) -> list[Result]:
 
 def tracing_section(model: HookedModel, step: Step) -> list[Result]:
     """Causal tracing of the factual prompt (hidden states, MLP and attention windows)."""
-    return [step("trace", prompt=FACT_PROMPT, subject=FACT_SUBJECT, answer=FACT_ANSWER, kind="all", samples=3)]
+    return [step("trace", prompt=FACT_PROMPT, subject=FACT_SUBJECT, answer=FACT_ANSWER, kind="all", samples=2)]
 
 
 def attribution_section(model: HookedModel, step: Step) -> list[Result]:
-    """Attribution patching next to exact patching on the IOI pair, with their correlation."""
-    return [step("attribute", **IOI_PAIR, hook="resid_pre", per="pos", compare=True),
+    """Attribution patching on the IOI pair; per head next to exact patching, with their correlation.
+
+    The residual-stream grid's exact counterpart is the activation-patching section's (same pair,
+    same sites), so it is not recomputed here: the tour's first run stays short."""
+    return [step("attribute", **IOI_PAIR, hook="resid_pre", per="pos"),
             step("attribute", **IOI_PAIR, hook="z", per="head", compare=True)]
 
 
