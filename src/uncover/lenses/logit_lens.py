@@ -185,8 +185,8 @@ def logit_lens(
     ``positions``: real-token positions per prompt (negative from the end; ``None`` = all).
     ``targets``: tokens (single-token strings or ids) whose probability and rank to track.
 
-    >>> r = logit_lens(model, "The Eiffel Tower is in the city of", targets=[" Paris"])  # doctest: +SKIP
-    >>> r.target_probs[0, -1, -1, 0] > 0.3  # doctest: +SKIP
+    >>> r = logit_lens(model, "The Eiffel Tower is in the city of", targets=[" Paris"])
+    >>> r.target_probs[0, -1, -1, 0] > 0.3
     tensor(True)
     """
     return run_lens(model, prompts, positions=positions, targets=targets, k=k)
