@@ -23,7 +23,8 @@ from uncover.autointerp import (
     render,
     sae_source,
 )
-from uncover.autointerp.prompts import DETECTION_SYSTEM, EXPLAIN_SYSTEM, FUZZING_SYSTEM
+from uncover.autointerp.lm import clean_explanation
+from uncover.autointerp.prompts import DETECTION_SYSTEM, EXPLAIN_PREFIX, EXPLAIN_SYSTEM, FUZZING_SYSTEM
 from uncover.core.errors import UncoverError
 from uncover.sae import SAEConfig, TopKSAE
 
@@ -112,17 +113,17 @@ def test_the_pipeline_sends_the_documented_prompts(model):
 def test_prompt_texts():
     ctx = Context(["The", " cat", " sat", "\n", "."], [0.0, 2.0, 1.0, 0.0, 0.0], [False, True, True, False, False])
     m = explainer_messages([ctx, ctx])
-    shot = ("Examples:\n1. I took my<< dog>> for a walk.\n2. She fed the<< cats>> and the<< horse>>.\n"
-            "3. A<< bird>> sang outside.\n\nWhat do the marked tokens have in common?")
-    assert m == [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": shot},
-                 {"role": "assistant", "content": "The marked tokens are names of animals."},
+    assert m == [{"role": "system", "content": EXPLAIN_SYSTEM},
                  {"role": "user", "content": "Examples:\n1. The<< cat sat>> .\n2. The<< cat sat>> .\n\n"
                                              "What do the marked tokens have in common?"}]
     assert detection_messages("cats", ctx)[1]["content"] == ("Description: cats\nText: The cat sat .\n"
                                                              "Does the feature fire on this text?")
     assert fuzzing_messages("cats", ctx)[1]["content"] == (
         "Description: cats\nText: The<< cat sat>> .\nAre the marked tokens the ones the description is about?")
-    assert render(None, m, "The marked tokens are").endswith("in common?\n\nAnswer: The marked tokens are")
+    assert render(None, m, EXPLAIN_PREFIX).endswith('in common?\n\nAnswer: The marked tokens are words like "')
+    assert clean_explanation('defined", "occurs", "defined" and') == 'words like "defined", "occurs"'
+    assert clean_explanation("1. a<< b>> c\n2.<< d>>") == 'words like "b", "d"'
+    assert clean_explanation("\n") == "(empty)"
 
 
 def test_classify_agrees_with_rank_statistics():

@@ -1,15 +1,16 @@
 """A local language model as explainer and as scorer (the embedded SmolLM2-135M-Instruct by default).
 
 :class:`LMExplainer` renders the explainer's prompt with the model's chat template, opens the answer
-with :data:`~uncover.autointerp.prompts.EXPLAIN_PREFIX` and continues it greedily (deterministic);
-the explanation is the first sentence of the continuation. :class:`LMScorer` reads the logits of
-the first answer token: the margin is ``logsumexp`` over the ``Yes`` tokens minus ``logsumexp``
-over the ``No`` tokens (``"Yes"``/``" Yes"`` and ``"No"``/``" No"``, those that are single tokens),
-one forward pass per prompt and no generation.
+with :data:`~uncover.autointerp.prompts.EXPLAIN_PREFIX` (``words like "``) and continues it greedily
+(deterministic); :func:`clean_explanation` turns the continuation into ``words like "a", "b"``.
+:class:`LMScorer` reads the logits of the first answer token: the margin is ``logsumexp`` over
+the ``Yes`` tokens minus ``logsumexp`` over the ``No`` tokens (``"Yes"``/``" Yes"`` and
+``"No"``/``" No"``, those that are single tokens), one forward pass per prompt and no generation.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,15 +27,33 @@ def _need_tokenizer(model: HookedModel, what: str) -> None:
         raise UncoverError(f"the {what} needs a model with a tokenizer (this one has none)")
 
 
-def clean_explanation(text: str, limit: int = 160) -> str:
-    """The first sentence of a continuation, stripped of quotes and spaces (``"(empty)"`` when nothing is left).
+def clean_explanation(text: str, limit: int = 5) -> str:
+    """``words like "x", "y"`` from a continuation of ``... words like "``.
 
-    >>> clean_explanation(' "words about food". They appear in recipes.\\nMore')
-    'words about food'
+    The items are the spans a small model marked with ``<<...>>`` when it copied an example, else the
+    quoted strings (the first one is closed by the continuation's first quote); repeats and items of
+    more than 40 characters are dropped, at most ``limit`` are kept. Without any: the continuation's
+    first line, stripped.
+
+    >>> clean_explanation('only", "also", "only" that repeat')
+    'words like "only", "also"'
+    >>> clean_explanation('<< evaluation of>> the atom<< yields>> that object')
+    'words like "evaluation of", "yields"'
     """
-    line = text.strip().split("\n")[0]
-    line = line.split(". ")[0].strip().rstrip(".").strip().strip("\"'").strip()
-    return line[:limit] or "(empty)"
+    head = text.split("\n\n")[0]
+    items = re.findall(r"<<(.*?)>>", head)
+    if not items and '"' in head:
+        first, _, rest = head.partition('"')
+        items = [first, *re.findall(r'"([^"]*)"', rest)]
+    out: list[str] = []
+    for it in items:
+        it = it.replace("<<", "").replace(">>", "").strip().strip(",.;:").strip()
+        if it and len(it) <= 40 and it not in out:
+            out.append(it)
+    if not out:
+        line = head.strip().split("\n")[0].strip().strip('"').strip()
+        return line[:120] or "(empty)"
+    return "words like " + ", ".join(f'"{it}"' for it in out[:limit])
 
 
 class LMExplainer:

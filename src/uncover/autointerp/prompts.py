@@ -4,9 +4,9 @@ Marked tokens are wrapped in ``<<`` and ``>>``; consecutive marked tokens share 
 (delphi's convention). Each prompt is a list of chat messages (``system``, ``user``, ...), rendered with
 the model's chat template when it has one, plus the start of the assistant's answer:
 
-- explaining (:func:`explainer_messages`): one worked example (:data:`EXPLAIN_SHOT`, a question and
-  its answer: small models need to see the form of an answer), then the numbered top-activating
-  contexts, marked; the answer starts with :data:`EXPLAIN_PREFIX` and the explainer continues it;
+- explaining (:func:`explainer_messages`): the numbered top-activating contexts, marked; the answer
+  starts with :data:`EXPLAIN_PREFIX` (an open quote after "words like", which asks a small model for
+  examples of the tokens rather than free prose) and the explainer continues it;
 - detection (:func:`detection_messages`): the explanation and one unmarked context; the scorer answers
   ``Yes`` (the feature fires somewhere in it) or ``No``;
 - fuzzing (:func:`fuzzing_messages`): the explanation and one context with some tokens marked; ``Yes``
@@ -29,10 +29,7 @@ Messages = list[dict[str, str]]
 EXPLAIN_SYSTEM = ("You are studying a neural network. Each example below is a short text in which the tokens "
                   "where one feature of the network fires are marked <<like this>>. Say in a few words what the "
                   "marked tokens have in common.")
-EXPLAIN_PREFIX = "The marked tokens are"
-#: the worked example shown before the real question: (marked contexts, answer)
-EXPLAIN_SHOT = (["I took my<< dog>> for a walk.", "She fed the<< cats>> and the<< horse>>.",
-                 "A<< bird>> sang outside."], "The marked tokens are names of animals.")
+EXPLAIN_PREFIX = 'The marked tokens are words like "'
 DETECTION_SYSTEM = ("You check descriptions of features of a neural network. Given a description and a text, "
                     "answer Yes if the feature described fires somewhere in the text, and No otherwise.")
 QUESTION = "\n\nWhat do the marked tokens have in common?"
@@ -58,22 +55,20 @@ def marked_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
 
 
 def explainer_messages(contexts: Sequence[Context]) -> Messages:
-    """The explainer's prompt: the worked example, then the contexts numbered, one per line, marked.
+    """The explainer's prompt: the contexts numbered, one per line, marked.
 
     >>> from uncover.autointerp.examples import Context
     >>> m = explainer_messages([Context(["a", " b"], [0.0, 1.0], [False, True])])
     >>> [x["role"] for x in m]
-    ['system', 'user', 'assistant', 'user']
+    ['system', 'user']
     >>> print(m[-1]["content"])
     Examples:
     1. a<< b>>
     <BLANKLINE>
     What do the marked tokens have in common?
     """
-    shot = "Examples:\n" + "\n".join(f"{i + 1}. {t}" for i, t in enumerate(EXPLAIN_SHOT[0])) + QUESTION
     lines = [f"{i + 1}. {marked_text(c.tokens, c.marked)}".replace("\n", " ") for i, c in enumerate(contexts)]
-    return [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": shot},
-            {"role": "assistant", "content": EXPLAIN_SHOT[1]},
+    return [{"role": "system", "content": EXPLAIN_SYSTEM},
             {"role": "user", "content": "Examples:\n" + "\n".join(lines) + QUESTION}]
 
 
