@@ -25,6 +25,7 @@ KW = dict(tokens=200, block_len=10, shard_blocks=2, batch_size=2, skip_first=1)
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 starves the workers on a busy machine
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

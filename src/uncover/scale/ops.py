@@ -116,7 +116,7 @@ class HarvestResult(Result):
         return fig
 
 
-@operation("harvest", HarvestConfig, HarvestResult, deterministic=False,
+@operation("harvest", HarvestConfig, HarvestResult, deterministic=False, long=True,
            example={"hooks": ["blocks.3.hook_resid_post"], "out": "shards", "tokens": 256, "block_len": 32,
                     "shard_blocks": 4})
 def harvest(model: HookedModel, cfg: HarvestConfig, progress: Progress) -> HarvestResult:
