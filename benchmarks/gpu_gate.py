@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if dev.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_gate: no CUDA device visible to torch", file=sys.stderr)
         return 2
+    torch.set_grad_enabled(False)
     torch.backends.cuda.matmul.allow_tf32 = False  # identities are checked at float32's own precision
     torch.backends.cudnn.allow_tf32 = False
     card = torch.cuda.get_device_name() if dev.startswith("cuda") else "CPU"

@@ -48,6 +48,10 @@ export UNCOVER_CACHE=/tmp/uncover-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 
     PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 PY="${PYTHON:-python3}"
 VENV="${GATE_VENV:-/tmp/uncover-gpu-venv}"
+DEVICE="${GATE_DEVICE:-cuda}"   # GATE_DEVICE=cpu GATE_REPEATS=1 GATE_KINDS=llama: a dry run of the plumbing here
+REPEATS="${GATE_REPEATS:-20}"
+KINDS="${GATE_KINDS:-}"
+NORECORD=""; [ "$DEVICE" = cpu ] && NORECORD="--no-record"   # a dry run leaves BENCHMARKS.md alone
 # The venv sees the machine python's packages (its CUDA torch, transformers, accelerate: that python is often a
 # venv itself, so --system-site-packages would not reach them; a .pth file does) and this checkout's src/.
 [ -x "$VENV/bin/python" ] || "$PY" -m venv --without-pip "$VENV" || exit 2
@@ -56,13 +60,14 @@ SITE="$("$V" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 "$PY" -c 'import site, sysconfig; print("\n".join([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]))' \
     >"$SITE/machine-site.pth"
 echo "$ROOT/src" >"$SITE/uncover-src.pth"
-"$V" -c "import torch, transformers, accelerate, uncover; assert torch.cuda.is_available(), 'no CUDA device';
-print('gpu_gate:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| transformers', transformers.__version__,
+"$V" -c "import torch, transformers, accelerate, uncover; dev = '$DEVICE';
+assert dev == 'cpu' or torch.cuda.is_available(), 'no CUDA device';
+print('gpu_gate:', torch.cuda.get_device_name() if dev != 'cpu' else 'CPU dry run', '| torch', torch.__version__, '| transformers', transformers.__version__,
       '| accelerate', accelerate.__version__)" || exit 2
 status=0
 
 echo "== parity gate on CUDA"
-timeout 300 "$V" benchmarks/gpu_gate.py --device cuda --out "$OUTDIR" 2>&1 | tee "$OUTDIR/gpu_gate.log" || status=1
+timeout 300 "$V" benchmarks/gpu_gate.py --device "$DEVICE" ${KINDS:+--kinds "$KINDS"} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/gpu_gate.log" || status=1
 
 if [ -f "$CARRY/config.json" ] && [ -f "$CARRY/tokenizer.json" ]; then
     MODEL=/tmp/uncover-gpu-model
@@ -81,11 +86,13 @@ for p in carry.iterdir():
 print(f"random-weight {model.config.model_type} model, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M "
       f"parameters, at {out}")
 EOF
-    echo "== bench_cache --device cuda"
-    timeout 200 "$V" benchmarks/bench_cache.py --device cuda --model "$MODEL" --repeats 20 --warmup 3 --timeout 150 \
+    echo "== bench_cache --device $DEVICE"
+    timeout 200 "$V" benchmarks/bench_cache.py --device "$DEVICE" --model "$MODEL" --repeats "$REPEATS" \
+        --warmup "$((REPEATS < 3 ? REPEATS : 3))" --timeout 150 $NORECORD \
         2>&1 | tee "$OUTDIR/bench_cache.log" || status=1
-    echo "== bench_patching --device cuda"
-    timeout 150 "$V" benchmarks/bench_patching.py --device cuda --model "$MODEL" --repeats 5 \
+    echo "== bench_patching --device $DEVICE"
+    timeout 150 "$V" benchmarks/bench_patching.py --device "$DEVICE" --model "$MODEL" \
+        --repeats "$((REPEATS < 5 ? REPEATS : 5))" $NORECORD \
         2>&1 | tee "$OUTDIR/bench_patching.log" || status=1
 else
     echo "gpu_gate: $CARRY is missing: run 'bash benchmarks/gpu_gate.sh --prepare' on the CPU machine and carry" \
