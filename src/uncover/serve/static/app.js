@@ -94,6 +94,17 @@ function readField(input) {
   return raw;
 }
 
+// a form's config: every filled field, typed by the schema (empty optional fields are left out)
+function formConfig(form) {
+  const config = {};
+  for (const input of form.querySelectorAll("[name]")) {
+    const v = readField(input);
+    if (v !== null) config[input.name] = v;
+  }
+  return config;
+}
+window.uncover = { formConfig };
+
 function buildForm(op, container, target) {
   const values = { ...(op.example || {}) };
   const fields = el("div", { class: "fields" });
@@ -105,11 +116,7 @@ function buildForm(op, container, target) {
   const form = el("form", { "data-op": op.name }, el("p", { class: "hint", text: op.help }), fields, run);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const config = {};
-    for (const input of form.querySelectorAll("[name]")) {
-      const v = readField(input);
-      if (v !== null) config[input.name] = v;
-    }
+    const config = formConfig(form);
     try {
       const job = await api("/api/jobs", { op: op.name, config });
       target.replaceChildren(el("p", { class: "hint", text: `job ${job.id} ${job.status}…` }));
