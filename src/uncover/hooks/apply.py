@@ -124,7 +124,7 @@ class Selection:
         st = self.hp.state
         m = st.attention_mask
         if m is not None and m.shape[0] == f.shape[0] and m.shape[1] >= st.offset + f.shape[1]:
-            w = m[:, st.offset : st.offset + f.shape[1]].to(f.dtype)  # [batch, pos]
+            w = m[:, st.offset : st.offset + f.shape[1]].to(f.device, f.dtype)  # [batch, pos], on this layer's device
             w = w.reshape(*w.shape, *([1] * (f.dim() - 2)))
             mu = (f * w).sum((0, 1)) / w.sum((0, 1)).clamp_min(1)
         else:
