@@ -119,8 +119,9 @@ def _option(name: str) -> str:
 def grok(model: Any, cfg: GrokOpConfig, progress: Progress) -> GrokReport:
     """Grokking on modular arithmetic (Nanda et al. 2023): curves, key frequencies, phases.
 
-    >>> r = uncover.run("grok", p=7, steps=10, eval_every=5)  # doctest: +SKIP
-    >>> r.run.key_freqs  # doctest: +SKIP
+    >>> r = uncover.run("grok", p=7, steps=10, eval_every=5)
+    >>> r.run.key_freqs  # p = 7 has 3 frequencies
+    [1, 2, 3]
     """
     from uncover.dynamics.grokking import fraction_sweep, progress_measures, train, weight_decay_comparison
 
@@ -187,8 +188,8 @@ class MemScanConfig(Config):
 def memorization_scan(model: HookedModel, cfg: MemScanConfig, progress: Progress) -> ExtractionScanResult:
     """Which spans of a text does the model reproduce verbatim from the k tokens before them?
 
-    >>> r = uncover.run("memorization scan", model, text="lorem", k=16, suffix=8)  # doctest: +SKIP
-    >>> r.extractable_fraction  # doctest: +SKIP
+    >>> r = uncover.run("memorization scan", model, text="lorem", k=16, suffix=8)
+    >>> r.extractable_fraction
     0.0
     """
     from uncover.dynamics.memorization.scan import extraction_scan
@@ -246,8 +247,8 @@ class MemTrainConfig(Config):
 def memorization_train(model: Any, cfg: MemTrainConfig, progress: Progress) -> MemorizationTraining:
     """Train a tiny byte-level GPT-2 with canaries/duplicates; memorization vs copies, membership AUROC.
 
-    >>> r = uncover.run("memorization train", steps=2, dup_counts=[1, 2], per_count=1)  # doctest: +SKIP
-    >>> r.memorization.membership.auroc.between(0, 1).all()  # doctest: +SKIP
+    >>> r = uncover.run("memorization train", steps=2, dup_counts=[1, 2], per_count=1)
+    >>> bool(r.memorization.membership.auroc.between(0, 1).all())
     True
     """
     from uncover.dynamics.memorization import localize_run, memorization_report, train_memorization

@@ -87,9 +87,15 @@ def causal_check(
     """Score ``mean logprob(positive) - mean logprob(negative)`` at each prompt's end while adding
     ``scale × norm × direction`` at ``hook`` (``norm``: mean residual norm at that hook on ``prompts``).
 
+    >>> from uncover.data.activations import collect
+    >>> from uncover.data.labelled import sentiment_texts
+    >>> from uncover.probing.linear import fit_probe
+    >>> data = sentiment_texts()
+    >>> acts = collect(model, data, ["blocks.8.hook_resid_post"], progress=False)
+    >>> probe = fit_probe(acts["blocks.8.hook_resid_post"], data.y)
     >>> check = causal_check(model, probe.direction, "blocks.8.hook_resid_post", ["I think the movie was"],
-    ...                      [" great"], [" bad"])  # doctest: +SKIP
-    >>> check.monotonic  # doctest: +SKIP
+    ...                      [" great"], [" bad"])
+    >>> check.score[0] < check.score[-1]  # adding the direction raises " great" over " bad"
     True
     """
     if not prompts:

@@ -201,10 +201,15 @@ def ccs_layers(
 ) -> CCSResult:
     """Train CCS per hook on a training split of the pairs and test it on the rest (pairs of a group stay together).
 
-    >>> pairs = truth_pairs(model)  # doctest: +SKIP
-    >>> hooks = resid_hooks(model, range(4, 30, 4))  # doctest: +SKIP
-    >>> pos, neg = collect(model, pairs.positive, hooks), collect(model, pairs.negative, hooks)  # doctest: +SKIP
-    >>> ccs_layers(pos, neg, pairs.labels, groups=pairs.groups).summary()  # doctest: +SKIP
+    >>> from uncover.data.activations import collect, resid_hooks
+    >>> from uncover.data.labelled import truth_pairs
+    >>> pairs = truth_pairs(model)
+    >>> hooks = resid_hooks(model, [8, 16])
+    >>> pos = collect(model, pairs.positive, hooks, progress=False)
+    >>> neg = collect(model, pairs.negative, hooks, progress=False)
+    >>> r = ccs_layers(pos, neg, pairs.labels, groups=pairs.groups, restarts=2, steps=100)  # defaults 10, 500
+    >>> type(r).__name__
+    'CCSResult'
     """
     y = torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels, dtype=torch.long)
     n = len(pos)

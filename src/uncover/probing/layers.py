@@ -135,9 +135,12 @@ def probe_layers(
 
     Folds keep ``acts.groups`` together; control types default to each text's last word.
 
-    >>> curve = probe_layers(collect(model, truth_statements(model), resid_hooks(model)))  # doctest: +SKIP
-    >>> curve.best()  # doctest: +SKIP
-    ('blocks.12.hook_resid_post', 0.93)
+    >>> from uncover.data.activations import collect, resid_hooks
+    >>> from uncover.data.labelled import truth_statements
+    >>> acts = collect(model, truth_statements(model), resid_hooks(model, [2, 12]), progress=False)
+    >>> curve = probe_layers(acts, folds=3, control=False)  # defaults: 5 folds and a control task
+    >>> curve.best()[0]
+    'blocks.12.hook_resid_post'
     """
     if acts.labels is None:
         raise UncoverError("these activations have no labels; collect them from a Labelled set")

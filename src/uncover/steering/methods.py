@@ -244,7 +244,8 @@ def generate(model: Any, prompts: str | Sequence[str], steer: Steering | None, m
              **kwargs: Any) -> list[str]:
     """Greedy continuations of ``prompts`` under ``steer`` (``None``: unsteered), one string per prompt.
 
-    >>> generate(model, ["I think that"], actadd(model, "Love", "Hate", layer=6, coeff=5))  # doctest: +SKIP
+    >>> len(generate(model, ["I think that"], actadd(model, "Love", "Hate", layer=6, coeff=5), max_new_tokens=4))
+    1
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not texts:
@@ -259,7 +260,7 @@ def actadd(model: Any, positive: str, negative: str, *, layer: int, coeff: float
            point: str = "hook_resid_pre") -> ActAdd:
     """ActAdd from one prompt pair: the shorter prompt is right-padded with space tokens, as in the paper.
 
-    >>> steer = actadd(model, "Love", "Hate", layer=6, coeff=5)  # doctest: +SKIP
+    >>> steer = actadd(model, "Love", "Hate", layer=6, coeff=5)
     """
     _layer_ok(model, layer)
     tok = model.tokenizer
@@ -297,8 +298,11 @@ def caa(model: Any, positive: Sequence[str], negative: Sequence[str], layers: Se
         multiplier: float = 1.0, point: str = "hook_resid_pre") -> CAA:
     """CAA from contrast pairs: the mean difference at the last token of each pair, per layer.
 
-    >>> pairs = sentiment_pairs()  # doctest: +SKIP
-    >>> steer = caa(model, pairs.positive, pairs.negative, layers=[10], multiplier=4)  # doctest: +SKIP
+    >>> from uncover.data.labelled import sentiment_pairs
+    >>> pairs = sentiment_pairs(8)
+    >>> steer = caa(model, pairs.positive, pairs.negative, layers=[10], multiplier=4)
+    >>> steer.vector.vectors[10].shape
+    torch.Size([576])
     """
     layers = [layers] if isinstance(layers, int) else list(layers)
     return CAA(mean_difference(model, positive, negative, layers, point=point), multiplier)

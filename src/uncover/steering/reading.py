@@ -125,10 +125,13 @@ def reading_vectors(
 ) -> ReadingResult:
     """LAT and difference-in-means reading vectors per hook, with held-out pair accuracy.
 
-    >>> pairs = honesty_pairs(model)  # doctest: +SKIP
-    >>> hooks = resid_hooks(model)  # doctest: +SKIP
-    >>> pos, neg = collect(model, pairs.positive, hooks), collect(model, pairs.negative, hooks)  # doctest: +SKIP
-    >>> r = reading_vectors(pos, neg, groups=pairs.groups)  # doctest: +SKIP
+    >>> from uncover.data.activations import collect, resid_hooks
+    >>> from uncover.data.labelled import honesty_pairs
+    >>> pairs = honesty_pairs()
+    >>> hooks = resid_hooks(model, [3, 12])
+    >>> pos = collect(model, pairs.positive, hooks, progress=False)
+    >>> neg = collect(model, pairs.negative, hooks, progress=False)
+    >>> r = reading_vectors(pos, neg, groups=pairs.groups)
     """
     n = len(pos)
     if n == 0:

@@ -65,8 +65,11 @@ def side_by_side(model: Any, prompts: Sequence[str], steer: Steering, *, method:
                  max_new_tokens: int = 20) -> SteerResult:
     """Greedy continuations of ``prompts`` without and with ``steer``.
 
-    >>> st = actadd(model, "Love", "Hate", layer=6, coeff=5)  # doctest: +SKIP
-    >>> side_by_side(model, ["I hate you because"], st, method="actadd", layers=[6]).steered  # doctest: +SKIP
+    >>> from uncover.steering.methods import actadd
+    >>> st = actadd(model, "Love", "Hate", layer=6, coeff=5)
+    >>> r = side_by_side(model, ["I hate you because"], st, method="actadd", layers=[6], max_new_tokens=4)
+    >>> len(r.steered)
+    1
     """
     prompts = list(prompts)
     plain = generate(model, prompts, None, max_new_tokens)
