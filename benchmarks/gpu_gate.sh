@@ -67,7 +67,7 @@ print('gpu_gate:', torch.cuda.get_device_name() if dev != 'cpu' else 'CPU dry ru
 status=0
 
 echo "== parity gate on CUDA"
-timeout 300 "$V" benchmarks/gpu_gate.py --device "$DEVICE" ${KINDS:+--kinds "$KINDS"} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/gpu_gate.log" || status=1
+timeout 200 "$V" benchmarks/gpu_gate.py --device "$DEVICE" ${KINDS:+--kinds "$KINDS"} --out "$OUTDIR" 2>&1 | tee "$OUTDIR/gpu_gate.log" || status=1
 
 if [ -f "$CARRY/config.json" ] && [ -f "$CARRY/tokenizer.json" ]; then
     MODEL=/tmp/uncover-gpu-model
@@ -87,11 +87,11 @@ print(f"random-weight {model.config.model_type} model, {sum(p.numel() for p in m
       f"parameters, at {out}")
 EOF
     echo "== bench_cache --device $DEVICE"
-    timeout 200 "$V" benchmarks/bench_cache.py --device "$DEVICE" --model "$MODEL" --repeats "$REPEATS" \
-        --warmup "$((REPEATS < 3 ? REPEATS : 3))" --timeout 150 $NORECORD \
+    timeout 260 "$V" benchmarks/bench_cache.py --device "$DEVICE" --model "$MODEL" --repeats "$REPEATS" \
+        --warmup "$((REPEATS < 3 ? REPEATS : 3))" --timeout 120 $NORECORD \
         2>&1 | tee "$OUTDIR/bench_cache.log" || status=1
     echo "== bench_patching --device $DEVICE"
-    timeout 150 "$V" benchmarks/bench_patching.py --device "$DEVICE" --model "$MODEL" \
+    timeout 100 "$V" benchmarks/bench_patching.py --device "$DEVICE" --model "$MODEL" \
         --repeats "$((REPEATS < 5 ? REPEATS : 5))" $NORECORD \
         2>&1 | tee "$OUTDIR/bench_patching.log" || status=1
 else
