@@ -27,6 +27,15 @@ def word_tokenizer(bos: bool):
                                    bos_token="<bos>")
 
 
+def test_special_prefix_with_bos_and_eos():
+    tok = word_tokenizer(True)
+    from tokenizers import processors
+
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 3), ("<eos>", 1)])
+    assert tok("the a")["input_ids"] == [3, 4, 5, 1] and special_prefix(tok) == [3]
+
+
 @pytest.mark.parametrize("bos", [True, False])
 def test_token_blocks_follow_the_tokenizer(bos):
     tok = word_tokenizer(bos)

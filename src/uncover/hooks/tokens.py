@@ -154,7 +154,7 @@ def special_prefix(tokenizer: Any) -> list[int]:
         full = tok(["a"], add_special_tokens=True)["input_ids"][0]
     except (ValueError, TypeError, KeyError, IndexError):  # a stand-in that cannot encode the probe adds nothing
         return []
-    n = len(full) - len(plain)
-    if n > 0 and full[n:n + len(plain)] == plain:
-        return list(full[:n])
+    for k in range(len(full) - len(plain) + 1):  # the text's own ids inside the full encoding (EOS may follow)
+        if full[k:k + len(plain)] == plain:
+            return list(full[:k])
     return []
