@@ -109,7 +109,7 @@ class ActivationSet:
 def resid_hooks(model: HookedModel, layers: Sequence[int] | None = None, point: str = "hook_resid_post") -> list[str]:
     """``blocks.{l}.{point}`` for each layer (default all); ``UncoverError`` for a layer out of range.
 
-    >>> resid_hooks(model, [0, 2])  # doctest: +SKIP
+    >>> resid_hooks(model, [0, 2])
     ['blocks.0.hook_resid_post', 'blocks.2.hook_resid_post']
     """
     n = model.cfg.n_layers
@@ -212,8 +212,9 @@ def collect(
     (mean over real-token positions ``spans[i] = (start, end)``, end exclusive), ``"mark"``
     (the token ``marks[i]``, see :func:`mark_positions`) or an int real-token position.
 
-    >>> acts = collect(model, truth_statements(model), resid_hooks(model, [10]))  # doctest: +SKIP
-    >>> acts["blocks.10.hook_resid_post"].shape  # doctest: +SKIP
+    >>> from uncover.data.labelled import truth_statements
+    >>> acts = collect(model, truth_statements(), resid_hooks(model, [10]), progress=False)
+    >>> acts["blocks.10.hook_resid_post"].shape
     torch.Size([112, 576])
     """
     return ActivationSet.concat(list(_batches(model, data, hooks, where, spans, marks, batch_size, progress)))

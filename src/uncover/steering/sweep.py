@@ -127,7 +127,15 @@ def sweep(
 
     ``neutral``: ``[n, len]`` token blocks (default: 4 held-out blocks of 64 tokens of the embedded corpus).
 
-    >>> r = sweep(model, caa(model, pairs.positive, pairs.negative, [12]), ["My day was"], [0, 4, 8])  # doctest: +SKIP
+    >>> from uncover.data.corpus import token_blocks
+    >>> from uncover.data.labelled import sentiment_pairs
+    >>> from uncover.steering.methods import caa
+    >>> pairs = sentiment_pairs(8)
+    >>> neutral = token_blocks(model, block_len=32, split="heldout")[:1]
+    >>> r = sweep(model, caa(model, pairs.positive, pairs.negative, [12]), ["My day was"], [0, 4], neutral=neutral,
+    ...           max_new_tokens=4)
+    >>> r.kl[0] == 0 < r.kl[1]
+    True
     """
     if not prompts:
         raise UncoverError("no prompts to steer")
