@@ -1,5 +1,6 @@
-"""Big models through accelerate: a model split between CPU memory and disk offload behaves like the
-single-device model, bit for bit (logits, caches, patching, interventions, weight edits and reverts, pruning).
+"""Big models through accelerate: a model split between CPU memory and disk offload (or wholly offloaded by
+``accelerate.cpu_offload``) behaves like the single-device model, bit for bit (logits, caches, patching,
+interventions, weight edits and reverts, pruning).
 
 On a CPU-only machine accelerate's ``device_map`` places modules on ``cpu`` (resident) or ``disk``
 (offloaded: parameters on ``meta``, loaded from the model's safetensors file for each forward), which
@@ -46,8 +47,8 @@ def _placements(kind: str, n_bytes: int) -> dict[str, dict]:
     }
 
 
-@pytest.fixture(scope="module", params=[("llama-gqa", "auto"), ("llama-gqa", "dict"), ("gpt2", "auto")],
-                ids=lambda p: "-".join(p))
+@pytest.fixture(scope="module", params=[("llama-gqa", "auto"), ("llama-gqa", "dict"), ("gpt2", "auto"),
+                                        ("llama-gqa", "cpu_offload")], ids=lambda p: "-".join(p))
 def pair(request, tmp_path_factory) -> tuple[HookedModel, HookedModel, Path]:
     """``(reference, split model, model directory)``: the same weights, one resident, one spread/offloaded."""
     kind, how = request.param
@@ -56,10 +57,16 @@ def pair(request, tmp_path_factory) -> tuple[HookedModel, HookedModel, Path]:
     hf.save_pretrained(d)
     n_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
     ref = HookedModel(T.AutoModelForCausalLM.from_pretrained(d).eval(), None, name=kind)
-    big_hf = T.AutoModelForCausalLM.from_pretrained(d, offload_folder=str(d / "offload"),
-                                                    **_placements(kind, n_bytes)[how]).eval()
+    if how == "cpu_offload":  # accelerate's cpu_offload: every weight in a plain dict, loaded for each forward
+        from accelerate import cpu_offload
+
+        big_hf = cpu_offload(T.AutoModelForCausalLM.from_pretrained(d).eval(), execution_device=torch.device("cpu"))
+    else:
+        big_hf = T.AutoModelForCausalLM.from_pretrained(d, offload_folder=str(d / "offload"),
+                                                        **_placements(kind, n_bytes)[how]).eval()
+        assert "disk" in big_hf.hf_device_map.values(), big_hf.hf_device_map
     big = HookedModel(big_hf, None, name=kind)
-    assert "disk" in big.device_map.values() and offload.is_offloaded(big.model), big.device_map
+    assert offload.is_offloaded(big.model)
     return ref, big, d
 
 
@@ -118,7 +125,7 @@ def test_weight_edit_on_offloaded_and_resident_parameters_reverts_bit_exactly(pa
     resident = [k for k in weights.parameters(big) if not weights.is_offloaded(big, k)]
     g = torch.Generator().manual_seed(0)
     delta = {k: 0.05 * torch.randn(weights.parameters(big)[k].shape, generator=g)
-             for k in (offloaded[0], offloaded[-1], resident[0])}
+             for k in (offloaded[0], offloaded[-1], *resident[:1])}  # cpu_offload leaves nothing resident
     before = {k: weights.read(big, k).clone() for k in delta}
     oa, ob = weights.apply_change(ref, delta), weights.apply_change(big, delta)
     assert torch.equal(ref(ids), big(ids)) and not torch.equal(big(ids), clean)
