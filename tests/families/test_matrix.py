@@ -92,6 +92,9 @@ def test_dla_sums_to_the_logit_difference(kind):
     if cap:  # the components explain the pre-cap difference; the result also gives the post-cap one
         assert r.softcap == cap and "pre-cap" in r.summary()
         torch.testing.assert_close(r.capped_diff[0], real, rtol=1e-4, atol=1e-4)
+        with tempfile.TemporaryDirectory() as d:  # the new fields survive a save/load round trip
+            back = uc.load_result(r.save(f"{d}/dla.safetensors"))
+        assert back.softcap == r.softcap and torch.equal(back.capped_diff, r.capped_diff)
     else:
         torch.testing.assert_close(r.logit_diff[0], real, rtol=1e-4, atol=1e-4)
 
@@ -126,6 +129,8 @@ def test_causal_tracing_corruption_lowers_the_metric(kind):
     # 20σ: Adam grew the rows of the few trained words far above the matrix's std, which the untrained rest sets
     r = causal_trace(m, "big ben", "big ben", " london", kind="hidden", samples=4, noise=20.0)
     assert r.drop > 0 and not r.warning, (kind, r.summary())
+    weak = causal_trace(m, "big ben", "big ben", " london", kind="hidden", samples=2, noise=1e-3)
+    assert weak.warning and weak.summary().startswith("WARNING: the corruption barely moves p(answer)")
     n = m.cfg.n_layers  # restoring the final residual at the last token gives back the clean probability
     assert abs(float(r.grids["hidden"][n - 1, -1]) - r.drop) < 1e-5
 
