@@ -75,7 +75,9 @@ class TunedLens(nn.Module):
     def for_model(cls, model: HookedModel) -> TunedLens:
         """An identity lens shaped for ``model``.
 
-        >>> lens = TunedLens.for_model(model)  # doctest: +SKIP
+        >>> lens = TunedLens.for_model(model)
+        >>> lens.n_layers
+        30
         """
         return cls(model.cfg.n_layers, model.cfg.d_model, model.name).to(model.device)
 
@@ -101,9 +103,9 @@ class TunedLens(nn.Module):
     def check(self, model: HookedModel) -> None:
         """Raise ``UncoverError`` if ``model`` is not shaped like the model this lens was made for.
 
-        >>> TunedLens(2, 4, "a").check(model)  # doctest: +SKIP
+        >>> TunedLens(2, 4, "a").check(model)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        uncover.core.errors.UncoverError: this tuned lens was made for 'a' (n_layers=2, d_model=4) ...
+        uncover.core.errors.UncoverError: this tuned lens was made for 'a' (n_layers=2, d_model=4)...
         """
         c = model.cfg
         if (c.n_layers, c.d_model) != (self.n_layers, self.d_model):
@@ -139,7 +141,8 @@ class TunedLens(nn.Module):
     def load(cls, path: str | Path, model: HookedModel | None = None) -> TunedLens:
         """Read a lens written by :meth:`save`; with ``model``, check its shape and move it there.
 
-        >>> lens = TunedLens.load("smollm2.lens.safetensors", model)  # doctest: +SKIP
+        >>> path = TunedLens.for_model(model).save(tmp / "identity.lens.safetensors")
+        >>> lens = TunedLens.load(path, model)
         """
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -275,9 +278,11 @@ def lens_kl(
 
     ``lens=None`` measures the logit lens. Use held-out blocks to compare lenses fairly.
 
-    >>> held = token_blocks(model, block_len=32, split="heldout")[:4]  # doctest: +SKIP
-    >>> lens_kl(model, held).mean() > lens_kl(model, held, lens).mean()  # doctest: +SKIP
-    tensor(True)
+    >>> from uncover.data.corpus import token_blocks
+    >>> held = token_blocks(model, block_len=16, split="heldout")[:1]
+    >>> identity = TunedLens.for_model(model)  # an untrained lens is the logit lens
+    >>> torch.allclose(lens_kl(model, held), lens_kl(model, held, identity))
+    True
     """
     if lens is not None:
         lens.check(model)
@@ -374,9 +379,9 @@ def tuned_lens(
     Same arguments and result as :func:`uncover.lenses.logit_lens.logit_lens` (with
     ``lens="tuned"``); the last layer boundary is the model's own output, untranslated.
 
-    >>> lens = TunedLens.load("smollm2.lens.safetensors", model)  # doctest: +SKIP
-    >>> r = tuned_lens(model, "The Eiffel Tower is in the city of", lens, targets=[" Paris"])  # doctest: +SKIP
-    >>> r.target_ranks[0, -1, -1, 0]  # doctest: +SKIP
+    >>> lens = TunedLens.for_model(model)  # or TunedLens.load("smollm2.lens.safetensors", model)
+    >>> r = tuned_lens(model, "The Eiffel Tower is in the city of", lens, targets=[" Paris"])
+    >>> r.target_ranks[0, -1, -1, 0]
     tensor(0)
     """
     lens.check(model)

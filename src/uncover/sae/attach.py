@@ -57,10 +57,10 @@ def attach_sae(model: HookedModel, sae: SAE, *, ablate: Sequence[int] = (), clam
 
     ``skip_first``: leave the first positions untouched (as in training with ``skip_first``).
 
-    >>> with attach_sae(model, sae, steer={123: 8.0}) as att:  # doctest: +SKIP
-    ...     text = model.generate("I think that", max_new_tokens=10)
-    >>> att["hook_sae_acts_post"].shape  # doctest: +SKIP
-    torch.Size([1, 13, 2304])
+    >>> with attach_sae(model, sae, steer={123: 8.0}) as att:
+    ...     logits = model("I think that")  # or model.generate(...): then the last step's values
+    >>> att["hook_sae_acts_post"].shape  # [batch, pos, d_sae]
+    torch.Size([1, 3, 2304])
     """
     hook = sae.cfg.hook_name
     if not hook:

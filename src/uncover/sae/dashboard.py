@@ -109,7 +109,7 @@ class FeatureDashboard(Result):
 def decoder_logits(model: HookedModel, sae: SAE, features: Sequence[int]) -> torch.Tensor:
     """``[n, d_vocab]``: each feature's decoder row through the final norm's gain and ``W_U``.
 
-    >>> decoder_logits(model, sae, [0, 1]).shape  # doctest: +SKIP
+    >>> decoder_logits(model, sae, [0, 1]).shape
     torch.Size([2, 49152])
     """
     w = sae.W_dec[list(features)].detach().float()
@@ -128,8 +128,9 @@ def feature_dashboard(model: HookedModel, sae: SAE, features: Sequence[int] | No
     ``tokens``: ``[n_blocks, pos]`` (default: 128 held-out blocks of the embedded corpus).
     The first position of each block is skipped, as in training.
 
-    >>> dash = feature_dashboard(model, sae, [10, 20])  # doctest: +SKIP
-    >>> dash.to_html("features.html")  # doctest: +SKIP
+    >>> from uncover.data.corpus import token_blocks
+    >>> dash = feature_dashboard(model, sae, [10, 20], tokens=token_blocks(model, block_len=32, split="heldout")[:4])
+    >>> path = dash.to_html(tmp / "features.html")
     """
     from uncover.data.corpus import token_blocks
 

@@ -107,8 +107,8 @@ sae_weights.safetensors, SAELens format) nor a training run directory with sae/ 
 def load_sae_dir(path: str | Path) -> SAE:
     """Load the SAE of a training run directory or of an SAE directory (see :func:`sae_dir`).
 
-    >>> load_sae_dir("sae-run")  # doctest: +SKIP
-    TopKSAE(...)
+    >>> load_sae_dir(sae.save(tmp / "sae-run")).cfg.hook_name
+    'blocks.15.hook_resid_post'
     """
     from uncover.sae.base import SAE
 
