@@ -67,7 +67,12 @@ def compare_decoding(
 ) -> DecodingComparison:
     """Greedy and DoLa continuations of each prompt (the same repetition penalty for both).
 
-    >>> print(compare_decoding(model, "The capital of France is", 8).summary())  # doctest: +SKIP
+    >>> print(compare_decoding(model, "The capital of France is", 8).summary())
+    DoLa layers [15, 17, 19, 21, 23, 25, 27, 29], alpha 0.1, repetition penalty 1
+    prompt: 'The capital of France is'
+      greedy: ' Paris.\\n\\nThe answer is:'
+      dola:   ' Paris.'
+      premature layers: [15, 15, 15]
     """
     cand = candidate_layers(model, layers)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -123,8 +128,9 @@ def dola_fact_accuracy(
 ) -> DolaFacts:
     """Greedy vs DoLa first-token accuracy on the built-in facts (all of them, unfiltered).
 
-    >>> r = dola_fact_accuracy(model)  # doctest: +SKIP
-    >>> r.accuracy("greedy"), r.accuracy("dola")  # doctest: +SKIP
+    >>> r = dola_fact_accuracy(model)
+    >>> round(r.accuracy("greedy"), 2), round(r.accuracy("dola"), 2)
+    (0.85, 0.54)
     """
     from uncover.data.tasks import facts
 

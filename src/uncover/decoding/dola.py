@@ -44,7 +44,7 @@ Layers = str | Sequence[int]
 def candidate_layers(model: HookedModel, layers: Layers = "high") -> list[int]:
     """Premature-layer candidates: a bucket (``"low"``, ``"high"``) or explicit layers in ``[0, n_layers)``.
 
-    >>> candidate_layers(model, "high")  # doctest: +SKIP
+    >>> candidate_layers(model, "high")
     [15, 17, 19, 21, 23, 25, 27, 29]
     """
     n = model.cfg.n_layers
@@ -154,7 +154,7 @@ def dola_scores(
 
     Returns ``(scores [batch, d_vocab], premature layer [batch], jsd [batch, n_cand])``.
 
-    >>> scores, layer, jsd = dola_scores(model, "The capital of France is")  # doctest: +SKIP
+    >>> scores, layer, jsd = dola_scores(model, "The capital of France is")
     """
     cand = candidate_layers(model, layers)
     b = model.tokenize(inputs)
@@ -223,7 +223,7 @@ def dola_generate(
 ) -> DolaGeneration:
     """Greedy decoding of one prompt with DoLa scores (``contrastive=False``: plain greedy, same bookkeeping).
 
-    >>> dola_generate(model, "The capital of France is", 5).text  # doctest: +SKIP
+    >>> dola_generate(model, "The capital of France is", 5).text
     ' Paris.'
     """
     if max_new_tokens < 1:

@@ -49,8 +49,8 @@ class DolaConfig(Config):
 def dola(model: HookedModel, cfg: DolaConfig, progress: Progress) -> DecodingComparison:
     """Generate with DoLa and with greedy decoding, side by side.
 
-    >>> r = uncover.run("dola", model, prompts=["The capital of Japan is"], max_new_tokens=4)  # doctest: +SKIP
-    >>> r.rows[0]["dola"]  # doctest: +SKIP
+    >>> r = uncover.run("dola", model, prompts=["The capital of Japan is"], max_new_tokens=4)
+    >>> r.rows[0]["dola"]
     ' Tokyo.'
     """
     return compare_decoding(model, cfg.prompts, cfg.max_new_tokens, layers=cfg.layers, alpha=cfg.alpha,

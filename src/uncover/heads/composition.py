@@ -161,8 +161,9 @@ def composition_scores(model: HookedModel, kind: str = "q", dtype: torch.dtype =
 
     ``readers``: only these reader layers (the others stay NaN); default all.
 
-    >>> r = composition_scores(uncover.load(), "k")  # doctest: +SKIP
-    >>> r.top(3)  # doctest: +SKIP
+    >>> r = composition_scores(model, "k", readers=[18])
+    >>> [pair[:4] for pair in r.top(3)]  # (writer layer, head, reader layer, head, score)
+    [(17, 8, 18, 7), (17, 8, 18, 8), (17, 8, 18, 6)]
     """
     if kind not in KINDS:
         raise UncoverError(f"unknown composition kind {kind!r}; valid: {', '.join(KINDS)}")

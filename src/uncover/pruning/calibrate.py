@@ -72,8 +72,8 @@ BlockFn = Callable[[int, list[LinearSite], dict[str, InputStats]], None]
 def calibration_tokens(model: HookedModel, n_samples: int = 16, seq_len: int = 128, seed: int = 0) -> torch.Tensor:
     """``[n_samples, seq_len]`` token blocks drawn (seeded) from the corpus's train split.
 
-    >>> calibration_tokens(model, 16, 128).shape  # doctest: +SKIP
-    torch.Size([16, 128])
+    >>> calibration_tokens(model, 2, 16).shape
+    torch.Size([2, 16])
     """
     from uncover.data.corpus import token_blocks
 
@@ -96,7 +96,10 @@ def sequential(model: HookedModel, tokens: torch.Tensor, kind: str, fn: BlockFn)
 
     Linears that read the same tensor (q/k/v, gate/up) share one :class:`InputStats`.
 
-    >>> sequential(model, tokens, "norm", lambda layer, sites, stats: None)  # doctest: +SKIP
+    >>> seen = []
+    >>> sequential(model, calibration_tokens(model, 1, 8), "norm", lambda layer, sites, stats: seen.append(layer))
+    >>> len(seen)
+    30
     """
     if kind not in STATS:
         raise PruningError(f"unknown statistics {kind!r}; valid: {', '.join(STATS)}")
@@ -180,7 +183,13 @@ def prune_linears(
 
     Arguments are checked before any weight changes; an error half-way restores the model.
 
-    >>> p = prune_linears(model, "mine", 0.5, None, lambda w, s, sp, nm: w)  # doctest: +SKIP
+    >>> from uncover.pruning.base import matrix_mask
+    >>> def smallest_off(w, stats, sparsity, nm):  # weight_fn: the pruned weight (here: by magnitude)
+    ...     return w.masked_fill(matrix_mask(w.abs(), sparsity), 0.0)
+    >>> p = prune_linears(tiny("llama"), "mine", 0.5, None, smallest_off)  # a tiny random model
+    >>> round(p.overall_sparsity(), 2)
+    0.5
+    >>> p.revert()
     """
     import time
 
