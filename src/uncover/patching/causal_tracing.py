@@ -209,7 +209,7 @@ def weak_corruption(clean_prob: float, corrupt_prob: float) -> str:
 def subject_noise(model: HookedModel, samples: int, n_tokens: int, scale: float, seed: int = 0) -> torch.Tensor:
     """The noise added to the subject embeddings, ``[samples, n_tokens, d_model]`` (seeded, CPU generator).
 
-    >>> subject_noise(model, samples=10, n_tokens=4, scale=0.4).shape  # doctest: +SKIP
+    >>> subject_noise(model, samples=10, n_tokens=4, scale=0.4).shape
     torch.Size([10, 4, 576])
     """
     g = torch.Generator().manual_seed(seed)
@@ -269,7 +269,7 @@ def causal_trace(
 
     >>> r = causal_trace(model, "The Eiffel Tower is in the city of", "The Eiffel Tower", " Paris",
     ...                  kind="all")  # doctest: +SKIP
-    >>> r.grids["mlp"].shape  # doctest: +SKIP
+    >>> r.grids["mlp"].shape  # [layer, position], one grid per kind  # doctest: +SKIP
     torch.Size([30, 9])
     """
     from uncover.data.tasks import subject_positions
