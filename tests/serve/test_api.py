@@ -333,7 +333,10 @@ def test_circuit_and_steering_views(client, wmodel):
     j = wait(client, client.post("/api/jobs", json={"op": "steer", "config": cfg}).json()["id"])
     view = client.get(f"/api/jobs/{j['id']}/result").json()["view"]
     ref = uc.run("steer", wmodel, **cfg)
-    assert view == {"type": "steer", "prompts": ref.prompts, "plain": ref.plain, "steered": ref.steered}
+    assert {k: view[k] for k in ("prompts", "plain", "steered", "kl", "score_plain", "score_steered")} == {
+        "prompts": ref.prompts, "plain": ref.plain, "steered": ref.steered, "kl": ref.kl,
+        "score_plain": ref.score_plain, "score_steered": ref.score_steered}
+    assert view["kl"] > 0 and view["neutral_tokens"] == ref.neutral_tokens > 0
 
 
 # ---- the prompt view ---------------------------------------------------------------------------------

@@ -200,3 +200,41 @@ def test_steer_runs_on_a_tiny_model_and_leaves_it_unchanged(wm, tmp_path):
                                          max_new_tokens=3), wm)
     assert again.method == "vector v.safetensors" and again.layers == [1]
     assert all(torch.equal(v, before[k]) for k, v in wm.model.state_dict().items())
+
+
+def test_steer_kl_and_score_agree_with_a_reference_computed_by_hand(wm, tmp_path):
+    """KL(unsteered || steered) on neutral text with a raw HF pre-hook adding coeff*diff at the first positions,
+    and the sentiment lexicon recomputed on the continuations."""
+    import torch.nn.functional as F
+
+    from uncover.data.corpus import token_blocks
+    from uncover.steering.methods import actadd
+    from uncover.steering.sweep import lexicon_sentiment
+
+    cfg = SteerConfig(prompts=["the movie was"], positive="good", negative="bad", layer=1, scale=4.0,
+                      max_new_tokens=3, neutral_blocks=1)
+    r = execute("steer", cfg, wm)
+    st = actadd(wm, "good", "bad", layer=1, coeff=4.0)
+    neutral = token_blocks(wm, block_len=r.neutral_tokens, split="heldout")[:1]
+    layer = wm.model.model.layers[1]
+
+    def add(module, args, kwargs):
+        h = (args[0] if args else kwargs["hidden_states"]).clone()
+        h[:, :st.diff.shape[0]] += st.coeff * st.diff.to(h.dtype)
+        return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+
+    with torch.no_grad():
+        ref = wm.model(neutral).logits.float().log_softmax(-1)
+        handle = layer.register_forward_pre_hook(add, with_kwargs=True)
+        try:
+            lp = wm.model(neutral).logits.float().log_softmax(-1)
+        finally:
+            handle.remove()
+    want = F.kl_div(lp.flatten(0, 1), ref.flatten(0, 1), log_target=True, reduction="batchmean")
+    assert r.kl is not None and r.kl > 1e-4 and math.isclose(r.kl, float(want), rel_tol=1e-4)
+    assert r.score_plain == [lexicon_sentiment(t) for t in r.plain]
+    assert r.score_steered == [lexicon_sentiment(t) for t in r.steered]
+    assert execute("steer", SteerConfig(prompts=["my day"], positive="good", negative="bad", layer=1,
+                                        max_new_tokens=1, neutral_blocks=0), wm).kl is None
+    back = load_result(r.save(tmp_path / "s.safetensors"))
+    assert back.kl == r.kl and back.score_steered == r.score_steered

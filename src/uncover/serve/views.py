@@ -213,7 +213,10 @@ def _special(result: Result) -> dict[str, Any]:
         return {"type": "circuit", "edges": [[s, r, round(float(v), 6)] for s, r, v in edges],
                 "n_edges": result.n_edges, "method": result.method, "metric": result.metric}
     if kind == "SteerResult":
-        return {"type": "steer", "prompts": result.prompts, "plain": result.plain, "steered": result.steered}
+        return {"type": "steer", "prompts": result.prompts, "plain": result.plain, "steered": result.steered,
+                "score_plain": result.score_plain, "score_steered": result.score_steered,
+                "score_shift": round(result.score_shift, 6), "kl": result.kl,
+                "neutral_tokens": result.neutral_tokens}
     if kind == "EditReport":
         return {"type": "edit", "rows": json.loads(json.dumps(result.rows, default=str))}
     if kind == "Comparison":

@@ -82,6 +82,8 @@ class SteerConfig(Config):
                                            "layers (instead of --method)", path="in")
     save: Path | None = param(None, help="Save the CAA/ablate vector (.safetensors or .gguf)", path="out")
     max_new_tokens: int = param(20, help="Tokens to generate", ge=1)
+    neutral_blocks: int = param(2, help="Blocks of 64 held-out corpus tokens on which KL(unsteered || steered) is "
+                                        "measured (0: no KL)", ge=0, le=64)
 
     def validate(self) -> None:
         try:
@@ -121,4 +123,16 @@ def steer(model: HookedModel, cfg: SteerConfig, progress: Progress) -> SteerResu
         layers, method = [cfg.layer], cfg.method
         if cfg.save is not None:
             _save_vector(vec, cfg.save, progress)
-    return side_by_side(model, cfg.prompts, st, method=method, layers=layers, max_new_tokens=cfg.max_new_tokens)
+    neutral = None
+    if cfg.neutral_blocks:
+        from uncover.data.corpus import token_blocks
+
+        neutral = token_blocks(model, block_len=_neutral_len(model), split="heldout")[:cfg.neutral_blocks]
+    return side_by_side(model, cfg.prompts, st, method=method, layers=layers, max_new_tokens=cfg.max_new_tokens,
+                        neutral=neutral)
+
+
+def _neutral_len(model: HookedModel) -> int:
+    """64 tokens, or the model's context when shorter."""
+    limit = getattr(model.model.config, "max_position_embeddings", None)
+    return min(64, int(limit)) if limit else 64

@@ -114,8 +114,15 @@ function renderCircuit(view, target) {
 }
 
 function renderSteer(view, target) {
-  const rows = view.prompts.map((p, i) => ({ prompt: p, without: view.plain[i], with: view.steered[i] }));
-  target.append(el("h4", { text: "Generations without and with steering" }), table(["prompt", "without", "with"], rows));
+  const rows = view.prompts.map((p, i) => ({ prompt: p, without: view.plain[i], with: view.steered[i],
+    "score without": view.score_plain ? view.score_plain[i] : null, "score with": view.score_steered ? view.score_steered[i] : null }));
+  const kl = view.kl === null || view.kl === undefined ? "not measured"
+    : `${fmt(view.kl)} nats/token over ${view.neutral_tokens} neutral tokens`;
+  target.append(el("div", { class: "steer-metrics row" },
+    el("span", { class: "steer-kl", text: `KL(unsteered ‖ steered) on neutral text: ${kl}` }), " · ",
+    el("span", { class: "steer-score", text: `sentiment score shift: ${fmt(view.score_shift ?? 0)}` })),
+  el("h4", { text: "Generations without and with steering" }),
+  table(["prompt", "without", "with", "score without", "score with"], rows));
 }
 
 function renderCompare(view, target) {
