@@ -33,7 +33,7 @@ def clean_explanation(text: str, limit: int = 5) -> str:
     The items are the spans a small model marked with ``<<...>>`` when it copied an example, else the
     quoted strings (the first one is closed by the continuation's first quote); repeats and items of
     more than 40 characters are dropped, at most ``limit`` are kept. Without any: the continuation's
-    first line, stripped.
+    first line without marks and quotes (``"(empty)"`` when nothing is left).
 
     >>> clean_explanation('only", "also", "only" that repeat')
     'words like "only", "also"'
@@ -51,7 +51,7 @@ def clean_explanation(text: str, limit: int = 5) -> str:
         if it and len(it) <= 40 and it not in out:
             out.append(it)
     if not out:
-        line = head.strip().split("\n")[0].strip().strip('"').strip()
+        line = re.sub(r"<<|>>", "", head.strip().split("\n")[0]).strip(' "<>')
         return line[:120] or "(empty)"
     return "words like " + ", ".join(f'"{it}"' for it in out[:limit])
 
