@@ -120,7 +120,9 @@ def main() -> None:
     if not args.skip_edits:
         facts = generated_counterfacts(args.facts, seed=0)
         edit = RomeEdit(args.layer, args.mom2_samples)
-        edit(model, facts[0]).revert()  # the key statistics are computed once, cached, and read by the workers
+        from uncover.editing.stats import layer_mom2
+
+        layer_mom2(model, args.layer, mom2_samples=args.mom2_samples)  # computed once and cached; workers read it
         srun = edit_sweep(eng, facts, edit, shard_size=args.shard_facts)
         ev = srun.value
         print(f"## ROME sweep on Ray: {len(facts)} generated counterfactuals, layer {args.layer}, "
