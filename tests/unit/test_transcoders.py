@@ -111,3 +111,7 @@ def test_training_resumes_exactly(tmp_path, one_thread):
     a, b = full.transcoders.per_layer["1"], resumed.transcoders.per_layer["1"]
     assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in a.state_keys)
     assert TranscoderSet.load(tmp_path).layers == [1]
+    import uncover as uc
+
+    back = uc.load_result(resumed.save(tmp_path / "r.safetensors"))  # results hold their transcoder set
+    assert all(torch.equal(v, back.transcoders.state_dict()[k]) for k, v in resumed.transcoders.state_dict().items())

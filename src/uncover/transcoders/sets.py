@@ -11,20 +11,30 @@ CLT), ``b_dec(l)`` and the skip matrix ``W_skip(l)`` ``[d_out, d_in]``.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from uncover.core.errors import UsageError
-from uncover.transcoders.base import CFG_FILE, Transcoder, TranscoderError, mlp_in
-from uncover.transcoders.clt import CrossLayerTranscoder
+from uncover.transcoders.base import CFG_FILE, Transcoder, TranscoderConfig, TranscoderError, mlp_in
+from uncover.transcoders.clt import CLTConfig, CrossLayerTranscoder
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
 
 SET_FILE = "transcoders.json"
+
+
+@dataclass
+class SetConfig:
+    """What a set holds, without weights (how results save a set): its kind, layers and transcoder configs."""
+
+    kind: str
+    layers: list[int]
+    configs: list[dict[str, Any]]
 
 
 class TranscoderSet(nn.Module):
@@ -36,12 +46,26 @@ class TranscoderSet(nn.Module):
     ([1], 'per-layer', [1])
     """
 
-    def __init__(self, per_layer: dict[int, Transcoder] | None = None, clt: CrossLayerTranscoder | None = None):
+    def __init__(self, per_layer: dict[int, Transcoder] | SetConfig | None = None,
+                 clt: CrossLayerTranscoder | None = None):
         super().__init__()
+        if isinstance(per_layer, SetConfig):  # an empty set of that shape (the weights are loaded next)
+            c = per_layer
+            if c.kind == "cross-layer":
+                per_layer, clt = None, CrossLayerTranscoder(CLTConfig(**c.configs[0]))
+            else:
+                per_layer = {la: Transcoder(TranscoderConfig(**d)) for la, d in zip(c.layers, c.configs)}
         if (per_layer is None) == (clt is None):
             raise TranscoderError("a TranscoderSet holds per-layer transcoders or one CLT (give exactly one)")
         self.clt = clt
         self.per_layer = nn.ModuleDict({str(k): v for k, v in sorted((per_layer or {}).items())})
+
+    @property
+    def cfg(self) -> SetConfig:
+        """The set's :class:`SetConfig`."""
+        if self.clt is not None:
+            return SetConfig(self.kind, self.layers, [asdict(self.clt.cfg)])
+        return SetConfig(self.kind, self.layers, [asdict(self._tc(la).cfg) for la in self.layers])
 
     @property
     def kind(self) -> str:
