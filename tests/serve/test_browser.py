@@ -128,10 +128,43 @@ def test_steering_side_by_side_with_a_scale_slider(page):
     page.wait_for_selector("#steering-result h4", timeout=30_000)
     assert page.input_value("form[data-op='steer'] [name='scale']") == "8"
     rows = page.locator("#steering-result .special table tr")
-    assert rows.count() == 2 and rows.nth(0).inner_text().split() == ["prompt", "without", "with"]
+    assert rows.count() == 2 and rows.nth(0).inner_text().split("\t")[:3] == ["prompt", "without", "with"]
+    assert "nats/token" in page.inner_text("#steering-result .steer-kl")  # KL on neutral text
+    assert "score shift" in page.inner_text("#steering-result .steer-score")
     job = page.locator("#job-list li").filter(has_text="steer").first
     assert "done" in job.inner_text()
     shot(page, "steering")
+
+
+def test_features_of_a_prompt_a_latent_dashboard_and_its_ablation(page, live):
+    import torch
+
+    from uncover.sae import TopKSAE
+    from uncover.sae.base import SAEConfig
+
+    model = live.app.state.server.model
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        sae = TopKSAE(SAEConfig(d_in=model.cfg.d_model, d_sae=48, architecture="topk", k=4,
+                                hook_name="blocks.1.hook_resid_post"))
+    sae.save(live.app.state.server.results / "runs" / "mysae")
+    page.click("#tabs button[data-tab='features']")
+    page.wait_for_selector("#features-sae option[value='runs/mysae']", state="attached", timeout=10_000)
+    page.select_option("#features-sae", "runs/mysae")
+    page.fill("#features-text", "the tower is in paris")
+    page.click("#features-run")
+    page.wait_for_selector("#features-out .feature-token", timeout=20_000)
+    assert page.locator("#features-out .feature-token").count() == 5
+    page.locator("#features-out .feature-token button.latent").first.click()
+    page.select_option("#latent-detail select[name='mode']", "ablate")
+    page.click("#latent-detail button.latent-apply")
+    page.wait_for_selector("#latent-detail .latent-effect .side", timeout=20_000)
+    assert page.locator("#latent-detail .latent-effect .side table").count() == 2  # before, after
+    assert "ablated" in page.inner_text("#latent-detail .latent-effect")
+    page.click("#latent-detail button.latent-dash")  # the `sae show` operation for that latent
+    page.wait_for_selector("#latent-detail .latent-dashboard pre.summary", timeout=60_000)
+    assert "feature" in page.inner_text("#latent-detail .latent-dashboard pre.summary")
+    shot(page, "features")
 
 
 def test_apply_and_revert_an_edit(page, live):

@@ -11,6 +11,9 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
   cell), ``/trace`` (an edit's causal trace before and after); ``POST /api/compare`` ``{"a", "b"}``;
   ``POST /api/open`` ``{"name"}`` (reopen a saved result);
 - ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k", "lens_positions"}``: the prompt explorer;
+- ``POST /api/features`` ``{"prompt", "path", "k"}``: SAE latents per token (``path``: an SAE or training run
+  folder inside the results folder; none: the model's quick SAE); ``POST /api/features/latent``
+  ``{"prompt", "path", "latent", "mode", "value", "max_new_tokens"}``: one latent ablated or steered;
 - ``GET /api/files`` and ``GET /api/files/{name}``: the results folder, and nothing outside it.
 """
 
@@ -46,6 +49,22 @@ class Server:
         self.model, self.results, self.token = model, results, token
         self.worker = Worker()
         self.applied: list[str] = []  # ids of weight-changing jobs not reverted, oldest first
+        self.saes: dict[str, Any] = {}  # SAEs of the features view, by path ("" is the quick SAE)
+
+    def sae(self, name: Any) -> Any:
+        """The SAE at ``name`` (a folder inside the results folder; empty: the quick SAE), loaded once.
+
+        Runs on the worker thread (the quick SAE may train on first use)."""
+        from uncover.sae.quick import quick_sae
+        from uncover.sae.sites import load_sae_dir
+
+        if name is not None and not isinstance(name, str):
+            raise UsageError(f"path must be a folder name in the results folder, got {name!r}")
+        key = (name or "").strip()
+        if key not in self.saes:
+            sae = quick_sae(self.model, progress=False) if not key else load_sae_dir(inside(self.results, key))
+            self.saes[key] = views.check_sae(self.model, sae.eval())
+        return self.saes[key]
 
     def job(self, job_id: str) -> Job:
         if not _ID.match(job_id) or job_id not in self.worker.jobs:
@@ -367,6 +386,19 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         k = data.get("k", 10)
         where = data.get("lens_positions", "all")
         return await srv.call(lambda: views.prompt_view(model, text, data.get("answer"), data.get("wrong"), k, where))
+
+    @app.post("/api/features")
+    async def features(request: Request) -> dict[str, Any]:
+        data = await body(request)
+        return await srv.call(lambda: views.features_view(model, srv.sae(data.get("path")), data.get("prompt"),
+                                                          data.get("k", 5)))
+
+    @app.post("/api/features/latent")
+    async def latent(request: Request) -> dict[str, Any]:
+        d = await body(request)
+        return await srv.call(lambda: views.latent_effect(
+            model, srv.sae(d.get("path")), d.get("prompt"), d.get("latent"), d.get("mode", "ablate"),
+            d.get("value", 10.0), d.get("max_new_tokens", 12)))
 
     # ---- files -------------------------------------------------------------------------------
     @app.get("/api/files")

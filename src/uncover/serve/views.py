@@ -5,6 +5,9 @@
   ``run_with_cache`` (logits and patterns in one forward), ``logit_lens`` and ``direct_logit_attribution``.
 - :func:`patch_cell`: one cell of an activation-patching grid, rerun as a scoped ``Replace`` intervention,
   with its effect on the output distribution.
+- :func:`features_view`: the SAE latents active on each token of a prompt (the SAE's own encoder on the
+  activation at its hook); :func:`latent_effect`: generations and next-token distributions before and
+  after ablating or steering one latent (:func:`uncover.sae.attach.attach_sae`, error term kept).
 - :func:`result_view`: any operation's result for the page (summary, table, figure, provenance), plus what
   a dedicated view needs (a patching grid, a circuit's edges, steered generations, an edit's rows).
 """
@@ -180,6 +183,103 @@ def patch_cell(model: HookedModel, config: Any, result: Any, index: list[int], k
             "answer": answer, "wrong": wrong, "direction": result.direction,
             "base": _dist(base_logits, model, k, tracked), "patched": _dist(patched, model, k, tracked),
             "source": _dist(src_logits, model, k, tracked)}
+
+
+def _prompt_ids(model: HookedModel, prompt: Any) -> torch.Tensor:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError("prompt: give some text")
+    ids = model.to_tokens(prompt)[0]
+    if len(ids) > MAX_TOKENS:
+        raise UsageError(f"prompt is {len(ids)} tokens; the features view takes at most {MAX_TOKENS}")
+    return ids
+
+
+def check_sae(model: HookedModel, sae: Any) -> Any:
+    """``sae`` if its hook exists in ``model`` with the SAE's input width (else a ``UsageError``)."""
+    from uncover.core.errors import UncoverError
+
+    hook = sae.cfg.hook_name
+    try:
+        model.site(hook)
+    except UncoverError as e:
+        raise UsageError(f"the SAE reads {hook!r}, which this model lacks ({e})") from None
+    _, cache = model.run_with_cache(model.to_tokens("a")[:, :1], names=[hook])
+    width = cache[hook][0, 0].numel()
+    if width != sae.cfg.d_in:
+        raise UsageError(f"the SAE reads {sae.cfg.d_in}-wide activations at {hook}, but this model's are {width} "
+                         "wide: it was trained on another model")
+    return sae
+
+
+def features_view(model: HookedModel, sae: Any, prompt: str, k: int = 5) -> dict[str, Any]:
+    """The SAE latents active on each token of ``prompt``: ``[pos]`` lists of ``[latent, activation]``.
+
+    The activation at the SAE's hook is encoded by the SAE (``sae.encode``: ``[pos, d_sae]``); each position
+    lists its ``k`` strongest active latents; ``top`` lists the latents with the largest activation anywhere
+    in the prompt (``[latent, max activation, position]``), strongest first. The first position (often a BOS
+    token with an outsized norm, skipped when SAEs are trained) is listed but left out of ``top``.
+
+    >>> v = features_view(model, sae, "The Eiffel Tower is in the city of", k=3)
+    >>> len(v["latents"]) == len(v["tokens"]), len(v["latents"][1]) <= 3, v["hook"]
+    (True, True, 'blocks.15.hook_resid_post')
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 50:
+        raise UsageError(f"k must be an integer 1..50, got {k!r}")
+    ids = _prompt_ids(model, prompt)
+    hook = sae.cfg.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ids[None], names=[hook])
+        f = sae.encode(cache[hook][0]).float()  # [pos, d_sae]
+    per_pos = []
+    for row in f:
+        v, i = row.topk(min(k, row.numel()))
+        per_pos.append([[int(j), round(float(a), 4)] for a, j in zip(v, i) if float(a) > 0])
+    rest = f[1:] if f.shape[0] > 1 else f
+    best, where = rest.max(0)  # [d_sae]
+    order = best.argsort(descending=True)[: 4 * k]
+    off = 1 if f.shape[0] > 1 else 0
+    top = [[int(j), round(float(best[j]), 4), int(where[j]) + off] for j in order if float(best[j]) > 0]
+    return {"tokens": model._strs(ids.tolist()), "ids": ids.tolist(), "hook": hook, "d_sae": sae.cfg.d_sae,
+            "latents": per_pos, "top": top}
+
+
+def latent_effect(model: HookedModel, sae: Any, prompt: str, latent: int, mode: str = "ablate",
+                  value: float = 10.0, max_new_tokens: int = 12, k: int = 8) -> dict[str, Any]:
+    """Generation and next-token distribution of ``prompt`` before and after editing one SAE latent.
+
+    ``mode``: ``ablate`` (the latent set to 0 at every position) or ``steer`` (``value`` added to it); the
+    SAE is attached with its error term, so the activation changes by exactly ``Δf · W_dec[latent]``
+    (:func:`uncover.sae.attach.attach_sae`). Also the latent's activation on each token.
+
+    >>> e = latent_effect(model, sae, "The Eiffel Tower is in the city of", 7, "steer", 50.0, max_new_tokens=2)
+    >>> e["before"]["top"][0][0], len(e["activation"]) == len(e["tokens"])
+    (' Paris', True)
+    """
+    from uncover.sae.attach import attach_sae
+    from uncover.steering.methods import generate
+
+    if mode not in ("ablate", "steer"):
+        raise UsageError(f"mode must be 'ablate' or 'steer', got {mode!r}")
+    if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < sae.cfg.d_sae:
+        raise UsageError(f"latent must be an integer 0..{sae.cfg.d_sae - 1}, got {latent!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UsageError(f"value must be a finite number, got {value!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 64:
+        raise UsageError(f"max_new_tokens must be an integer 1..64, got {max_new_tokens!r}")
+    ids = _prompt_ids(model, prompt)
+    edit = {"ablate": [latent]} if mode == "ablate" else {"steer": {latent: float(value)}}
+    with torch.no_grad():
+        with attach_sae(model, sae) as att:
+            before = model(ids[None])[0, -1]
+        acts = att["hook_sae_acts_post"][0, :, latent]  # [pos]
+        with attach_sae(model, sae, record=False, **edit):
+            after = model(ids[None])[0, -1]
+            gen_after = generate(model, [prompt], None, max_new_tokens)[0]
+    gen_before = generate(model, [prompt], None, max_new_tokens)[0]
+    return {"latent": latent, "mode": mode, "value": float(value), "hook": sae.cfg.hook_name,
+            "tokens": model._strs(ids.tolist()), "activation": _r(acts),
+            "before": {**_dist(before, model, k, []), "generation": gen_before},
+            "after": {**_dist(after, model, k, []), "generation": gen_after}}
 
 
 def result_view(result: Result) -> dict[str, Any]:
