@@ -56,8 +56,9 @@ class Captured:
 def head_outputs(model: HookedModel, layer: int, z: torch.Tensor) -> torch.Tensor:
     """Per-head outputs in the residual basis: ``z`` ``[batch, pos, head, d_head]`` → ``[head, batch, pos, d_model]``.
 
-    >>> head_outputs(model, 3, z).shape  # doctest: +SKIP
-    torch.Size([9, 8, 17, 576])
+    >>> _, cache = model.run_with_cache("Hi there", ["blocks.3.attn.hook_z"])
+    >>> head_outputs(model, 3, cache["blocks.3.attn.hook_z"]).shape
+    torch.Size([9, 1, 2, 576])
     """
     w_o = model.W_O(layer)  # [head, d_head, d_model]
     return torch.einsum("bphk,hkm->hbpm", z, w_o.to(z.dtype))
@@ -78,8 +79,8 @@ def capture(
     ``embed``: replace the token embeddings ``[batch, pos, d_model]`` by ``embed(embeddings)``
     (EAP-IG's interpolations).
 
-    >>> cap = capture(model, Graph.from_model(model), model.tokenize(["Hi there"]))  # doctest: +SKIP
-    >>> cap.senders.shape  # doctest: +SKIP
+    >>> cap = capture(model, Graph.from_model(model), model.tokenize(["Hi there"]))
+    >>> cap.senders.shape
     torch.Size([301, 1, 2, 576])
     """
     c = model.cfg
@@ -145,8 +146,9 @@ def qkv_from_resid(model: HookedModel, layer: int, x: torch.Tensor, which: str) 
     ``n_kv_heads`` key/value heads). Returns ``[..., n, d_head]``: ln1, that head's projection
     slice and bias, and the per-head q/k norm where the family has one (before rotary).
 
-    >>> x = cache["blocks.3.hook_resid_pre"][:, :, None].expand(-1, -1, 9, -1)  # doctest: +SKIP
-    >>> torch.allclose(qkv_from_resid(model, 3, x, "q"), cache["blocks.3.attn.hook_q"])  # doctest: +SKIP
+    >>> _, cache = model.run_with_cache("Hi there", ["blocks.3.hook_resid_pre", "blocks.3.attn.hook_q"])
+    >>> x = cache["blocks.3.hook_resid_pre"][:, :, None].expand(-1, -1, 9, -1)
+    >>> torch.allclose(qkv_from_resid(model, 3, x, "q"), cache["blocks.3.attn.hook_q"], atol=1e-5)
     True
     """
     a = model.adapter
@@ -173,8 +175,9 @@ def pull_back(
     d_model]`` in receiver order (q heads, k heads, v heads): one vector-Jacobian product through
     the norm and each head's own projection slice.
 
-    >>> pull_back(model, 3, x, g_q, g_k, g_v).shape  # doctest: +SKIP
-    torch.Size([8, 15, 15, 576])
+    >>> x, g_q, g_kv = torch.randn(1, 2, 576), torch.randn(1, 2, 9, 64), torch.randn(1, 2, 3, 64)
+    >>> pull_back(model, 3, x, g_q, g_kv, g_kv).shape
+    torch.Size([1, 2, 15, 576])
     """
     c = model.cfg
     n_attn = c.n_heads + 2 * c.n_kv_heads
@@ -190,8 +193,8 @@ def pull_back(
 def pull_back_mlp(model: HookedModel, layer: int, x: torch.Tensor, g_n2: torch.Tensor) -> torch.Tensor:
     """Gradient w.r.t. the MLP's own copy of its input residual ``x``, from the gradient at ``ln2``'s output.
 
-    >>> pull_back_mlp(model, 3, cap.mlp_in[3], g_n2).shape  # doctest: +SKIP
-    torch.Size([8, 15, 576])
+    >>> pull_back_mlp(model, 3, torch.randn(1, 2, 576), torch.randn(1, 2, 576)).shape
+    torch.Size([1, 2, 576])
     """
     with torch.enable_grad():
         xr = x.detach().clone().requires_grad_(True)
@@ -204,10 +207,11 @@ def receiver_grads(
 ) -> torch.Tensor:
     """``[n_receivers, batch, pos, d_model]`` from the gradients at ``cap.points`` (same structure).
 
-    >>> cap = capture(model, graph, batch, senders=False, track=True)  # doctest: +SKIP
-    >>> flat = torch.autograd.grad(metric(cap.logits), point_list(cap.points))  # doctest: +SKIP
-    >>> receiver_grads(model, graph, cap, unflatten(cap.points, list(flat))).shape  # doctest: +SKIP
-    torch.Size([481, 8, 15, 576])
+    >>> graph = Graph.from_model(model)
+    >>> cap = capture(model, graph, model.tokenize(["Hi there"]), senders=False, track=True)
+    >>> flat = torch.autograd.grad(cap.logits[0, -1].logsumexp(-1), point_list(cap.points))
+    >>> receiver_grads(model, graph, cap, unflatten(cap.points, list(flat))).shape
+    torch.Size([481, 1, 2, 576])
     """
     c = model.cfg
     x0 = cap.resid_pre[0]

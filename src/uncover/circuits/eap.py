@@ -73,9 +73,10 @@ def eap(
     ``method``: ``eap`` or ``eap-ig``; ``metric``: ``logit_diff``, ``prob`` or ``logprob`` (mean over
     prompts); ``steps``/``batch_steps``: EAP-IG's interpolation steps and how many run per batch.
 
-    >>> prompts = Prompts.from_task(model, ioi(8))  # doctest: +SKIP
-    >>> circuit = eap(model, prompts).top(200)  # doctest: +SKIP
-    >>> circuit.n_edges  # doctest: +SKIP
+    >>> from uncover.data.tasks import ioi
+    >>> prompts = Prompts.from_task(model, ioi(4))
+    >>> circuit = eap(model, prompts).top(200)
+    >>> circuit.n_edges
     200
     """
     if method not in METHODS:

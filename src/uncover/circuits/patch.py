@@ -56,10 +56,10 @@ def _tile(obj: Any, n: int, k: int) -> Any:
 class EdgePatcher:
     """Runs edge-ablated forward passes on fixed prompts.
 
-    >>> patcher = EdgePatcher(model, prompts, ablation="corrupt")  # doctest: +SKIP
-    >>> removed = ~patcher.graph.valid.unsqueeze(0)  # keep every edge  # doctest: +SKIP
-    >>> patcher.run(removed).shape  # [variant, prompt, d_vocab]  # doctest: +SKIP
-    torch.Size([1, 8, 49152])
+    >>> patcher = EdgePatcher(model, prompts, ablation="corrupt")  # prompts: 4 IOI pairs
+    >>> removed = ~patcher.graph.valid.unsqueeze(0)  # keep every edge
+    >>> patcher.run(removed).shape  # [variant, prompt, d_vocab]
+    torch.Size([1, 4, 49152])
     """
 
     def __init__(self, model: HookedModel, prompts: Prompts, ablation: str = "corrupt", *,
