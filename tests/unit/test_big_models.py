@@ -191,3 +191,13 @@ def test_embedded_model_split_between_memory_and_disk(real, tmp_path):
     weights.restore(big, old)
     assert torch.equal(big(prompt), clean)
     assert _digest(entry.parent) == files
+
+
+def test_editing_reads_the_down_projection_where_it_lives(pair):
+    """ROME, MEMIT and knowledge-neuron edits read ``down_proj`` from the offloaded weights, not the empty stand-in."""
+    from uncover.editing.base import down_proj
+
+    ref, big, _ = pair
+    for layer in range(ref.cfg.n_layers):
+        w = down_proj(big, layer)
+        assert w.device.type != "meta" and torch.equal(w, down_proj(ref, layer)), layer

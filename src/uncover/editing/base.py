@@ -132,9 +132,10 @@ def down_proj_path(model: HookedModel, layer: int) -> str:
 def down_proj(model: HookedModel, layer: int) -> torch.Tensor:
     """The MLP output projection as ``[d_model, d_mlp]`` (a view: HF's ``down_proj.weight``, or GPT-2's transposed).
 
-    Its input is ``blocks.{layer}.mlp.hook_post`` (the keys), its output the MLP output (the values).
+    Its input is ``blocks.{layer}.mlp.hook_post`` (the keys), its output the MLP output (the values). An
+    offloaded layer's weight is read where it lives (:func:`uncover.hooks.weights.read`), not its empty stand-in.
     """
-    w = model.adapter.mlp_part(layer, model.adapter.family.mlp_out).weight
+    w = weights.read(model, down_proj_path(model, layer))
     return w.T if model.adapter.family.conv1d else w
 
 
