@@ -198,3 +198,20 @@ def test_bad_changed_is_a_usage_error(one_thread, tmp_path):
     other = tiny("gpt2")
     with pytest.raises(UsageError, match="does not have the base's parameters"):
         resolve_change(m, other).weight_delta(m)
+
+
+def test_crosscoder_and_diff_configs_refuse_bad_input(tmp_path):
+    from uncover.diffing.ops import CrosscoderConfig, DiffConfig
+
+    with pytest.raises(UsageError, match="not neither"):
+        CrosscoderConfig(out=tmp_path / "cc")
+    with pytest.raises(UsageError, match="not both"):
+        DiffConfig(changed="x", edit_subject="The Eiffel Tower", edit_target=" Rome")
+    with pytest.raises(UsageError, match="needs both"):
+        DiffConfig(edit_subject="The Eiffel Tower")
+    with pytest.raises(UsageError, match="holds no checkpoint"):
+        CrosscoderConfig(out=tmp_path / "cc", changed="x", resume=True)
+    with pytest.raises(UsageError, match="is not in the subject prompt"):
+        DiffConfig(changed="x", subject="The Louvre")
+    with pytest.raises(UsageError, match="no tokenizer"):
+        DiffConfig(changed="x").check_model(tiny("llama"))
