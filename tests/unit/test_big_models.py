@@ -201,3 +201,18 @@ def test_editing_reads_the_down_projection_where_it_lives(pair):
     for layer in range(ref.cfg.n_layers):
         w = down_proj(big, layer)
         assert w.device.type != "meta" and torch.equal(w, down_proj(ref, layer)), layer
+
+
+def test_fingerprint_reads_offloaded_weights_and_sees_their_edits(pair):
+    """Provenance's fingerprint hashes an offloaded weight's real value, so an edit to it is visible."""
+    from uncover.ops.provenance import weights_fingerprint
+
+    ref, big, _ = pair
+    before = weights_fingerprint(big.model)
+    key = next(k for k in weights.parameters(big) if weights.is_offloaded(big, k) and k.endswith(".weight"))
+    old = weights.apply_change(big, {key: torch.full(weights.read(big, key).shape, 1e-3)})
+    try:
+        assert weights_fingerprint(big.model) != before
+    finally:
+        weights.restore(big, old)
+    assert weights_fingerprint(big.model) == before

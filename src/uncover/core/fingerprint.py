@@ -11,6 +11,7 @@ sample of the values.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 
@@ -18,8 +19,12 @@ _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 @torch.no_grad()
-def weights_fingerprint(module: torch.nn.Module) -> str:
+def weights_fingerprint(module: torch.nn.Module,
+                        resolve: Callable[[str], torch.Tensor | None] | None = None) -> str:
     """A 16-hex-digit hash of every parameter and buffer's exact bits (cheap: one pass of integer sums).
+
+    A tensor on the ``meta`` device (an offloaded weight's stand-in) is replaced by ``resolve(name)``
+    when given (``None``: skipped), so that a change to an offloaded weight changes the fingerprint.
 
     >>> from uncover.core.fingerprint import weights_fingerprint
     >>> lin = torch.nn.Linear(4, 4)
@@ -31,9 +36,13 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     seen: set[int] = set()
     tensors = list(module.named_parameters()) + list(module.named_buffers())
     for name, t in tensors:
-        if id(t) in seen or t.device.type == "meta":
+        if id(t) in seen:
             continue
         seen.add(id(t))
+        if t.device.type == "meta":
+            t = resolve(name) if resolve is not None else None
+            if t is None or t.device.type == "meta":
+                continue
         flat = t.detach().reshape(-1)
         bits = flat.contiguous().view(_INT_VIEW[flat.element_size()]) if flat.is_floating_point() else flat
         total = int(bits.sum(dtype=torch.int64)) if bits.numel() else 0

@@ -12,12 +12,12 @@ every machine and thread count), plus a strided sample of the values.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import platform
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from uncover.core.fingerprint import weights_fingerprint as _fingerprint
 from uncover.core.provenance import Provenance
 from uncover.core.version import __version__
 
@@ -25,12 +25,12 @@ if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
     from uncover.ops.registry import Operation
 
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
 @torch.no_grad()
 def weights_fingerprint(module: torch.nn.Module) -> str:
     """A 16-hex-digit hash of every parameter and buffer's exact bits (cheap: one pass of integer sums).
+
+    :func:`uncover.core.fingerprint.weights_fingerprint`, with offloaded weights read where they live
+    (:func:`uncover.hooks.weights.read`), so an edit to an offloaded layer changes the fingerprint too.
 
     >>> from uncover.ops.provenance import weights_fingerprint
     >>> lin = torch.nn.Linear(4, 4)
@@ -38,20 +38,15 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     >>> a == weights_fingerprint(lin)
     False
     """
-    h = hashlib.blake2b(digest_size=8)
-    seen: set[int] = set()
-    tensors = list(module.named_parameters()) + list(module.named_buffers())
-    for name, t in tensors:
-        if id(t) in seen or t.device.type == "meta":
-            continue
-        seen.add(id(t))
-        flat = t.detach().reshape(-1)
-        bits = flat.contiguous().view(_INT_VIEW[flat.element_size()]) if flat.is_floating_point() else flat
-        total = int(bits.sum(dtype=torch.int64)) if bits.numel() else 0
-        sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{total}|".encode())
-        h.update(sample)
-    return h.hexdigest()
+    from uncover.hooks import weights
+
+    def resolve(name: str) -> torch.Tensor | None:
+        try:
+            return weights.read(module, name)
+        except (AttributeError, KeyError, LookupError):  # a buffer, or a name accelerate does not map
+            return None
+
+    return _fingerprint(module, resolve)
 
 
 def model_identity(model: HookedModel) -> dict[str, Any]:
