@@ -112,7 +112,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, sec, tps, cpu, over, over_cpu in rows:
         print(f"| {name} | {sec:.1f} | {tps:,.0f} | {cpu:.1f} | {over} | {over_cpu} |")
-    print(f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.")
+    per_cpu = next(r[3] for r in rows if r[0].startswith(f"local, {per_worker} "))
+    print(f"\nRay's CPU seconds (driver, Ray's daemons and workers) against the local engine at {per_worker} "
+          f"thread(s), the workers' setting: {ray_cpu / per_cpu - 1:+.1%}. Load average at the end: "
+          f"{os.getloadavg()[0]:.1f}.")
     print(f"\nRay start-up (start Ray, {args.workers} workers load the model): {startup:.1f} s, not counted above.")
     print(f"Shards bit-identical to the local engine's: {same_1} (local at {per_worker} thread(s) per process), "
           f"{same_n} (local at {args.threads} threads).\n")
