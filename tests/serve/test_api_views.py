@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.serve.conftest import wait
+
 PROMPT = "the tower is in paris"
 
 
@@ -68,3 +70,54 @@ def test_ablating_and_steering_a_latent_moves_the_activation_by_its_decoder_row(
         assert isinstance(e["after"]["generation"], str) and isinstance(e["before"]["generation"], str)
     r = client.post("/api/features/latent", json={"prompt": PROMPT, "path": "mysae", "latent": 48})
     assert r.status_code == 400 and "latent must be" in r.json()["error"]
+
+
+PAIR = {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris", "wrong": "rome"}
+
+
+def _job(client, op, config):
+    j = wait(client, client.post("/api/jobs", json={"op": op, "config": config}).json()["id"])
+    assert j["status"] == "done", j
+    return j["id"]
+
+
+def test_cells_of_path_patching_attribution_patching_and_causal_tracing(client, wmodel):
+    from uncover.hooks.interventions import Replace
+
+    # path patching: the cell's one-sender run with plain hooks gives the grid's (batched, staged) value
+    for receivers in (["logits"], ["L2H0.q", "L2H1.v"]):
+        jid = _job(client, "path", {**PAIR, "receivers": receivers, "receiver_positions": [-1]})
+        grid = client.get(f"/api/jobs/{jid}/result").json()["view"]["grid"]
+        for index in ([0, 1], [1, 3]):
+            c = client.post(f"/api/jobs/{jid}/cell", json={"index": index}).json()
+            assert c["recomputed"] == pytest.approx(c["value"], abs=1e-3)
+            assert c["value"] == pytest.approx(grid[index[0]][index[1]], abs=1e-3)
+            assert sum(p for *_, p in c["patched"]["top"]) <= 1.0
+    r = client.post(f"/api/jobs/{jid}/cell", json={"index": [2, 0]})  # a receiver's layer: not a sender
+    assert r.status_code == 400 and "not swept" in r.json()["error"]
+    # attribution patching: the cell is the exact patch behind the estimate
+    jid = _job(client, "attribute", PAIR)
+    view = client.get(f"/api/jobs/{jid}/result").json()["view"]
+    assert view["type"] == "patch" and view["per"] == "pos"
+    c = client.post(f"/api/jobs/{jid}/cell", json={"index": [1, 4]}).json()
+    _, cache = wmodel.run_with_cache(PAIR["clean"], names=["blocks.1.hook_resid_pre"])
+    with torch.no_grad(), wmodel.intervene([Replace("blocks.1.hook_resid_pre", positions=(4,),
+                                                    source=cache["blocks.1.hook_resid_pre"])]):
+        p = torch.softmax(wmodel(PAIR["corrupt"])[0, -1], -1)
+    a, w = wmodel.to_single_token("paris"), wmodel.to_single_token("rome")
+    assert c["patched"]["tracked"] == pytest.approx([float(p[a]), float(p[w])], abs=1e-4)
+    assert c["value"] == pytest.approx(view["grid"][1][4], abs=1e-3)
+    # causal tracing: restoring one cell under the trace's own noise gives the grid's indirect effect
+    cfg = {"prompt": "the tower is in the city of", "subject": "the tower", "answer": "paris", "kind": "all",
+           "samples": 3, "window": 2}
+    jid = _job(client, "trace", cfg)
+    view = client.get(f"/api/jobs/{jid}/result").json()["view"]
+    assert view["type"] == "trace" and set(view["grids"]) == {"hidden", "mlp", "attn"}
+    for kind, index in (("hidden", [0, 1]), ("mlp", [1, 2]), ("attn", [2, 1]), ("hidden", [2, 6])):
+        c = client.post(f"/api/jobs/{jid}/cell", json={"index": index, "kind": kind}).json()
+        assert c["recomputed"] == pytest.approx(c["value"], abs=1e-4), (kind, index)
+        assert c["value"] == pytest.approx(view["grids"][kind][index[0]][index[1]], abs=1e-4)
+    clean = torch.softmax(wmodel("the tower is in the city of")[0, -1], -1)
+    assert c["source"]["tracked"][0] == pytest.approx(float(clean[wmodel.to_single_token("paris")]), abs=1e-4)
+    r = client.post(f"/api/jobs/{jid}/cell", json={"index": [0, 1], "kind": "nope"})
+    assert r.status_code == 400 and "kind must be" in r.json()["error"]

@@ -107,6 +107,25 @@ def test_run_a_patch_and_click_a_cell(page):
     page.wait_for_selector("#operations-result td.cell", timeout=20_000)
 
 
+def test_click_cells_of_path_attribution_patching_and_causal_tracing(page):
+    page.click("#tabs button[data-tab='operations']")
+    pair = {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris", "wrong": "rome"}
+    for op, values, cell, label in (
+            ("path", {**pair, "receivers": "logits", "receiver_positions": "-1"}, "1,2", "L1H2 → logits"),
+            ("attribute", pair, "2,4", "L2 resid_pre"),
+            ("trace", {"prompt": "the tower is in the city of", "subject": "the tower", "answer": "paris",
+                       "kind": "hidden", "samples": 2}, "1,3", "hidden state restored at L1")):
+        page.select_option("#op-select", op)
+        fill(page, op, values)
+        page.click(f"form[data-op='{op}'] button.run")
+        page.wait_for_selector(f"#operations-result td.cell[data-index='{cell}']", timeout=20_000)
+        page.click(f"#operations-result td.cell[data-index='{cell}']")
+        page.wait_for_selector("#operations-result .cell-label", timeout=20_000)
+        assert label in page.inner_text("#operations-result .cell-label"), op
+        assert page.locator("#operations-result .cell-detail table").count() == 3, op
+        shot(page, f"cell-{op}")
+
+
 def test_circuit_graph_with_an_edge_slider(page):
     page.click("#tabs button[data-tab='circuits']")
     fill(page, "circuit", {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris",

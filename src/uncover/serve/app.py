@@ -7,8 +7,9 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
 - ``GET /api/model``, ``GET /api/operations`` (each ``Operation.describe()``, config schema included);
 - ``POST /api/jobs`` ``{"op", "config", "seed"}`` -> a job; ``GET /api/jobs`` (history, newest first),
   ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel``, ``GET /api/jobs/{id}/result`` / ``figure`` /
-  ``file`` / ``report``; ``POST /api/jobs/{id}/revert`` (weight edits), ``/rerun``, ``/cell`` (a patch
-  cell), ``/trace`` (an edit's causal trace before and after); ``POST /api/compare`` ``{"a", "b"}``;
+  ``file`` / ``report``; ``POST /api/jobs/{id}/revert`` (weight edits), ``/rerun``, ``/cell`` (a cell of
+  ``patch``, ``attribute``, ``path`` or ``trace``: ``{"index", "kind"}``), ``/trace`` (an edit's causal trace
+  before and after); ``POST /api/compare`` ``{"a", "b"}``;
   ``POST /api/open`` ``{"name"}`` (reopen a saved result);
 - ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k", "lens_positions"}``: the prompt explorer;
 - ``POST /api/features`` ``{"prompt", "path", "k"}``: SAE latents per token (``path``: an SAE or training run
@@ -370,10 +371,18 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         from uncover.ops.registry import get_operation
 
         job = finished(job_id)
-        if type(job.result).__name__ != "PatchResult" or job.op != "patch":
-            raise HTTPException(409, f"job {job_id} is not an activation-patching result")
-        index = (await body(request)).get("index")
-        config = get_operation("patch").config.from_dict(job.config)
+        kinds = {"patch": "PatchResult", "attribute": "AttributionResult", "path": "PathPatchResult",
+                 "trace": "CausalTraceResult"}
+        if kinds.get(job.op) != type(job.result).__name__:
+            raise HTTPException(409, f"job {job_id} is not a result of patch, attribute, path or trace")
+        data = await body(request)
+        index = data.get("index")
+        config = get_operation(job.op).config.from_dict(job.config)
+        if job.op == "path":
+            return await srv.call(lambda: views.path_cell(model, config, job.result, index))
+        if job.op == "trace":
+            kind = data.get("kind", next(iter(job.result.grids)))
+            return await srv.call(lambda: views.trace_cell(model, config, job.result, kind, index))
         return await srv.call(lambda: views.patch_cell(model, config, job.result, index))
 
     # ---- views -------------------------------------------------------------------------------

@@ -5,6 +5,10 @@
   ``run_with_cache`` (logits and patterns in one forward), ``logit_lens`` and ``direct_logit_attribution``.
 - :func:`patch_cell`: one cell of an activation-patching grid, rerun as a scoped ``Replace`` intervention,
   with its effect on the output distribution.
+- :func:`path_cell`: one sender head of a path-patching result, rerun alone with plain hooks (its corrupt
+  output sent through the receivers only), and :func:`trace_cell`: one restoration of a causal trace under
+  the trace's own noise samples; both with their effect on the output distribution. A cell of attribution
+  patching is :func:`patch_cell` (the exact patch behind the gradient estimate).
 - :func:`features_view`: the SAE latents active on each token of a prompt (the SAE's own encoder on the
   activation at its hook); :func:`latent_effect`: generations and next-token distributions before and
   after ablating or steering one latent (:func:`uncover.sae.attach.attach_sae`, error term kept).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -185,6 +190,166 @@ def patch_cell(model: HookedModel, config: Any, result: Any, index: list[int], k
             "source": _dist(src_logits, model, k, tracked)}
 
 
+def _check_index(index: Any, shape: Sequence[int]) -> list[int]:
+    if (not isinstance(index, list) or len(index) != len(shape)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in index)):
+        raise UsageError(f"cell: give {len(shape)} integer indices {list(shape)}, got {index!r}")
+    for i, n in zip(index, shape):
+        if not 0 <= i < n:
+            raise UsageError(f"cell {index} is outside the grid {list(shape)}")
+    return index
+
+
+def path_cell(model: HookedModel, config: Any, result: Any, index: list[int], k: int = 8) -> dict[str, Any]:
+    """One sender of a ``path`` result, ``index`` = ``[layer, head]``: the clean run with only that head's corrupt
+    output sent along the paths into the receivers (every other head frozen clean; MLPs frozen too with
+    ``freeze_mlps``). Returns the clean (base), path-patched and corrupt (source) distributions at the last
+    position, the grid's ``value`` and ``recomputed``: the same effect from this one run (equal for one pair).
+
+    >>> from uncover.patching.ops import PathConfig
+    >>> from uncover.patching.path import path_patching
+    >>> cfg = PathConfig(clean="The Eiffel Tower is in the city of", corrupt="The Colosseum is in the city of",
+    ...                  answer=" Paris", wrong=" Rome")
+    >>> r = path_patching(model, cfg.clean, cfg.corrupt, " Paris", " Rome", senders=[(29, 0)])
+    >>> c = path_cell(model, cfg, r, [29, 0])
+    >>> abs(c["recomputed"] - c["value"]) < 1e-3
+    True
+    """
+    from uncover.hooks.metrics import make_metric
+    from uncover.patching.path import parse_receiver
+
+    layer, head = _check_index(index, list(result.grid.shape))
+    if not math.isfinite(float(result.grid[layer, head])):
+        raise UsageError(f"cell {index}: head L{layer}H{head} was not swept as a sender (it lies at or after the "
+                         "receivers' layer)")
+    if not config.explicit:
+        raise UsageError("cell: this path-patching result averages a task's pairs; rerun it with one explicit "
+                         "clean/corrupt pair to open a cell")
+    clean, corrupt = model.to_tokens(config.clean), model.to_tokens(config.corrupt)
+    a_id, w_id = model.to_single_token(config.answer), model.to_single_token(config.wrong)
+    n = model.cfg.n_layers
+    z = [act_name("z", i) for i in range(n)]
+    mlp = [act_name("mlp_out", i) for i in range(n)] if config.freeze_mlps else []
+    with torch.no_grad():
+        clean_logits, cc = model.run_with_cache(clean, names=z + mlp)
+        corrupt_logits, xc = model.run_with_cache(corrupt, names=[z[layer]])
+
+    def freeze(name: str, sender: bool) -> Any:
+        def fn(value: torch.Tensor, hp: Any) -> torch.Tensor:
+            out = cc[name].clone()
+            if sender:
+                out[:, :, head] = xc[name][:, :, head]
+            return out
+        return fn
+
+    hooks = [(z[j], freeze(z[j], j == layer)) for j in range(layer, n)]
+    hooks += [(mlp[j], freeze(mlp[j], False)) for j in range(layer, n)] if mlp else []
+    rpos = config.receiver_positions or None
+    with torch.no_grad():
+        if config.receivers == ["logits"]:
+            with model.hooks(hooks):
+                patched = model(clean)
+        else:
+            recv = [parse_receiver(r) for r in config.receivers]
+            names = sorted({act_name(w, la) for la, _, w in recv})
+            seen: dict[str, torch.Tensor] = {}
+
+            def record(name: str) -> Any:
+                def fn(value: torch.Tensor, hp: Any) -> None:
+                    seen[name] = value.detach().clone()
+                return fn
+
+            with model.hooks(hooks + [(nm, record(nm)) for nm in names]):
+                model(clean)  # step 1: the receivers' inputs with the sender's corrupt output along the path
+
+            def put(name: str, heads: list[int]) -> Any:
+                def fn(value: torch.Tensor, hp: Any) -> torch.Tensor:
+                    out = value.clone()
+                    pos = slice(None) if rpos is None else list(rpos)
+                    for h in heads:
+                        out[:, pos, h] = seen[name][:, pos, h]
+                    return out
+                return fn
+
+            puts = [(nm, put(nm, sorted({h for la, h, w in recv if act_name(w, la) == nm}))) for nm in names]
+            with model.hooks(puts):
+                patched = model(clean)  # step 2: only the receivers see it
+    fn = make_metric(result.metric, a_id, w_id)
+    effect = float(fn(patched[:, -1].float())[0]) - result.clean_value
+    if result.normalised:
+        effect /= result.clean_value - result.corrupt_value
+    tracked = [a_id, w_id]
+    return {"cell": index, "label": f"L{layer}H{head} → {', '.join(result.receivers)}",
+            "value": round(float(result.grid[layer, head]), 5), "recomputed": round(effect, 5),
+            "answer": config.answer, "wrong": config.wrong, "direction": "noise",
+            "titles": ["clean run", "sender's path patched", "corrupt run"],
+            "base": _dist(clean_logits[0, -1], model, k, tracked), "patched": _dist(patched[0, -1], model, k, tracked),
+            "source": _dist(corrupt_logits[0, -1], model, k, tracked)}
+
+
+def trace_cell(model: HookedModel, config: Any, result: Any, kind: str, index: list[int], k: int = 8
+               ) -> dict[str, Any]:
+    """One cell ``[layer, pos]`` of a causal trace's ``kind`` grid, rerun with plain hooks: the corrupted runs (the
+    trace's own seeded noise samples on the subject embeddings), the same with the clean state restored at that
+    cell, and the clean run; distributions are averaged over the samples. ``recomputed``: p(answer) restored
+    minus corrupted, which the grid holds.
+
+    >>> from uncover.patching.causal_tracing import causal_trace
+    >>> from uncover.patching.ops import TraceConfig
+    >>> cfg = TraceConfig(prompt="The Eiffel Tower is in the city of", subject="The Eiffel Tower", kind="hidden",
+    ...                   samples=2)
+    >>> r = causal_trace(model, cfg.prompt, cfg.subject, kind="hidden", samples=2)
+    >>> c = trace_cell(model, cfg, r, "hidden", [10, 4])
+    >>> abs(c["recomputed"] - c["value"]) < 1e-3
+    True
+    """
+    from uncover.patching.causal_tracing import (
+        _SITE,
+        noise_hook,
+        noise_scale,
+        subject_noise,
+        window_layers,
+    )
+
+    if kind not in result.grids:
+        raise UsageError(f"kind must be one of {', '.join(result.grids)}, got {kind!r}")
+    grid = result.grids[kind]
+    layer, pos = _check_index(index, list(grid.shape))
+    if config.prompt is None or result.n_prompts != 1:
+        raise UsageError("cell: this trace averages several facts; trace one --prompt to open a cell")
+    ids = model.to_tokens(config.prompt)
+    a_id = model.to_single_token(result.answer)
+    subj, n = result.subject, model.cfg.n_layers
+    eps = subject_noise(model, config.samples, len(subj), noise_scale(model, config.noise), config.seed)
+    names = ([act_name("resid_post", layer)] if kind == "hidden"
+             else [act_name(_SITE[kind], la) for la in window_layers(layer, config.window, n)])
+    batch = ids.expand(config.samples, -1)
+    with torch.no_grad():
+        clean_logits, cache = model.run_with_cache(ids, names=names)
+
+        def restore(name: str) -> Any:
+            def fn(value: torch.Tensor, hp: Any) -> torch.Tensor:
+                out = value.clone()
+                out[:, pos] = cache[name][:, pos].to(value.dtype)
+                return out
+            return fn
+
+        noise = [("hook_embed", noise_hook(subj, eps))]
+        with model.hooks(noise):
+            bad = model(batch)[:, -1].float().softmax(-1).mean(0)  # [d_vocab]
+        with model.hooks(noise + [(nm, restore(nm)) for nm in names]):
+            fixed = model(batch)[:, -1].float().softmax(-1).mean(0)
+    what = {"hidden": "hidden state", "mlp": "MLP outputs", "attn": "attention outputs"}[kind]
+    where = f"L{layer}" if kind == "hidden" else f"L{names[0].split('.')[1]}-{names[-1].split('.')[1]}"
+    tracked = [a_id]
+    return {"cell": index, "kind": kind, "label": f"{what} restored at {where} @ {result.str_tokens[pos]!r} "
+            f"(pos {pos})", "value": round(float(grid[layer, pos]), 5),
+            "recomputed": round(float(fixed[a_id] - bad[a_id]), 5), "answer": result.answer, "wrong": None,
+            "direction": "restore", "titles": ["corrupted (subject noised)", "restored", "clean run"],
+            "base": _dist(bad.log(), model, k, tracked), "patched": _dist(fixed.log(), model, k, tracked),
+            "source": _dist(clean_logits[0, -1], model, k, tracked)}
+
+
 def _prompt_ids(model: HookedModel, prompt: Any) -> torch.Tensor:
     if not isinstance(prompt, str) or not prompt.strip():
         raise UsageError("prompt: give some text")
@@ -303,8 +468,17 @@ def result_view(result: Result) -> dict[str, Any]:
 
 
 def _special(result: Result) -> dict[str, Any]:
+    from uncover.patching.activation import PatchResult
+
     kind = type(result).__name__
-    if kind == "PatchResult":
+    if kind == "PathPatchResult":
+        return {"type": "patch", "grid": _r(result.grid), "str_tokens": [], "per": "head", "hook": "z",
+                "first_diff": 0, "metric": result.metric, "normalised": result.normalised,
+                "receivers": result.receivers}
+    if kind == "CausalTraceResult":
+        return {"type": "trace", "grids": {k: _r(g) for k, g in result.grids.items()},
+                "str_tokens": result.str_tokens, "answer": result.answer, "n_prompts": result.n_prompts}
+    if isinstance(result, PatchResult):
         return {"type": "patch", "grid": _r(result.grid), "str_tokens": result.str_tokens, "per": result.per,
                 "hook": result.hook, "first_diff": result.first_diff, "metric": result.metric,
                 "normalised": result.normalised}

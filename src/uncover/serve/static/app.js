@@ -187,6 +187,7 @@ async function showResult(jobId, target) {
       el("pre", { text: JSON.stringify(res.provenance, null, 1) })), ...later);
   const view = res.view;
   if (view.type === "patch") renderPatchGrid(jobId, view, special);
+  else if (view.type === "trace") renderTrace(jobId, view, special);
   else if (view.type === "circuit") renderCircuit(view, special);
   else if (view.type === "steer") renderSteer(view, special);
   else if (view.type === "edit") renderEdit(view, special);

@@ -11,12 +11,12 @@ function color(v, lo, hi) {
   return x >= 0 ? `rgb(${c},${c},255)` : `rgb(255,${c},${c})`;
 }
 
-function renderPatchGrid(jobId, view, target) {
+function renderPatchGrid(jobId, view, target, extra = {}, caption = null) {
   const grid = view.per === "head_pos" ? view.grid.map((layer) => layer.map((h) => Math.max(...h))) : view.grid;
   const flat = grid.flat().filter((v) => v !== null);
   const lo = Math.min(...flat), hi = Math.max(...flat);
   const cols = view.per === "pos" ? view.str_tokens : grid[0].map((_, h) => `H${h}`);
-  const t = el("table", { class: "small grid" });
+  const t = el("table", { class: "small grid", "data-kind": extra.kind || null });
   t.append(el("tr", {}, el("th", { text: "layer" }), ...cols.map((c) => el("th", { text: c }))));
   const detail = el("div", { class: "cell-detail" });
   grid.forEach((row, layer) => {
@@ -35,23 +35,35 @@ function renderPatchGrid(jobId, view, target) {
           index = [layer, j, pos];
         }
         detail.replaceChildren(el("p", { class: "hint", text: "patching…" }));
-        try { renderCell(await api(`/api/jobs/${jobId}/cell`, { index }), detail); }
+        try { renderCell(await api(`/api/jobs/${jobId}/cell`, { index, ...extra }), detail); }
         catch (err) { showError(detail, err); }
       });
       tr.append(td);
     });
     t.append(tr);
   });
-  target.append(el("p", { class: "hint", text: `${view.metric}${view.normalised ? " recovery" : ""} per site; click a cell` }), t, detail);
+  const what = caption || `${view.metric}${view.normalised ? " recovery" : ""} per ${view.receivers ? `sender head (path into ${view.receivers.join(", ")})` : "site"}`;
+  target.append(el("p", { class: "hint", text: `${what}; click a cell` }), t, detail);
+}
+
+function renderTrace(jobId, view, target) {
+  for (const [kind, grid] of Object.entries(view.grids)) {
+    const box = el("div", { class: "trace-grid" });
+    target.append(el("h4", { text: `${kind}: p(${view.answer}) restored − corrupted` }), box);
+    renderPatchGrid(jobId, { grid, per: "pos", str_tokens: view.str_tokens }, box, { kind },
+      `indirect effect per (layer, token) of restoring the clean ${kind} state`);
+  }
 }
 
 function renderCell(cell, target) {
   const col = (title, d) => el("div", {}, el("h4", { text: title }),
-    el("p", { text: `p(${cell.answer}) = ${fmt(d.tracked[0])}, p(${cell.wrong}) = ${fmt(d.tracked[1])}` }),
+    el("p", { text: `p(${cell.answer}) = ${fmt(d.tracked[0])}` + (cell.wrong ? `, p(${cell.wrong}) = ${fmt(d.tracked[1])}` : "") }),
     table(["token", "p"], d.top.map(([tok, , p]) => ({ token: tok, p }))));
-  target.replaceChildren(el("h4", { class: "cell-label", text: `${cell.label}: ${fmt(cell.value)}` }),
-    el("div", { class: "side" }, col("base run", cell.base), col("patched", cell.patched),
-      col("source run", cell.source)));
+  const titles = cell.titles || ["base run", "patched", "source run"];
+  const again = cell.recomputed !== undefined ? ` (this run: ${fmt(cell.recomputed)})` : "";
+  target.replaceChildren(el("h4", { class: "cell-label", text: `${cell.label}: ${fmt(cell.value)}${again}` }),
+    el("div", { class: "side" }, col(titles[0], cell.base), col(titles[1], cell.patched),
+      col(titles[2], cell.source)));
 }
 
 function layerOf(name) {
