@@ -69,6 +69,7 @@ def cases(t):
         # broken model and vector files
         ["lens", "x", "--model", str(t / "empty.gguf")], ["lens", "x", "--model", str(t / "garbage.gguf")],
         ["lens", "x", "--model", str(t / "badcfg")], ["lens", "x", "--model", "/no/such/model"],
+        ["lens", "x", "--device-map", "bogus"], ["lens", "x", "--device-map", "auto", "--device", "cpu"],
         ["steer", "x", "--vector", str(t / "vec.safetensors")], ["steer", "x", "--vector", str(t / "a_file")],
         # outputs that cannot be written
         ["lens", "x", "--html", str(t / "a_dir")], ["lens", "x", "--html", str(t / "missing" / "x.html")],
@@ -78,8 +79,9 @@ def cases(t):
 
 
 def test_every_bad_input_is_one_clear_line(real, files, monkeypatch, capsys):
-    monkeypatch.setattr(common, "load_model", lambda name=None, device=None, dtype=None: (
-        real if name is None else __import__("uncover").load(name, device=device, dtype=dtype)))
+    monkeypatch.setattr(common, "load_model", lambda name=None, device=None, dtype=None, **placement: (
+        real if name is None and not any(placement.values())
+        else __import__("uncover").load(name, device=device, dtype=dtype, **placement)))
     bad = []
     for argv in cases(files):
         with pytest.raises(SystemExit) as e:

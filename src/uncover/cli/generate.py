@@ -42,12 +42,19 @@ RUN_OPTIONS = (
     ("model", "--model", str | None, None, "Model: .gguf file, HF directory or hub id (default: embedded)"),
     ("device", "--device", str | None, None, "Device: cpu, cuda, cuda:1, mps (default: cuda if available)"),
     ("dtype", "--dtype", str | None, None, "Model dtype: float32, bfloat16, float16, float64"),
+    ("device_map", "--device-map", str | None, None, "Spread a big model over devices through accelerate: auto, "
+                                                     "balanced, balanced_low_0, sequential (docs/big-models.md)"),
+    ("offload_folder", "--offload-folder", Path | None, None, "Folder for the weights --device-map offloads to "
+                                                               "disk"),
     ("seed", "--seed", int | None, None, "Seed Python, NumPy and torch before the run"),
     ("as_json", "--json", bool, False, "Print one JSON document on stdout (progress goes to stderr)"),
     ("html", "--html", Path | None, None, "Write a self-contained HTML report here"),
     ("result_path", "--result", Path | None, None, "Save the result (tensors and provenance) here, for "
                                                      "`uncover rerun` and `uncover compare`"),
 )
+
+#: the run options that only mean something to an operation that loads a model
+MODEL_OPTIONS = ("model", "device", "dtype", "device_map", "offload_folder")
 
 
 def split_list(text: str) -> list[str]:
@@ -169,7 +176,7 @@ def command(op: Operation) -> Any:
                                 annotation=_cli_type(f)) for f in sorted(fields, key=lambda f: not f.spec.positional)]
     names = {f.name for f in fields}
     for pname, flag, tp, default, help_ in RUN_OPTIONS:
-        if pname in names or (pname in ("model", "device", "dtype") and not op.needs_model):
+        if pname in names or (pname in MODEL_OPTIONS and not op.needs_model):
             continue
         short = [SHORT[pname]] if pname in SHORT and SHORT[pname] not in taken else []
         params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY,
@@ -198,7 +205,8 @@ def run_command(op: Operation, values: dict[str, Any]) -> None:
         check_writable(result_path, what="--result")
     model = None
     if op.needs_model:
-        model = load_model(values.get("model"), device=values.get("device"), dtype=values.get("dtype"))
+        model = load_model(values.get("model"), device=values.get("device"), dtype=values.get("dtype"),
+                           device_map=values.get("device_map"), offload_folder=values.get("offload_folder"))
     seed = values.get("seed") if "seed" not in {f.name for f in fields_of(op.config)} else None
     result = execute(op, config, model, progress=Progress(enabled=True), seed=seed)
     if result_path is not None:
