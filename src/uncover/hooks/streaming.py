@@ -40,7 +40,8 @@ class StreamingTopK:
         self.total = torch.zeros(n_units, dtype=torch.float64)
 
     def update(self, acts: torch.Tensor) -> None:
-        """Merge one batch ``[batch, pos, units]``."""
+        """Merge one batch ``[batch, pos, units]`` (from any device: the running state lives on the CPU)."""
+        acts = acts.detach().cpu()
         b, p, n = acts.shape
         flat = acts.reshape(b * p, n)
         ids = self.rows * p + torch.arange(b * p)
