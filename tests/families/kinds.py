@@ -17,7 +17,7 @@ from uncover import HookedModel
 COMMON = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H)
 
 NEW_KINDS = ["smollm3", "phi", "phi3", "olmo", "stablelm", "starcoder2", "gptj", "gpt_bigcode", "gpt_bigcode-mha",
-             "falcon", "glm4"]
+             "falcon", "glm4", "opt"]
 ALL_KINDS = KINDS + NEW_KINDS
 
 
@@ -45,6 +45,9 @@ def new_config(kind: str) -> T.PretrainedConfig:
         return T.FalconConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, bias=True)
     if kind == "glm4":
         return T.Glm4Config(**COMMON, num_key_value_heads=2, pad_token_id=0, head_dim=8)
+    if kind == "opt":
+        return T.OPTConfig(vocab_size=V, hidden_size=D, ffn_dim=F, num_hidden_layers=L, num_attention_heads=H,
+                           max_position_embeddings=160, word_embed_proj_dim=D, dropout=0.0, pad_token_id=0)
     raise ValueError(kind)
 
 

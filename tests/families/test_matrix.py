@@ -180,7 +180,7 @@ def test_rome_and_memit_move_a_stored_fact_and_revert(kind):
     e.revert()
     assert _same(m, snap)
     assert moved > base + 0.3, f"{kind}: ROME moved log p(rome) − log p(london) only {base:.2f} → {moved:.2f}"
-    if kind in POST_NORM or kind in ("llama", "gpt2", "gpt_neox", "phi3"):
+    if kind in POST_NORM or kind in ("llama", "gpt2", "gpt_neox", "phi3", "opt"):
         e = memit(m, [("{}", "big ben", " rome")], layers=[0, 1], mom2_samples=128, cache=cache, config=cfg,
                   progress=False)
         moved = gap()

@@ -126,7 +126,7 @@ def check_layer(model: HookedModel, layer: int) -> int:
 def down_proj_path(model: HookedModel, layer: int) -> str:
     """Parameter path of the MLP output projection's weight (``model.layers.5.mlp.down_proj.weight``)."""
     f = model.adapter.family
-    return f"{f.layers}.{layer}.{f.mlp}.{f.mlp_out}.weight"
+    return f"{f.layers}.{layer}.{f.mlp}.{f.mlp_out}.weight".replace("..", ".")  # OPT: mlp "" is the block
 
 
 def down_proj(model: HookedModel, layer: int) -> torch.Tensor:

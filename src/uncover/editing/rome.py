@@ -250,11 +250,12 @@ def optimise_delta(
 
     def hook(mod: torch.nn.Module, args: tuple, out: Any) -> Any:
         h = out[0] if isinstance(out, tuple) else out
+        h = h.view(len(rows), -1, h.shape[-1])  # [batch, pos, d_model] also where the block flattens it (OPT)
         if "init" not in state:
             state["init"] = h[0, l_idx[0]].detach().float().clone()
         h = h.clone()
         h[b_idx, l_idx] = h[b_idx, l_idx] + delta.to(h.dtype)
-        return (h, *out[1:]) if isinstance(out, tuple) else h
+        return (h.view(out[0].shape), *out[1:]) if isinstance(out, tuple) else h.view(out.shape)
 
     # logits only where the loss reads them (the unembedding is a fifth of this model's compute)
     keep = sorted({int(x) for x in tgt_pos.flatten().tolist()} | {kl_last})

@@ -53,7 +53,7 @@ class HookedModel(nn.Module):
         self.source: str | None = None  # what uncover.load was given (None: the embedded model or built in memory)
         family = family_for(model.config.model_type)
         self.adapter = (OffloadedAdapter if is_offloaded(model) else Adapter)(model, family)
-        self.state = ForwardState()
+        self.state = self.adapter.forward_state = ForwardState()  # sites of flattened tensors read its batch
         self._sites: dict[str, Site] = {}
         self._names = self._all_names()
         if tokenizer is not None and tokenizer.pad_token_id is None:

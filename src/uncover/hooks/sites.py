@@ -95,6 +95,18 @@ def _neox(i: int, n: int, d: int) -> tuple[Extract, Insert]:
     return ext, ins
 
 
+def _flat_tokens(a: Adapter) -> tuple[Extract, Insert]:
+    """``[batch * pos, d]`` tensors (OPT's MLP) viewed as ``[batch, pos, d]`` with the current forward's batch."""
+
+    def ext(t: torch.Tensor) -> torch.Tensor:
+        return t.view(a.forward_state.batch, -1, t.shape[-1]) if t.dim() == 2 else t
+
+    def ins(t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return _put(ext(t), new).reshape(t.shape)
+
+    return ext, ins
+
+
 def _qkv_site(a: Adapter, layer: int, which: int) -> Site:
     f, c = a.family, a.cfg
     n = c.n_heads if which == 0 else c.n_kv_heads
@@ -118,7 +130,8 @@ def _mlp_in_site(a: Adapter, layer: int, which: int) -> Site:
         ext, ins = _slice(which * d, (which + 1) * d, 1, d)
         return Site(a.mlp_part(layer, f.mlp_in), "out", lambda t: ext(t).squeeze(-2),
                     lambda t, new: ins(t, new.unsqueeze(-2)), order=which)
-    return Site(a.mlp_part(layer, (f.mlp_gate or f.mlp_in) if which == 0 else f.mlp_in), "out")
+    flat = _flat_tokens(a) if f.mlp_tokens_flat else ()
+    return Site(a.mlp_part(layer, (f.mlp_gate or f.mlp_in) if which == 0 else f.mlp_in), "out", *flat)
 
 
 def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
@@ -138,15 +151,17 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
     elif 0 <= h.layer < c.n_layers:
         layer, p = h.layer, h.point
         attn_out_mod = a.sub(layer, f.attn_post_norm) if f.attn_post_norm else a.attn(layer)
-        mlp_out_mod = a.sub(layer, f.mlp_post_norm) if f.mlp_post_norm else a.mlp(layer)
+        mlp_out_mod = a.mlp_out_module(layer)
+        flat = _flat_tokens(a) if f.mlp_tokens_flat else ()
         table: dict[str, Callable[[], Site | None]] = {
             "hook_resid_pre": lambda: Site(a.block(layer), "in"),
             "hook_resid_post": lambda: Site(a.block(layer), "out"),
             "hook_attn_out": lambda: Site(attn_out_mod, "out"),
             "hook_resid_mid": lambda: None if c.parallel_attn_mlp else Site(attn_out_mod, "mid", order=1),
-            "hook_mlp_out": lambda: Site(mlp_out_mod, "out", torch.clone if f.mlp_out_mutated else _same),
+            "hook_mlp_out": lambda: Site(mlp_out_mod, "out", *(_flat_tokens(a) if f.mlp_tokens_flat else (
+                torch.clone if f.mlp_out_mutated else _same,))),
             "ln1.hook_normalized": lambda: Site(a.sub(layer, f.ln1), "out"),
-            "ln2.hook_normalized": lambda: Site(a.sub(layer, f.ln2), "out"),
+            "ln2.hook_normalized": lambda: Site(a.sub(layer, f.ln2), "out", *flat),
             "attn.hook_q": lambda: _qkv_site(a, layer, 0),
             "attn.hook_k": lambda: _qkv_site(a, layer, 1),
             "attn.hook_v": lambda: _qkv_site(a, layer, 2),
@@ -156,7 +171,7 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "attn.hook_pattern": lambda: Site(a.attn(layer), "attnfn", order=1),
             "mlp.hook_pre": lambda: _mlp_in_site(a, layer, 0),
             "mlp.hook_pre_linear": lambda: _mlp_in_site(a, layer, 1) if c.gated_mlp else None,
-            "mlp.hook_post": lambda: Site(a.mlp_part(layer, f.mlp_out), "in"),
+            "mlp.hook_post": lambda: Site(a.mlp_part(layer, f.mlp_out), "in", *flat),
         }
         site = table.get(p, lambda: None)()
     if site is None:

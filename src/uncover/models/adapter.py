@@ -66,6 +66,13 @@ class Family:
     mlp_out: str = "down_proj"
     mlp_fused_gate_up: bool = False
     """``mlp_in`` computes ``[gate | up]`` in one linear (Phi-3, GLM-4): its first half is ``mlp.hook_pre``."""
+    mlp_out_at: str | None = None
+    """Module inside the block whose output is ``hook_mlp_out`` where the MLP has no module of its own
+    (OPT: ``fc2``; then ``mlp`` is ``""``, the block itself)."""
+    mlp_tokens_flat: bool = False
+    """The block flattens ``[batch, pos]`` into one axis around ln2 and the MLP (OPT): their hooks unflatten it."""
+    pos_offset: int = 0
+    """Rows of the learned position table before position 0 (OPT: 2)."""
     mlp_out_mutated: bool = False
     """The block adds into the MLP's output tensor in place (Falcon), so its hook reads a copy."""
     kv_heads: Callable[[Any], int | None] = lambda cfg: None
@@ -86,6 +93,8 @@ class Family:
 def get_module(root: nn.Module, path: str) -> nn.Module:
     """Follow a dotted path (``model.layers``) from ``root``."""
     mod: Any = root
+    if not path:
+        return mod
     for part in path.split("."):
         mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
     return mod
@@ -132,6 +141,8 @@ class Adapter:
     def __init__(self, model: nn.Module, family: Family):
         self.model = model
         self.family = family
+        self.forward_state: Any = None
+        """The hooked model's current forward (its ``batch``), set by ``HookedModel``."""
         hf = model.config
         problems = family.refuse(hf)
         if problems:
@@ -142,7 +153,7 @@ class Adapter:
         n_heads = _first(hf, "num_attention_heads", "n_head")
         n_kv = family.kv_heads(hf) or _first(hf, "num_key_value_heads", default=n_heads)
         d_head = _first(hf, "head_dim", default=d_model // n_heads)
-        d_mlp = _first(hf, "intermediate_size", "n_inner", default=4 * d_model)
+        d_mlp = _first(hf, "intermediate_size", "n_inner", "ffn_dim", default=4 * d_model)
         eps = _first(hf, "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", default=1e-5)
         self.cfg = ModelConfig(
             n_layers=_first(hf, "num_hidden_layers", "n_layer"),
@@ -183,6 +194,13 @@ class Adapter:
 
     def mlp(self, layer: int) -> nn.Module:
         return get_module(self.layers[layer], self.family.mlp)
+
+    def mlp_out_module(self, layer: int) -> nn.Module:
+        """The module whose output is ``hook_mlp_out``: the post-norm, the MLP's last linear or the MLP."""
+        f = self.family
+        if f.mlp_post_norm:
+            return get_module(self.layers[layer], f.mlp_post_norm)
+        return get_module(self.layers[layer], f.mlp_out_at) if f.mlp_out_at else self.mlp(layer)
 
     def mlp_part(self, layer: int, name: str | None) -> nn.Module | None:
         return None if name is None else get_module(self.mlp(layer), name)
@@ -288,7 +306,9 @@ class Adapter:
     @property
     def W_pos(self) -> torch.Tensor | None:
         """``[n_ctx, d_model]`` or ``None``."""
-        return None if self.family.pos_embed is None else self.module(self.family.pos_embed).weight
+        if self.family.pos_embed is None:
+            return None
+        return self.module(self.family.pos_embed).weight[self.family.pos_offset:]
 
     @property
     def W_U(self) -> torch.Tensor:

@@ -219,10 +219,11 @@ def prune_structured(
             else:
                 for name in (f.mlp_in, f.mlp_gate):
                     if name is not None:
-                        p = f"{base}.{f.mlp}.{name}"
+                        p = f"{base}.{f.mlp}.{name}".replace("..", ".")  # OPT: mlp "" is the block
                         zero(a.mlp_part(layer, name), "weight", rows=ids, path=p)
                         zero(a.mlp_part(layer, name), "bias", rows=ids, path=p)
-                zero(a.mlp_part(layer, f.mlp_out), "weight", cols=ids, path=f"{base}.{f.mlp}.{f.mlp_out}")
+                zero(a.mlp_part(layer, f.mlp_out), "weight", cols=ids,
+                     path=f"{base}.{f.mlp}.{f.mlp_out}".replace("..", "."))
         rows = measured_rows(linear_sites(model), model)  # inside the transaction: an interrupt here still restores
     pruned = [[int(i), int(j)] for i, j in chosen.nonzero().tolist()]
     name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")

@@ -13,10 +13,11 @@ from uncover.models.families.gpt_neox import GPT_NEOX
 from uncover.models.families.gptj import GPTJ
 from uncover.models.families.layernorm_llama import OLMO, STABLELM, STARCODER2
 from uncover.models.families.llama import LLAMA, QWEN3
+from uncover.models.families.opt import OPT
 from uncover.models.families.phi import PHI, PHI3
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
-                                STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4)
+                                STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT)
 
 REFUSED: dict[str, str] = {
     "mixtral": "mixture-of-experts MLPs (per-expert and router hooks are not implemented)",
@@ -26,7 +27,6 @@ REFUSED: dict[str, str] = {
     "granite": "embedding, residual, attention and logit multipliers applied outside the modules that the hooks see",
     "cohere": "a logit scale applied after the unembedding, outside the modules that the hooks see",
     "bloom": "ALiBi attention in a custom attention function, and a norm on the embeddings",
-    "opt": "MLP linears that sit directly in the block (no MLP module to hook) and learned positions with an offset",
     "olmo2": "norms only after attention and MLP (no pre-norms for ln1/ln2)",
 }
 """Architectures refused on purpose, with the reason (shown by :func:`family_for`)."""
