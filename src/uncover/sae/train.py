@@ -262,10 +262,7 @@ def train_sae(sae: SAE, source: Source, cfg: TrainConfig, out_dir: str | Path | 
         if cfg.normalize:
             scale = float((sae.cfg.d_in / x0.pow(2).sum(-1).mean().clamp(min=1e-12)).sqrt())
         with torch.no_grad():
-            if hasattr(sae, "init_from_batch"):  # transcoders: b_dec is the output's mean, not the input's
-                sae.init_from_batch(x0 * scale)
-            else:
-                sae.b_dec.copy_(x0.mean(0) * scale)
+            sae.b_dec.copy_(x0.mean(0) * scale)
     log = MetricsLog(out, tensorboard, start, resume)
     bar = None
     if progress:
@@ -307,8 +304,7 @@ def _loop(sae: SAE, source: Source, cfg: TrainConfig, opt: torch.optim.Optimizer
             if resample_dead(sae, x, since_fired >= cfg.dead_steps, opt, cfg.seed * 1_000_003 + step):
                 since_fired = torch.where(since_fired >= cfg.dead_steps, 0, since_fired)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            y = sae.target(x) if hasattr(sae, "target") else x  # transcoders reconstruct only part of a batch
-            var = (y - y.mean(0)).pow(2).sum(-1).mean()
+            var = (x - x.mean(0)).pow(2).sum(-1).mean()
             row = {"step": step, "loss": float(loss.detach()), **parts, "fve": 1 - parts["mse"] / float(var),
                    "l0": float((f.detach() > 0).float().sum(-1).mean()), "dead": float(dead.float().mean()),
                    "lr": lr, "sparsity_coeff": coeff}
