@@ -121,3 +121,37 @@ def test_cells_of_path_patching_attribution_patching_and_causal_tracing(client, 
     assert c["source"]["tracked"][0] == pytest.approx(float(clean[wmodel.to_single_token("paris")]), abs=1e-4)
     r = client.post(f"/api/jobs/{jid}/cell", json={"index": [0, 1], "kind": "nope"})
     assert r.status_code == 400 and "kind must be" in r.json()["error"]
+
+
+def test_an_edits_paraphrases_and_neighbours_before_and_after(client, wmodel):
+    paras, neigh = ["the tower is in", "we went to the tower in"], ["big ben is in the city of", "mary is in"]
+    objects = [wmodel.to_single_token(o) for o in ("paris", " london")]
+
+    def logps() -> list[list[float]]:  # reference: log p(object | prompt) from the last position's logits
+        with torch.no_grad():
+            return [[float(torch.log_softmax(wmodel(p)[0, -1].float(), -1)[o]) for o in objects]
+                    for p in ["the tower is in the city of", *paras, *neigh]]
+
+    want_before = logps()
+    cfg = {"prompt": "the tower is in the city of", "subject": "the tower", "target": " london", "method": "rome",
+           "layer": 1, "mom2_samples": 300, "gen_tokens": 0}
+    jid = _job(client, "edit", cfg)
+    edited = client.get("/api/model").json()["fingerprint"]
+    want_after = logps()
+    g = client.post(f"/api/jobs/{jid}/generalisation", json={"paraphrases": paras, "neighbours": neigh,
+                                                              "true": "paris"}).json()
+    assert client.get("/api/model").json()["fingerprint"] == edited  # the edit is back on, bit for bit
+    assert g["true"] == "paris" and g["new"] == " london" and len(g["rows"]) == 2 * 5
+    for stage, want in (("before", want_before), ("after", want_after)):
+        rows = [r for r in g["rows"] if r["stage"] == stage]
+        assert [r["metric"] for r in rows] == ["efficacy", "paraphrase", "paraphrase", "neighbourhood",
+                                               "neighbourhood"]
+        got = [v for r in rows for v in (r["logp_true"], r["logp_new"])]
+        assert got == pytest.approx([v for pair in want for v in pair], abs=1e-4)
+        for r in rows:
+            assert r["success"] == ((r["logp_new"] > r["logp_true"]) != (r["metric"] == "neighbourhood"))
+    assert g["scores"]["after"]["efficacy"] == 1.0  # the edit took
+    r = client.post(f"/api/jobs/{jid}/generalisation", json={})
+    assert r.status_code == 400 and "give paraphrases" in r.json()["error"]
+    client.post(f"/api/jobs/{jid}/revert")
+    assert client.post(f"/api/jobs/{jid}/generalisation", json={"paraphrases": paras}).status_code == 409

@@ -202,6 +202,14 @@ def test_apply_and_revert_an_edit(page, live):
     page.wait_for_selector("#editing-result .trace-result .compare .plot .main-svg", timeout=60_000)
     assert page.locator("#editing-result .trace-result .compare .plot").count() == 2
     assert weights_fingerprint(model.model) == edited
+    page.fill("#editing-result textarea[name='paraphrases']", "the tower is in\nwe went to the tower in")
+    page.fill("#editing-result textarea[name='neighbours']", "big ben is in the city of")
+    page.fill("#editing-result input[name='true']", "paris")
+    page.click("#editing-result button.generalisation")
+    page.wait_for_selector("#editing-result .generalisation-result table", timeout=20_000)
+    assert page.locator("#editing-result .generalisation-result table tr").count() == 1 + 4
+    assert "after: efficacy" in page.inner_text("#editing-result .generalisation-scores")
+    assert weights_fingerprint(model.model) == edited
     shot(page, "edit-applied")
     page.click("#editing-result button.revert")
     page.wait_for_selector("#editing-result .reverted", timeout=20_000)

@@ -9,7 +9,8 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
   ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel``, ``GET /api/jobs/{id}/result`` / ``figure`` /
   ``file`` / ``report``; ``POST /api/jobs/{id}/revert`` (weight edits), ``/rerun``, ``/cell`` (a cell of
   ``patch``, ``attribute``, ``path`` or ``trace``: ``{"index", "kind"}``), ``/trace`` (an edit's causal trace
-  before and after); ``POST /api/compare`` ``{"a", "b"}``;
+  before and after), ``/generalisation`` (an edit's paraphrases and neighbours before and after:
+  ``{"paraphrases", "neighbours", "true"}``); ``POST /api/compare`` ``{"a", "b"}``;
   ``POST /api/open`` ``{"name"}`` (reopen a saved result);
 - ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k", "lens_positions"}``: the prompt explorer;
 - ``POST /api/features`` ``{"prompt", "path", "k"}``: SAE latents per token (``path``: an SAE or training run
@@ -338,6 +339,21 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
 
         srv.worker.submit(job, run, model, on_done=srv.save)
         return job.to_dict()
+
+    @app.post("/api/jobs/{job_id}/generalisation")
+    async def generalisation(job_id: str, request: Request) -> dict[str, Any]:
+        """An applied edit's paraphrases and neighbourhood prompts, before (edit off) and after (back on)."""
+        from uncover.ops.registry import get_operation
+
+        original = finished(job_id)
+        if original.op != "edit" or original.reverted:
+            raise HTTPException(409, f"job {job_id} is not an applied edit")
+        if srv.applied and srv.applied[-1] != job_id:
+            raise HTTPException(409, f"evaluate the latest edit {srv.applied[-1]} (edits stack)")
+        d = await body(request)
+        cfg = get_operation("edit").config.from_dict(original.config)
+        return await srv.call(lambda: views.edit_generalisation(model, original.result, cfg, d.get("paraphrases"),
+                                                                d.get("neighbours"), d.get("true")))
 
     @app.post("/api/compare", status_code=202)
     async def compare(request: Request) -> dict[str, Any]:

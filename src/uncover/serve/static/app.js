@@ -173,7 +173,7 @@ async function showResult(jobId, target) {
         try { const j = await api(`/api/jobs/${jobId}/trace`, {}); state.shown[j.id] = traced; pollJobs(); }
         catch (err) { showError(traced, err); }
       } }));
-      later.push(traced);
+      later.push(traced, generalisationPanel(jobId));
     }
   } else if (job.reverted) {
     actions.append(el("span", { class: "reverted", text: "reverted" }));

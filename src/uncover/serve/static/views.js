@@ -151,3 +151,39 @@ function renderEdit(view, target) {
     top: (r.top || []).map((t) => `${t[0]} ${fmt(t[1])}`).join(", "), generation: r.generation }));
   target.append(el("h4", { text: "Before and after" }), table(["prompt", "stage", "p_target", "top", "generation"], rows));
 }
+
+// an applied edit's paraphrases and neighbourhood prompts, scored before (edit off) and after (edit on)
+function generalisationPanel(jobId) {
+  const paras = el("textarea", { name: "paraphrases", rows: 3, placeholder: "one per line (empty: CounterFact's, when it knows the subject)" });
+  const neigh = el("textarea", { name: "neighbours", rows: 3, placeholder: "one per line: other subjects whose answer is the true object" });
+  const truth = el("input", { name: "true", placeholder: "default: top prediction before" });
+  const out = el("div", { class: "generalisation-result" });
+  const lines = (t) => t.value.split("\n").filter((x) => x.trim());
+  const run = el("button", { type: "button", class: "generalisation", text: "Paraphrases and neighbours before and after", onclick: async () => {
+    out.replaceChildren(el("p", { class: "hint", text: "scoring…" }));
+    try {
+      const g = await api(`/api/jobs/${jobId}/generalisation`, { paraphrases: lines(paras), neighbours: lines(neigh), true: truth.value || null });
+      if (!paras.value.trim()) paras.value = g.paraphrases.join("\n");
+      if (!neigh.value.trim()) neigh.value = g.neighbours.join("\n");
+      if (!truth.value) truth.value = g.true;
+      renderGeneralisation(g, out);
+    } catch (err) { showError(out, err); }
+  } });
+  return el("div", { class: "generalisation-panel" }, el("h4", { text: "Edit-then-explain: does the edit generalise, and stay local?" }),
+    el("div", { class: "row" }, el("label", {}, "paraphrases (should now give the new object)", paras),
+      el("label", {}, "neighbourhood prompts (should keep the true object)", neigh), el("label", {}, "true object", truth), run), out);
+}
+
+function renderGeneralisation(g, target) {
+  const byPrompt = {};
+  for (const r of g.rows) {
+    const key = `${r.metric}\u0000${r.prompt}`;
+    byPrompt[key] = byPrompt[key] || { metric: r.metric, prompt: r.prompt };
+    byPrompt[key][`${r.stage}: logp new − true`] = r.logp_new - r.logp_true;
+    byPrompt[key][`${r.stage}: ok`] = r.success ? "✓" : "✗";
+  }
+  const cols = ["metric", "prompt", "before: logp new − true", "before: ok", "after: logp new − true", "after: ok"];
+  const score = (st) => Object.entries(g.scores[st] || {}).map(([m, v]) => `${m} ${fmt(v)}`).join(", ");
+  target.replaceChildren(el("p", { class: "generalisation-scores", text: `new ${JSON.stringify(g.new)} vs true ${JSON.stringify(g.true)} · before: ${score("before")} · after: ${score("after")}` }),
+    table(cols, Object.values(byPrompt)));
+}
