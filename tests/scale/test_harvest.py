@@ -105,3 +105,16 @@ def test_readers_stream_rows_blocks_sae_batches_and_top_contexts(tiny_model, cor
     assert p >= 1 and vals[b, p, 3] == top.values[0, 0]
     with pytest.raises(UsageError, match="harvested: blocks.0.hook_resid_post"):
         ShardSource(out, "blocks.1.hook_resid_post", 9)
+
+
+@pytest.mark.e2e
+def test_real_model_shards_match_the_sae_store_and_the_manifest_fingerprint_is_provenances(real, tmp_path):
+    from uncover.ops.provenance import weights_fingerprint
+    from uncover.sae.store import harvest as sae_harvest
+
+    hook = "blocks.10.hook_resid_post"
+    m, _ = harvest_corpus(real, [hook], None, tmp_path / "h", tokens=256, block_len=32, shard_blocks=4)
+    assert m.model["fingerprint"] == weights_fingerprint(real.model)  # core's copy is the provenance function
+    tokens = torch.cat([t for _, _, t in ShardReader(tmp_path / "h").shards()])
+    ref = sae_harvest(real, hook, tokens, batch_size=8, skip_first=1)  # the SAE store's own harvest
+    torch.testing.assert_close(torch.cat(list(ShardReader(tmp_path / "h").rows(hook, 10_000))), ref)
