@@ -1,8 +1,8 @@
 """Screenshots of the workbench on the embedded model for the docs (not a test).
 
 ``python -m tests.serve.screenshots [OUT_DIR]`` starts a live server, drives chromium headless through the
-prompt explorer and an activation-patching run, and saves ``workbench.png`` and ``workbench-patch.png``
-(default ``docs/img``).
+prompt explorer, an activation-patching run and the features view (the quick SAE, with one latent steered),
+and saves ``workbench.png``, ``workbench-patch.png`` and ``workbench-features.png`` (default ``docs/img``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ def main(out: Path) -> None:
                 page.wait_for_selector("#patching-result .cell-label", timeout=300_000)
                 page.locator("#patching-result .cell-label").scroll_into_view_if_needed()
                 page.screenshot(path=str(out / "workbench-patch.png"))
+                page.click("#tabs button[data-tab='features']")
+                page.click("#features-run")  # the quick SAE: trained on first use (about a CPU-minute), then cached
+                page.wait_for_selector("#features-out .feature-token", timeout=600_000)
+                page.locator("#features-out .row button.latent").first.click()
+                page.select_option("#latent-detail select[name='mode']", "steer")
+                page.fill("#latent-detail input[name='value']", "40")
+                page.click("#latent-detail button.latent-apply")
+                page.wait_for_selector("#latent-detail .latent-effect .side", timeout=300_000)
+                page.screenshot(path=str(out / "workbench-features.png"), full_page=True)
                 ctx.close()
         finally:
             server.stop()
