@@ -17,7 +17,7 @@ from uncover import HookedModel
 COMMON = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H)
 
 NEW_KINDS = ["smollm3", "phi", "phi3", "olmo", "stablelm", "starcoder2", "gptj", "gpt_bigcode", "gpt_bigcode-mha",
-             "falcon", "glm4", "opt"]
+             "falcon", "glm4", "opt", "mixtral", "qwen2_moe", "qwen3_moe"]
 ALL_KINDS = KINDS + NEW_KINDS
 
 
@@ -45,6 +45,15 @@ def new_config(kind: str) -> T.PretrainedConfig:
         return T.FalconConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, bias=True)
     if kind == "glm4":
         return T.Glm4Config(**COMMON, num_key_value_heads=2, pad_token_id=0, head_dim=8)
+    moe = dict(COMMON, num_key_value_heads=2, num_experts_per_tok=2, router_jitter_noise=0.0,
+               experts_implementation="eager")  # grouped_mm has no float64
+    if kind == "mixtral":
+        return T.MixtralConfig(**moe, num_local_experts=4)
+    if kind == "qwen2_moe":
+        return T.Qwen2MoeConfig(**moe, num_experts=4, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+                                norm_topk_prob=False)
+    if kind == "qwen3_moe":
+        return T.Qwen3MoeConfig(**moe, num_experts=4, moe_intermediate_size=24, head_dim=8, norm_topk_prob=True)
     if kind == "opt":
         return T.OPTConfig(vocab_size=V, hidden_size=D, ffn_dim=F, num_hidden_layers=L, num_attention_heads=H,
                            max_position_embeddings=160, word_embed_proj_dim=D, dropout=0.0, pad_token_id=0)

@@ -10,6 +10,7 @@ from tests.families.kinds import ALL_KINDS as KINDS
 from tests.families.kinds import family_hf as tiny_hf
 from tests.families.kinds import family_model as tiny
 from uncover import HookedModel
+from uncover.core.errors import UncoverError
 
 
 def _identity_hooks(m: HookedModel):
@@ -106,6 +107,9 @@ def test_weights_reproduce_activations(kind):
             k = torch.einsum("bpm,hmd->bphd", x, m.W_K(layer)) + (0 if bk is None else bk)
             torch.testing.assert_close(k, cache[f"blocks.{layer}.attn.hook_k"])
         x2 = cache[f"blocks.{layer}.ln2.hook_normalized"]
+        if m.cfg.n_experts:
+            _check_experts(m, cache, layer, x2)
+            continue
         pre = cache[f"blocks.{layer}.mlp.hook_pre"]
         w = m.W_gate(layer) if m.W_gate(layer) is not None else m.W_in(layer)
         b_in = getattr(m.adapter.mlp_part(layer, f.mlp_gate or f.mlp_in), "bias", None)
@@ -117,6 +121,54 @@ def test_weights_reproduce_activations(kind):
             torch.testing.assert_close(mlp_out, cache[f"blocks.{layer}.hook_mlp_out"])
     assert m.W_E.shape == (m.cfg.d_vocab, m.cfg.d_model)
     assert m.W_U.data_ptr() == m.model.lm_head.weight.data_ptr()  # a view, not a copy
+
+
+def _check_experts(m: HookedModel, cache, layer: int, x2: torch.Tensor) -> None:
+    """MoE: router logits from its weight; each expert's weighted output recomputed one expert at a time from
+    its own weights and the top-k routing; they (plus the gated shared expert) sum to hook_mlp_out."""
+    f, c = m.adapter.family, m.cfg
+    moe = m.adapter.mlp(layer)
+    router = cache[f"blocks.{layer}.mlp.hook_router"]  # [batch, pos, n_experts]
+    torch.testing.assert_close(router, x2 @ getattr(moe, f.router).weight.T)
+    probs = router.softmax(-1)
+    top, idx = probs.topk(c.top_k, dim=-1)
+    if getattr(m.model.config, "norm_topk_prob", True):
+        top = top / top.sum(-1, keepdim=True)
+    experts = cache[f"blocks.{layer}.mlp.hook_expert_out"]
+    assert experts.shape == (*x2.shape[:2], c.n_experts, c.d_model)
+    ex = getattr(moe, f.experts)
+    for e in range(c.n_experts):
+        gate, up = (x2 @ ex.gate_up_proj[e].T).chunk(2, dim=-1)
+        out = (ex.act_fn(gate) * up) @ ex.down_proj[e].T
+        w = (top * (idx == e)).sum(-1, keepdim=True)  # 0 where expert e was not chosen
+        torch.testing.assert_close(experts[:, :, e], out * w)
+    mixed = experts.sum(-2)
+    if f.shared_expert:
+        shared = cache[f"blocks.{layer}.mlp.hook_shared_expert"]
+        mixed = mixed + torch.sigmoid(cache[f"blocks.{layer}.mlp.hook_shared_gate"]) * shared
+    torch.testing.assert_close(mixed, cache[f"blocks.{layer}.hook_mlp_out"])
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe"])
+def test_patching_an_expert_changes_the_mixed_output(kind):
+    """Writing hook_expert_out moves hook_mlp_out by exactly the change; single-MLP techniques refuse."""
+    m = tiny(kind)
+    toks = tokens()
+    name = "blocks.1.mlp.hook_expert_out"
+    _, cache = m.run_with_cache(toks, names=[name, "blocks.1.hook_mlp_out"])
+
+    def drop_first_chosen(v, hp):
+        return v * (torch.arange(v.shape[-2]) != 0)[:, None]  # remove expert 0
+
+    with m.hooks([(name, drop_first_chosen)]):
+        _, patched = m.run_with_cache(toks, names=["blocks.1.hook_mlp_out"])
+    torch.testing.assert_close(patched["blocks.1.hook_mlp_out"],
+                               cache["blocks.1.hook_mlp_out"] - cache[name][:, :, 0], rtol=1e-5, atol=1e-5)
+    assert bool(cache[name][:, :, 0].abs().sum() > 0)
+    with pytest.raises(UncoverError, match=f"{m.cfg.family} has a mixture-of-experts MLP"):
+        m.W_out(1)
+    with pytest.raises(UncoverError, match="mixture-of-experts MLP: use mlp.hook_expert_out"):
+        m.run_with_cache(toks, names=["blocks.1.mlp.hook_post"])
 
 
 def test_float64_separates_rounding_from_bugs():

@@ -116,6 +116,8 @@ def check_layer(model: HookedModel, layer: int) -> int:
     ...
     uncover.editing.base.EditError: layer 40 is out of range; valid: 0 to 29
     """
+    if model.cfg.n_experts:  # one line naming the family (Mixtral, Qwen-MoE)
+        raise model.adapter.no_single_mlp("ROME, MEMIT and knowledge-neuron edits")
     n = model.cfg.n_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
         raise EditError(f"layer {layer} is out of range; valid: 0 to {n - 1}")

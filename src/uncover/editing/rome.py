@@ -125,6 +125,7 @@ def rome_layer(
     """
     from uncover.patching.causal_tracing import causal_trace
 
+    check_layer(model, 0)  # refuses mixture-of-experts families in one line before tracing
     key = model_key(model)
     path = stats_dir(cache) / key / "rome-layer.json"
     if not refresh:

@@ -214,6 +214,15 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
                 new = fn(mid, hp)
                 if _changed(new, mid):
                     t = _here(new, mid) - pre
+            elif site.kind == "experts":  # each expert's weighted output, [batch, pos, expert, d_model]
+                x, index, weights = args[0], args[1], args[2]
+                per = adapter.expert_outputs(hp.layer, x, index, weights)
+                per = per.view(state.batch, -1, adapter.cfg.n_experts, t.shape[-1])
+                new = fn(per, hp)
+                if _changed(new, per):
+                    if new.shape != per.shape:
+                        raise ValueError(f"hook returned shape {tuple(new.shape)}, expected {tuple(per.shape)}")
+                    t = _here(new, per).sum(-2).reshape(t.shape).to(t.dtype)
             else:  # result: per-head outputs in the residual basis, [batch, pos, head, d_model]
                 layer = hp.layer
                 if result is None:  # computed once, so that several hooks on it compose

@@ -88,6 +88,9 @@ class HookedModel(nn.Module):
                     continue
                 if p == "mlp.hook_pre_linear" and not c.gated_mlp:
                     continue
+                if p.startswith("mlp.") and c.n_experts:  # mixture of experts: router and experts instead
+                    names += [resid_name(layer, q) for q in self.adapter.moe_points()] if p == "mlp.hook_pre" else []
+                    continue
                 names.append(resid_name(layer, p))
         names += [g for g in GLOBAL_POINTS if g not in ("hook_embed", "hook_pos_embed")]
         return names

@@ -18,7 +18,7 @@ from torch import nn
 
 from uncover.core.errors import UnknownHookName, did_you_mean
 from uncover.core.names import HookName
-from uncover.models.adapter import Adapter
+from uncover.models.adapter import Adapter, get_module
 
 Extract = Callable[[torch.Tensor], torch.Tensor]
 Insert = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -107,6 +107,23 @@ def _flat_tokens(a: Adapter) -> tuple[Extract, Insert]:
     return ext, ins
 
 
+def _moe_sites(a: Adapter, layer: int) -> dict[str, Callable[[], Site | None]]:
+    """Mixture of experts: router logits ``[batch, pos, n_experts]``, each expert's weighted output ``[batch, pos,
+    n_experts, d_model]`` (kind ``experts``: computed from the experts module's inputs), the shared expert."""
+    f = a.family
+    if not a.cfg.n_experts:
+        return {}
+    mlp = a.mlp(layer)
+    sites: dict[str, Callable[[], Site | None]] = {
+        "mlp.hook_router": lambda: Site(get_module(mlp, f.router), "out", *_flat_tokens(a)),
+        "mlp.hook_expert_out": lambda: Site(get_module(mlp, f.experts), "experts"),  # type: ignore[arg-type]
+    }
+    if f.shared_expert:
+        sites["mlp.hook_shared_expert"] = lambda: Site(get_module(mlp, f.shared_expert), "out", *_flat_tokens(a))
+        sites["mlp.hook_shared_gate"] = lambda: Site(get_module(mlp, f.shared_expert_gate), "out", *_flat_tokens(a))
+    return sites
+
+
 def _qkv_site(a: Adapter, layer: int, which: int) -> Site:
     f, c = a.family, a.cfg
     n = c.n_heads if which == 0 else c.n_kv_heads
@@ -172,6 +189,7 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "mlp.hook_pre": lambda: _mlp_in_site(a, layer, 0),
             "mlp.hook_pre_linear": lambda: _mlp_in_site(a, layer, 1) if c.gated_mlp else None,
             "mlp.hook_post": lambda: Site(a.mlp_part(layer, f.mlp_out), "in", *flat),
+            **_moe_sites(a, layer),
         }
         site = table.get(p, lambda: None)()
     if site is None:
@@ -183,6 +201,8 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             )
         elif h.layer is not None and not 0 <= h.layer < c.n_layers:
             msg += f" (layers are 0..{c.n_layers - 1})"
+        elif h.point in ("mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post") and c.n_experts:
+            msg += f" ({c.family} has a mixture-of-experts MLP: use mlp.hook_expert_out and mlp.hook_router)"
         elif h.point == "mlp.hook_pre_linear" and not c.gated_mlp:
             msg += f" ({c.family} has no gated MLP, so mlp.hook_pre is the whole MLP input)"
         raise UnknownHookName(msg)

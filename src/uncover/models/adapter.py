@@ -71,6 +71,14 @@ class Family:
     (OPT: ``fc2``; then ``mlp`` is ``""``, the block itself)."""
     mlp_tokens_flat: bool = False
     """The block flattens ``[batch, pos]`` into one axis around ln2 and the MLP (OPT): their hooks unflatten it."""
+    experts: str | None = None
+    """Mixture of experts: the fused experts module inside ``mlp`` (``gate_up_proj [E, 2F, d]``, ``down_proj
+    [E, d, F]``, called with ``(x, top_k_index, top_k_weights)``); ``mlp`` is then the sparse MoE block."""
+    router: str = "gate"
+    """Mixture of experts: the router inside ``mlp`` (returns ``(logits, top_k_weights, top_k_index)``)."""
+    shared_expert: str | None = None
+    """Mixture of experts: an always-on expert inside ``mlp`` (Qwen2-MoE), gated by ``shared_expert_gate``."""
+    shared_expert_gate: str | None = None
     pos_offset: int = 0
     """Rows of the learned position table before position 0 (OPT: 2)."""
     mlp_out_mutated: bool = False
@@ -117,6 +125,9 @@ class ModelConfig:
     gated_mlp: bool
     norm_kind: str
     eps: float
+    n_experts: int = 0
+    """Routed experts per MoE layer (0: a dense MLP); ``d_mlp`` is then one expert's width."""
+    top_k: int = 0
 
     @property
     def n_groups(self) -> int:
@@ -153,7 +164,9 @@ class Adapter:
         n_heads = _first(hf, "num_attention_heads", "n_head")
         n_kv = family.kv_heads(hf) or _first(hf, "num_key_value_heads", default=n_heads)
         d_head = _first(hf, "head_dim", default=d_model // n_heads)
-        d_mlp = _first(hf, "intermediate_size", "n_inner", "ffn_dim", default=4 * d_model)
+        moe = family.experts is not None
+        d_mlp = _first(hf, *(("moe_intermediate_size",) if moe else ()), "intermediate_size", "n_inner", "ffn_dim",
+                       default=4 * d_model)
         eps = _first(hf, "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", default=1e-5)
         self.cfg = ModelConfig(
             n_layers=_first(hf, "num_hidden_layers", "n_layer"),
@@ -169,6 +182,8 @@ class Adapter:
             gated_mlp=family.mlp_gate is not None or family.mlp_fused_gate_up,
             norm_kind=family.norm_kind,
             eps=float(eps),
+            n_experts=int(_first(hf, "num_local_experts", "num_experts", default=0)) if moe else 0,
+            top_k=int(_first(hf, "num_experts_per_tok", default=0)) if moe else 0,
         )
         self.layers = get_module(model, family.layers)
         if len(self.layers) != self.cfg.n_layers:
@@ -203,7 +218,37 @@ class Adapter:
         return get_module(self.layers[layer], f.mlp_out_at) if f.mlp_out_at else self.mlp(layer)
 
     def mlp_part(self, layer: int, name: str | None) -> nn.Module | None:
+        if self.cfg.n_experts and name in (self.family.mlp_in, self.family.mlp_gate, self.family.mlp_out):
+            raise self.no_single_mlp("its MLP weights")
         return None if name is None else get_module(self.mlp(layer), name)
+
+    def no_single_mlp(self, what: str) -> UnsupportedModel:
+        """The one-line refusal of techniques that assume one MLP per block, on a mixture-of-experts family."""
+        return UnsupportedModel(
+            f"{self.family.name} has a mixture-of-experts MLP ({self.cfg.n_experts} experts, top-{self.cfg.top_k}): "
+            f"{what} assume one MLP per block; read blocks.L.mlp.hook_expert_out and blocks.L.mlp.hook_router"
+        )
+
+    def moe_points(self) -> list[str]:
+        """Hook points of a mixture-of-experts MLP, in forward order (empty for a dense MLP)."""
+        if not self.cfg.n_experts:
+            return []
+        shared = ["mlp.hook_shared_expert", "mlp.hook_shared_gate"] if self.family.shared_expert else []
+        return ["mlp.hook_router", "mlp.hook_expert_out", *shared]
+
+    def expert_outputs(self, layer: int, x: torch.Tensor, top_k_index: torch.Tensor,
+                       top_k_weights: torch.Tensor) -> torch.Tensor:
+        """Each routed expert's weighted output ``[tokens, n_experts, d_model]`` (0 where not routed).
+
+        ``x``: ``[tokens, d_model]``, the experts module's input; ``top_k_index``/``top_k_weights``: ``[tokens,
+        top_k]`` from the router. Their sum over experts is the experts module's output (to rounding).
+        """
+        ex = get_module(self.mlp(layer), self.family.experts)  # type: ignore[arg-type]
+        gate, up = torch.einsum("nd,efd->nef", x, ex.gate_up_proj.to(x.dtype)).chunk(2, dim=-1)
+        out = torch.einsum("nef,edf->ned", ex.act_fn(gate) * up, ex.down_proj.to(x.dtype))
+        w = torch.zeros(x.shape[0], self.cfg.n_experts, dtype=top_k_weights.dtype, device=x.device)
+        w.scatter_add_(1, top_k_index, top_k_weights)
+        return (out * w[..., None]).to(x.dtype)
 
     def module(self, path: str) -> nn.Module:
         return get_module(self.model, path)

@@ -13,16 +13,15 @@ from uncover.models.families.gpt_neox import GPT_NEOX
 from uncover.models.families.gptj import GPTJ
 from uncover.models.families.layernorm_llama import OLMO, STABLELM, STARCODER2
 from uncover.models.families.llama import LLAMA, QWEN3
+from uncover.models.families.moe import MIXTRAL, QWEN2_MOE, QWEN3_MOE
 from uncover.models.families.opt import OPT
 from uncover.models.families.phi import PHI, PHI3
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
-                                STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT)
+                                STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT, MIXTRAL, QWEN2_MOE,
+                                QWEN3_MOE)
 
 REFUSED: dict[str, str] = {
-    "mixtral": "mixture-of-experts MLPs (per-expert and router hooks are not implemented)",
-    "qwen2_moe": "mixture-of-experts MLPs (per-expert and router hooks are not implemented)",
-    "qwen3_moe": "mixture-of-experts MLPs (per-expert and router hooks are not implemented)",
     "gpt_oss": "mixture-of-experts MLPs and attention sinks (not implemented)",
     "granite": "embedding, residual, attention and logit multipliers applied outside the modules that the hooks see",
     "cohere": "a logit scale applied after the unembedding, outside the modules that the hooks see",
@@ -46,10 +45,10 @@ def family_for(model_type: str) -> Family:
 
     >>> family_for("qwen2").name
     'llama'
-    >>> family_for("mixtral")
+    >>> family_for("granite")
     Traceback (most recent call last):
     ...
-    uncover.core.errors.UnsupportedModel: architecture 'mixtral' is not supported: mixture-of-experts MLPs ...
+    uncover.core.errors.UnsupportedModel: architecture 'granite' is not supported: embedding, residual, ...
     """
     for f in FAMILIES:
         if model_type in f.model_types:
