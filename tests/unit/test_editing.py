@@ -352,3 +352,17 @@ def test_cli_usage_errors_exit_2_before_loading(capsys):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_statistics_of_models_with_the_same_name_and_shape_are_kept_apart():
+    """Two random tiny models share a name and shape but not their statistics; an edit keeps its model's key."""
+    from uncover.editing.stats import model_key
+
+    a, b = tiny("llama"), tiny("llama")
+    with torch.no_grad():
+        b.model.get_input_embeddings().weight.mul_(1.5)
+    assert a.name == b.name and model_key(a) != model_key(b)
+    key = model_key(a)
+    with torch.no_grad():
+        down_proj(a, 1).add_(0.1)  # what an edit changes
+    assert model_key(a) == key

@@ -45,15 +45,22 @@ def stats_dir(cache: str | Path | None = None) -> Path:
 
 
 def model_key(model: HookedModel) -> str:
-    """A file-name-safe key for ``model`` (its name and shape).
+    """A file-name-safe key for ``model``: its name, shape, dtype and a fingerprint of its input embedding.
+
+    The embedding tells apart models that share a name and shape (two fine-tunes in folders of the same name,
+    two random tiny models); edits and pruning leave it alone, so an edited model keeps using its base model's
+    statistics, as ROME and MEMIT do.
 
     >>> import re
     >>> bool(re.fullmatch(r"[\\w.-]+", model_key(model)))
     True
     """
+    from uncover.core.fingerprint import weights_fingerprint
+
     c = model.cfg
     name = re.sub(r"[^\w.-]+", "_", os.path.basename(str(model.name).rstrip("/")) or "model")
-    return f"{name}-{c.n_layers}x{c.d_model}x{c.d_mlp}-{str(model.dtype).replace('torch.', '')}"
+    embed = weights_fingerprint(model.model.get_input_embeddings())[:8]
+    return f"{name}-{c.n_layers}x{c.d_model}x{c.d_mlp}-{str(model.dtype).replace('torch.', '')}-{embed}"
 
 
 def mom2_path(model: HookedModel, layer: int, mom2_samples: int, cache: str | Path | None = None) -> Path:
