@@ -34,12 +34,13 @@ function latentButton(i, label) {
 }
 
 function renderFeatures(v, out) {
-  const vmax = Math.max(1e-9, ...v.latents.flat().map(([, a]) => a));
+  // the colour scale leaves out the first position (often an attention sink with outsized activations)
+  const vmax = Math.max(1e-9, ...(v.latents.length > 1 ? v.latents.slice(1) : v.latents).flat().map(([, a]) => a));
   const cols = v.tokens.map((t, pos) => el("div", { class: "feature-token", "data-pos": pos },
     el("span", { class: "tok", text: t }),
     ...v.latents[pos].map(([i, a]) => {
       const b = latentButton(i, `${i} ${a.toPrecision(3)}`);
-      b.style.background = `rgba(37,99,235,${(0.15 + 0.85 * a / vmax).toFixed(3)})`;
+      b.style.background = `rgba(37,99,235,${(0.15 + 0.85 * Math.min(1, a / vmax)).toFixed(3)})`;
       if (a / vmax > 0.5) b.style.color = "#fff";
       return b;
     })));
