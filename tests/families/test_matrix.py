@@ -19,7 +19,7 @@ from tests.families.ops_cases import CASES, CLEAN, CORPUS_KINDS, CORPUS_OPS, COR
 from uncover.core.errors import UncoverError
 from uncover.hooks.interventions import Add, Replace
 
-POST_NORM = {"gemma2", "gemma3", "glm4"}
+POST_NORM = {"gemma2", "gemma3", "glm4", "olmo2"}
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 #: refusals the matrix expects: (kind, operation) -> words the message must contain
 REFUSED = {**{(k, "circuit"): "normalises the sum of the heads" for k in POST_NORM},

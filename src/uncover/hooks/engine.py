@@ -106,7 +106,7 @@ class Attachment:
             # resid_mid = resid_pre + attention output; resid_pre is read where the block really
             # uses it (the input of ln1), after every hook on the block input, whichever
             # attachment registered it
-            ln1 = a.sub(layer, a.family.ln1)
+            ln1 = a.sub(layer, a.family.ln1) or a.attn(layer)  # no pre-norm (OLMo 2): the attention's input
             self.handles.append(ln1.register_forward_pre_hook(_stash_hook(state, layer), with_kwargs=True))
         for (_, direction), (module, items) in groups.items():
             items.sort(key=lambda x: (x[0], x[1]))

@@ -129,7 +129,8 @@ def _qkv_site(a: Adapter, layer: int, which: int) -> Site:
     n = c.n_heads if which == 0 else c.n_kv_heads
     norm = (f.q_norm, f.k_norm, None)[which]
     if norm is not None:
-        ext, ins = _heads_first() if f.qk_norm_heads_first else (_same, _put)
+        whole = _heads(n, c.d_head) if f.qk_norm_whole else (_same, _put)  # OLMo 2: one norm over all heads
+        ext, ins = _heads_first() if f.qk_norm_heads_first else whole
         return Site(a.attn_part(layer, norm), "out", ext, ins, order=which)
     if f.qkv_layout == "separate":
         return Site(a.attn_part(layer, (f.q, f.k, f.v)[which]), "out", *_heads(n, c.d_head), order=which)
@@ -177,8 +178,9 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "hook_resid_mid": lambda: None if c.parallel_attn_mlp else Site(attn_out_mod, "mid", order=1),
             "hook_mlp_out": lambda: Site(mlp_out_mod, "out", *(_flat_tokens(a) if f.mlp_tokens_flat else (
                 torch.clone if f.mlp_out_mutated else _same,))),
-            "ln1.hook_normalized": lambda: Site(a.sub(layer, f.ln1), "out"),
-            "ln2.hook_normalized": lambda: Site(a.sub(layer, f.ln2), "out", *flat),
+            "ln1.hook_normalized": lambda: Site(a.sub(layer, f.ln1), "out") if f.ln1 else Site(a.attn(layer), "in"),
+            "ln2.hook_normalized": lambda: (Site(a.sub(layer, f.ln2), "out", *flat) if f.ln2
+                                            else Site(a.mlp(layer), "in")),
             "attn.hook_q": lambda: _qkv_site(a, layer, 0),
             "attn.hook_k": lambda: _qkv_site(a, layer, 1),
             "attn.hook_v": lambda: _qkv_site(a, layer, 2),

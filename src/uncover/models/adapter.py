@@ -37,10 +37,11 @@ class Family:
     """Unembedding module (its output is ``logits``)."""
     pos_embed: str | None = None
     """Learned absolute position embedding module, if any (``hook_pos_embed``)."""
-    ln1: str = "input_layernorm"
-    """Norm before attention, inside a block."""
-    ln2: str = "post_attention_layernorm"
-    """Norm before the MLP, inside a block."""
+    ln1: str | None = "input_layernorm"
+    """Norm before attention, inside a block (``None``: no pre-norm, OLMo 2; ``ln1.hook_normalized`` is then
+    the attention's input, the residual itself)."""
+    ln2: str | None = "post_attention_layernorm"
+    """Norm before the MLP, inside a block (``None``: no pre-norm; ``ln2.hook_normalized`` is the MLP's input)."""
     attn_post_norm: str | None = None
     """Norm applied to the attention output before it joins the residual (Gemma 2/3)."""
     mlp_post_norm: str | None = None
@@ -57,6 +58,8 @@ class Family:
     q_norm: str | None = None
     """Per-head query norm (Qwen3, Gemma 3); ``hook_q`` is its output."""
     k_norm: str | None = None
+    qk_norm_whole: bool = False
+    """Whether the q/k norms normalise the whole projection ``[batch, pos, heads * d_head]`` (OLMo 2)."""
     qk_norm_heads_first: bool = False
     """Whether the q/k norms see ``[batch, head, pos, d_head]`` (Gemma 3) rather than ``[batch, pos, head, d_head]``."""
     o: str = "o_proj"

@@ -14,19 +14,19 @@ from uncover.models.families.gptj import GPTJ
 from uncover.models.families.layernorm_llama import OLMO, STABLELM, STARCODER2
 from uncover.models.families.llama import LLAMA, QWEN3
 from uncover.models.families.moe import MIXTRAL, QWEN2_MOE, QWEN3_MOE
+from uncover.models.families.olmo2 import OLMO2
 from uncover.models.families.opt import OPT
 from uncover.models.families.phi import PHI, PHI3
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
                                 STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT, MIXTRAL, QWEN2_MOE,
-                                QWEN3_MOE)
+                                QWEN3_MOE, OLMO2)
 
 REFUSED: dict[str, str] = {
     "gpt_oss": "mixture-of-experts MLPs and attention sinks (not implemented)",
     "granite": "embedding, residual, attention and logit multipliers applied outside the modules that the hooks see",
     "cohere": "a logit scale applied after the unembedding, outside the modules that the hooks see",
     "bloom": "ALiBi attention in a custom attention function, and a norm on the embeddings",
-    "olmo2": "norms only after attention and MLP (no pre-norms for ln1/ln2)",
 }
 """Architectures refused on purpose, with the reason (shown by :func:`family_for`)."""
 
