@@ -40,7 +40,10 @@ def node_xy(circuit: Circuit, node: str) -> tuple[float, float]:
 def circuit_figure(circuit: Circuit, max_edges: int = 300) -> go.Figure:
     """Edges as lines (blue: corrupting the edge raises the metric, red: lowers it), nodes as markers.
 
-    >>> circuit_figure(eap(model, prompts).top(100)).show()  # doctest: +SKIP
+    >>> from uncover.circuits.eap import eap
+    >>> fig = circuit_figure(eap(model, prompts).top(100))  # fig.show() opens it in a browser
+    >>> len(fig.data) > 1
+    True
     """
     edges = circuit.edges()[:max_edges]
     fig = go.Figure()
@@ -84,7 +87,11 @@ def circuit_figure(circuit: Circuit, max_edges: int = 300) -> go.Figure:
 def faithfulness_figure(r: FaithfulnessCurve) -> go.Figure:
     """Faithfulness (metric of the circuit / metric of the full model) against edges kept.
 
-    >>> faithfulness_figure(faithfulness_curve(model, circuit, prompts)).show()  # doctest: +SKIP
+    >>> from uncover.circuits.eap import eap
+    >>> from uncover.circuits.faithfulness import faithfulness_curve
+    >>> fig = faithfulness_figure(faithfulness_curve(model, eap(model, prompts), prompts, [50, 200]))  # doctest: +SKIP
+    >>> len(fig.data) > 0  # doctest: +SKIP
+    True
     """
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=r.counts, y=r.fraction, mode="lines+markers", name="circuit / full model"))
