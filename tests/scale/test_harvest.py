@@ -107,6 +107,24 @@ def test_readers_stream_rows_blocks_sae_batches_and_top_contexts(tiny_model, cor
         ShardSource(out, "blocks.1.hook_resid_post", 9)
 
 
+
+def test_sae_train_operation_trains_on_a_harvest_directory(tiny_model, corpus_file, tmp_path, one_thread):
+    """``uncover sae train --harvest DIR`` streams the harvest's shards: the same SAE as train_sae on ShardSource."""
+    import uncover as uc
+    from uncover.sae import SAEConfig, TopKSAE, train_sae
+    from uncover.sae.train import TrainConfig
+
+    out = tmp_path / "h"
+    harvest_corpus(tiny_model, HOOKS[:1], corpus_file, out, **KW)
+    res = uc.run("sae train", tiny_model, out=tmp_path / "run", harvest=out, hook=HOOKS[0], steps=4, batch_size=8,
+                 expansion=2, k=4, checkpoint_every=0, progress=False)
+    ref = train_sae(TopKSAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4), seed=0),
+                    ShardSource(out, HOOKS[0], 8, 0), TrainConfig(steps=4, checkpoint_every=0), progress=False)
+    assert torch.equal(res.sae.W_dec, ref.sae.W_dec) and res.tokens == 4 * 8
+    with pytest.raises(UsageError, match="give one"):
+        uc.run("sae train", tiny_model, out=tmp_path / "run2", harvest=out, corpus=corpus_file, progress=False)
+
+
 @pytest.mark.e2e
 def test_real_model_shards_match_the_sae_store_and_the_manifest_fingerprint_is_provenances(real, tmp_path):
     from uncover.ops.provenance import weights_fingerprint

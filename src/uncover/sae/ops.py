@@ -72,10 +72,16 @@ blocks.15.attn.hook_z
     tensorboard: Path | None = param(None, help="Also write the metrics as TensorBoard events to this directory",
                                      path="out_dir")
     corpus: Path | None = param(None, help=".txt or .jsonl corpus (default: embedded)", path="in")
+    harvest: Path | None = param(None, help="Train on the shards of an `uncover harvest` directory (streamed, "
+                                 "one shard in memory) instead of harvesting --tokens from the corpus",
+                                 path="in_dir")
     seed: int = param(0, help="Seed of the initialisation, the corpus sample and the batches")
 
     def validate(self) -> None:
         check_sae_hook(self.hook, "SAETrainConfig: hook (--hook)")
+        if self.harvest is not None and (self.corpus is not None or self.shards):
+            raise UsageError("SAETrainConfig: --harvest trains on a harvest's shards; --corpus and --shards "
+                             "harvest activations now: give one")
         check_corpus(self.corpus, "SAETrainConfig")
         if self.tokens < self.batch_size:
             raise UsageError(f"SAETrainConfig: tokens (--tokens) {self.tokens} is less than one batch "
@@ -122,14 +128,19 @@ def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> Tr
 
     if not cfg.resume:  # an overwritten run's files go before anything new is written
         start_run(cfg.out, cfg.run_settings(), RUN_FILES)
-    texts = corpus_texts(cfg.corpus) if cfg.corpus is not None else None
-    blocks = token_blocks(model, texts, block_len=cfg.block_len)
-    n_blocks = min(len(blocks), -(-cfg.tokens // (cfg.block_len - 1)))
-    blocks = blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))[:n_blocks]]
     acts_dir = cfg.out / "acts"
-    if cfg.shards and cfg.resume and any(acts_dir.glob("shard_*.safetensors")):
+    if cfg.harvest is not None:  # an `uncover harvest` directory: streamed shard by shard
+        from uncover.scale.reader import ShardSource as HarvestSource
+
+        source = HarvestSource(cfg.harvest, cfg.hook, cfg.batch_size, cfg.seed)
+        progress.message(f"training on {source.reader.n_rows()} activations at {cfg.hook} from {cfg.harvest}")
+    elif cfg.shards and cfg.resume and any(acts_dir.glob("shard_*.safetensors")):
         source = ShardSource(acts_dir, cfg.batch_size, cfg.seed)
     else:
+        texts = corpus_texts(cfg.corpus) if cfg.corpus is not None else None
+        blocks = token_blocks(model, texts, block_len=cfg.block_len)
+        n_blocks = min(len(blocks), -(-cfg.tokens // (cfg.block_len - 1)))
+        blocks = blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))[:n_blocks]]
         progress.message(f"harvesting {n_blocks * (cfg.block_len - 1)} activations at {cfg.hook} ...")
         acts = harvest(model, cfg.hook, blocks, out_dir=acts_dir if cfg.shards else None)
         source = ShardSource(acts, cfg.batch_size, cfg.seed) if cfg.shards else TensorSource(acts, cfg.batch_size,
