@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uncover.core.config import Config, param
+from uncover.core.errors import UsageError
 from uncover.data.labelled import DATA_HELP, check_dataset
 from uncover.ops.registry import operation
 from uncover.saebench.bench import SAEBenchResult
@@ -43,7 +44,10 @@ class SAEBenchConfig(Config):
 
     def validate(self) -> None:
         for d in self.datasets:
-            check_dataset(d, what="SAEBenchConfig: dataset (--data)")
+            try:
+                check_dataset(d)
+            except UsageError as e:
+                raise UsageError(f"SAEBenchConfig: datasets (--data): {e}") from None
         if self.path is not None:
             from uncover.sae.sites import sae_dir
 
