@@ -183,6 +183,7 @@ def test_features_of_a_prompt_a_latent_dashboard_and_its_ablation(page, live):
     page.click("#latent-detail button.latent-dash")  # the `sae show` operation for that latent
     page.wait_for_selector("#latent-detail .latent-dashboard pre.summary", timeout=60_000)
     assert "feature" in page.inner_text("#latent-detail .latent-dashboard pre.summary")
+    assert page.locator("#file-list li[data-file='runs/mysae/sae_weights.safetensors']").count() == 0
     shot(page, "features")
 
 

@@ -253,7 +253,10 @@ async function refreshFiles() {
   let files;
   try { files = await api("/api/files"); } catch (err) { return; }
   const list = document.getElementById("file-list");
-  list.replaceChildren(...files.filter((f) => f.name.endsWith(".safetensors")).map((f) => el("li", { "data-file": f.name },
+  // results only: not the weights inside an SAE folder (a folder with cfg.json), which the features view lists
+  const saeDirs = new Set(files.filter((f) => f.name.endsWith("cfg.json")).map((f) => f.name.slice(0, -"cfg.json".length)));
+  const isResult = (n) => n.endsWith(".safetensors") && !saeDirs.has(n.slice(0, n.lastIndexOf("/") + 1));
+  list.replaceChildren(...files.filter((f) => isResult(f.name)).map((f) => el("li", { "data-file": f.name },
     el("button", { class: "open", text: "open", onclick: async () => {
       const target = document.getElementById("operations-result");
       switchTab("operations");
