@@ -112,9 +112,9 @@ def attribution_patching_sites(
     ``sites``: pairs from :data:`SITES`; returns one :class:`AttributionResult` per pair.
 
     >>> out = attribution_patching_sites(model, "When Mary and John went to the store, John gave a drink to",
-    ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
-    >>> out[("z", "head")].grid.shape, out[("resid_pre", "pos")].grid.shape  # doctest: +SKIP
-    (torch.Size([30, 9]), torch.Size([30, 15]))
+    ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+    >>> out[("z", "head")].grid.shape, out[("resid_pre", "pos")].grid.shape
+    (torch.Size([30, 9]), torch.Size([30, 14]))
     """
     from uncover.hooks.decode import target_ids
 
@@ -186,9 +186,9 @@ def attribution_patching(
     Same arguments and result layout as ``activation_patching``.
 
     >>> r = attribution_patching(model, "When Mary and John went to the store, John gave a drink to",
-    ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
-    >>> r.grid.shape  # doctest: +SKIP
-    torch.Size([30, 15])
+    ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+    >>> r.grid.shape  # [layer, position]: 30 blocks, 14 tokens
+    torch.Size([30, 14])
     """
     return attribution_patching_sites(model, clean, corrupt, answer, wrong, sites=[(hook, per)], metric=metric,
                                       direction=direction, normalise=normalise)[(hook, per)]
@@ -340,7 +340,7 @@ def compare_attribution(
 
     >>> c = compare_attribution(model, "When Mary and John went to the store, John gave a drink to",
     ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
-    >>> c.correlations()["pearson"].min() > 0.5  # doctest: +SKIP
+    >>> bool(c.correlations()["pearson"].min() > 0.5)  # doctest: +SKIP
     True
     """
     sites = _check_sites(sites)
