@@ -67,6 +67,7 @@ def test_residual_identities(kind, dtype, tol):
     out = cache["ln_final.hook_normalized"] @ m.W_U
     if m.adapter.b_U is not None:
         out = out + m.adapter.b_U
+    out = out * m.adapter.logit_scale  # Cohere: the model scales the unembedding's output
     cap = m.adapter.final_softcap
     if cap:
         out = torch.tanh(out / cap) * cap

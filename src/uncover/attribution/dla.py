@@ -185,7 +185,7 @@ def direct_logit_attribution(
     scale = norm_scale(final, cfg.norm_kind, eps)  # [batch, 1]
     if cfg.norm_kind == "layer":
         stack = stack - stack.mean(-1, keepdim=True)
-    W_U = ad.W_U.to(stack.dtype)
+    W_U = ad.W_U.to(stack.dtype) if ad.logit_scale == 1.0 else ad.W_U.to(stack.dtype) * ad.logit_scale  # Cohere
     direction = (W_U[:, a_ids] - W_U[:, w_ids]).T  # [batch, d_model]
     if w is not None:
         direction = direction * w.to(stack.dtype)

@@ -33,6 +33,7 @@ def decode_resid(model: HookedModel, resid: torch.Tensor) -> torch.Tensor:
     logits = x @ a.W_U
     if a.b_U is not None:
         logits = logits + a.b_U
+    logits = logits * a.logit_scale if a.logit_scale != 1.0 else logits  # Cohere
     cap = a.final_softcap
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -95,6 +95,13 @@ def _neox(i: int, n: int, d: int) -> tuple[Extract, Insert]:
     return ext, ins
 
 
+def _scaled(s: float) -> tuple[Extract, Insert]:
+    """A module output the model multiplies by ``s`` before using it (Cohere's logit scale)."""
+    if s == 1.0:
+        return _same, _put
+    return (lambda t: t * s), (lambda t, new: _put(t, new) / s)
+
+
 def _flat_tokens(a: Adapter) -> tuple[Extract, Insert]:
     """``[batch * pos, d]`` tensors (OPT's MLP) viewed as ``[batch, pos, d]`` with the current forward's batch."""
 
@@ -164,7 +171,7 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "hook_embed": lambda: Site(a.module(f.embed), "out"),
             "hook_pos_embed": lambda: Site(a.module(f.pos_embed), "out") if f.pos_embed else None,
             "ln_final.hook_normalized": lambda: Site(a.final_norm(), "out"),
-            "logits": lambda: Site(a.module(f.unembed), "out"),
+            "logits": lambda: Site(a.module(f.unembed), "out", *_scaled(a.logit_scale)),
         }.get(h.point, lambda: None)()
     elif 0 <= h.layer < c.n_layers:
         layer, p = h.layer, h.point

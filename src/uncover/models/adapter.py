@@ -10,7 +10,7 @@ understand are refused with :class:`~uncover.core.errors.UnsupportedModel`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -96,6 +96,9 @@ class Family:
     """Whether attention and MLP read the same residual (no ``hook_resid_mid``)."""
     refuse: Callable[[Any], list[str]] = lambda cfg: []
     """Return the config options this family does not understand (empty when fine)."""
+    logit_scale: Callable[[Any], float] = lambda cfg: 1.0
+    """Factor the model applies to the unembedding's output (Cohere's ``logit_scale``); ``logits`` and
+    :meth:`Adapter.logit_scale` include it, so DLA and decoded residuals give the model's own logits."""
     final_softcap_attr: str | None = None
     """Config attribute of the final-logit soft-capping value, if any."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -189,6 +192,8 @@ class Adapter:
             top_k=int(_first(hf, "num_experts_per_tok", default=0)) if moe else 0,
         )
         self.layers = get_module(model, family.layers)
+        if family.q_norm and not hasattr(self.attn(0) if len(self.layers) else None, family.q_norm):
+            self.family = family = replace(family, q_norm=None, k_norm=None)  # optional q/k norms (Cohere)
         if len(self.layers) != self.cfg.n_layers:
             raise UnsupportedModel(
                 f"config says {self.cfg.n_layers} layers but {family.layers} has {len(self.layers)}"
@@ -377,6 +382,11 @@ class Adapter:
 
     def final_norm(self) -> nn.Module:
         return self.module(self.family.final_norm)
+
+    @property
+    def logit_scale(self) -> float:
+        """Factor applied to ``x @ W_U + b_U`` to give the logits (1 except Cohere)."""
+        return float(self.family.logit_scale(self.model.config))
 
     @property
     def final_softcap(self) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uncover.core.errors import UnsupportedModel
 from uncover.models.adapter import Family
+from uncover.models.families.cohere import COHERE
 from uncover.models.families.falcon import FALCON
 from uncover.models.families.gemma import GEMMA, GEMMA2, GEMMA3
 from uncover.models.families.glm import GLM4
@@ -20,12 +21,11 @@ from uncover.models.families.phi import PHI, PHI3
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
                                 STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT, MIXTRAL, QWEN2_MOE,
-                                QWEN3_MOE, OLMO2)
+                                QWEN3_MOE, OLMO2, COHERE)
 
 REFUSED: dict[str, str] = {
     "gpt_oss": "mixture-of-experts MLPs and attention sinks (not implemented)",
     "granite": "embedding, residual, attention and logit multipliers applied outside the modules that the hooks see",
-    "cohere": "a logit scale applied after the unembedding, outside the modules that the hooks see",
     "bloom": "ALiBi attention in a custom attention function, and a norm on the embeddings",
 }
 """Architectures refused on purpose, with the reason (shown by :func:`family_for`)."""
