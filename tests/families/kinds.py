@@ -18,7 +18,7 @@ COMMON = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layer
 
 NEW_KINDS = ["smollm3", "phi", "phi3", "olmo", "stablelm", "starcoder2", "gptj", "gpt_bigcode", "gpt_bigcode-mha",
              "falcon", "glm4", "opt", "mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "cohere",
-             "cohere-qk"]
+             "cohere-qk", "granite"]
 ALL_KINDS = KINDS + NEW_KINDS
 
 
@@ -57,6 +57,9 @@ def new_config(kind: str) -> T.PretrainedConfig:
         return T.Qwen3MoeConfig(**moe, num_experts=4, moe_intermediate_size=24, head_dim=8, norm_topk_prob=True)
     if kind in ("cohere", "cohere-qk"):  # logit_scale 0.0625 as Command-R
         return T.CohereConfig(**COMMON, num_key_value_heads=2, use_qk_norm=kind == "cohere-qk", logit_scale=0.0625)
+    if kind == "granite":  # Granite 3.0 2B's multipliers
+        return T.GraniteConfig(**COMMON, num_key_value_heads=2, embedding_multiplier=12.0, residual_multiplier=0.22,
+                               attention_multiplier=0.015625, logits_scaling=8.0)
     if kind == "olmo2":
         return T.Olmo2Config(**COMMON, num_key_value_heads=2)
     if kind == "opt":

@@ -21,6 +21,7 @@ from uncover.hooks.interventions import Add, Replace
 
 POST_NORM = {"gemma2", "gemma3", "glm4", "olmo2"}
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
+LOGIT_SCALED = ("cohere", "cohere-qk", "granite")  # logits scaled by 1/16, 1/8: training and ROME take larger steps
 #: refusals the matrix expects: (kind, operation) -> words the message must contain
 REFUSED = {**{(k, "circuit"): "normalises the sum of the heads" for k in POST_NORM},
            ("gpt2", "prune"): "longer than the model's 64 positions",
@@ -33,7 +34,7 @@ def model_of(kind: str, facts: bool = False):
     """The realistic-scale tiny model of ``kind`` (``facts``: trained to store :data:`FACTS`), built once."""
     key = (kind, facts)
     if key not in _MODELS:
-        lr = 4e-2 if kind.startswith("cohere") else 1e-2  # Cohere's logits are scaled by 1/16: larger steps
+        lr = 4e-2 if kind in LOGIT_SCALED else 1e-2
         _MODELS[key] = trained(kind, steps=20, lr=lr) if facts else with_words(family_model(kind))
     return _MODELS[key]
 
@@ -126,6 +127,8 @@ def test_causal_tracing_corruption_lowers_the_metric(kind):
     scale = embed_multiplier(m)
     if kind.startswith("gemma"):  # the noise is measured where it is added: Gemma's embeddings are √d larger
         assert abs(scale - math.sqrt(m.cfg.d_model)) < 1e-3
+    elif kind == "granite":  # and Granite's are multiplied by embedding_multiplier outside the module
+        assert abs(scale - 12.0) < 1e-4
     else:
         assert scale == 1.0
     assert abs(noise_scale(m) - 3 * float(m.W_E.std()) * scale) < 1e-6
@@ -166,7 +169,7 @@ def test_rome_and_memit_move_a_stored_fact_and_revert(kind):
     from uncover.editing.evaluate import object_logprobs
     from uncover.editing.memit import memit
 
-    scaled = kind.startswith("cohere")  # Cohere's logit scale (1/16) needs a 16x larger value change
+    scaled = kind in LOGIT_SCALED  # a logit scale of 1/16 needs a 16x larger value change
     cfg = RomeConfig(steps=16 if scaled else 8, lr=2.0 if scaled else 0.1, prefixes=0, clamp=20.0,
                      weight_decay=0.0)  # scaled for d_model 32
     if kind in MOE:  # the edits assume one MLP per block: they refuse in one line naming the family
@@ -193,7 +196,7 @@ def test_rome_and_memit_move_a_stored_fact_and_revert(kind):
     e.revert()
     assert _same(m, snap)
     assert moved > base + 0.3, f"{kind}: ROME moved log p(rome) − log p(london) only {base:.2f} → {moved:.2f}"
-    if kind in POST_NORM or kind in ("llama", "gpt2", "gpt_neox", "phi3", "opt"):
+    if kind in POST_NORM or kind in ("llama", "gpt2", "gpt_neox", "phi3", "opt", "granite"):
         e = memit(m, [("{}", "big ben", " rome")], layers=[0, 1], mom2_samples=128, cache=cache, config=cfg,
                   progress=False)
         moved = gap()

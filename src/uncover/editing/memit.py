@@ -97,7 +97,7 @@ def output_targets(model: HookedModel, layer: int, K: torch.Tensor, R: torch.Ten
     a = model.adapter
     path = a.family.mlp_post_norm
     if path is None:
-        return R
+        return R / a.residual_multiplier  # Granite scales the MLP output as it joins the residual
     if a.family.norm_kind not in ("rms", "rms1p"):
         raise EditError(f"MEMIT through a {a.family.norm_kind} post-feedforward norm is not supported")
     w, bias, eps = a.norm_params(a.sub(layer, path))

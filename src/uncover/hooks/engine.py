@@ -210,10 +210,10 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
                     t = site.insert(t, _here(new, v))
             elif site.kind == "mid":
                 pre = _here(state.stash[hp.layer], t)
-                mid = pre + t
+                mid = pre + site.extract(t)  # (Granite's residual multiplier is in extract/insert)
                 new = fn(mid, hp)
                 if _changed(new, mid):
-                    t = _here(new, mid) - pre
+                    t = site.insert(t, _here(new, mid) - pre)
             elif site.kind == "experts":  # each expert's weighted output, [batch, pos, expert, d_model]
                 x, index, weights = args[0], args[1], args[2]
                 per = adapter.expert_outputs(hp.layer, x, index, weights)
@@ -236,7 +236,7 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
                     if new.shape != result.shape:
                         raise ValueError(f"hook returned shape {tuple(new.shape)}, expected {tuple(result.shape)}")
                     result = new = _here(new, result)
-                    t = new.sum(-2) if b_o is None else new.sum(-2) + b_o.to(new.device)
+                    t = site.insert(t, new.sum(-2) if b_o is None else new.sum(-2) + b_o.to(new.device))
         t = _here(t, t0)
         if t is t0:
             return None

@@ -168,7 +168,7 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
         pass
     elif h.layer is None:
         site = {
-            "hook_embed": lambda: Site(a.module(f.embed), "out"),
+            "hook_embed": lambda: Site(a.module(f.embed), "out", *_scaled(float(f.embed_multiplier(a.model.config)))),
             "hook_pos_embed": lambda: Site(a.module(f.pos_embed), "out") if f.pos_embed else None,
             "ln_final.hook_normalized": lambda: Site(a.final_norm(), "out"),
             "logits": lambda: Site(a.module(f.unembed), "out", *_scaled(a.logit_scale)),
@@ -178,13 +178,14 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
         attn_out_mod = a.sub(layer, f.attn_post_norm) if f.attn_post_norm else a.attn(layer)
         mlp_out_mod = a.mlp_out_module(layer)
         flat = _flat_tokens(a) if f.mlp_tokens_flat else ()
+        rm = _scaled(a.residual_multiplier)  # Granite: the block scales what attention and MLP add
+        mlp_view = flat or ((torch.clone, _put) if f.mlp_out_mutated else rm)  # Falcon adds into it in place
         table: dict[str, Callable[[], Site | None]] = {
             "hook_resid_pre": lambda: Site(a.block(layer), "in"),
             "hook_resid_post": lambda: Site(a.block(layer), "out"),
-            "hook_attn_out": lambda: Site(attn_out_mod, "out"),
-            "hook_resid_mid": lambda: None if c.parallel_attn_mlp else Site(attn_out_mod, "mid", order=1),
-            "hook_mlp_out": lambda: Site(mlp_out_mod, "out", *(_flat_tokens(a) if f.mlp_tokens_flat else (
-                torch.clone if f.mlp_out_mutated else _same,))),
+            "hook_attn_out": lambda: Site(attn_out_mod, "out", *rm),
+            "hook_resid_mid": lambda: None if c.parallel_attn_mlp else Site(attn_out_mod, "mid", *rm, order=1),
+            "hook_mlp_out": lambda: Site(mlp_out_mod, "out", *mlp_view),
             "ln1.hook_normalized": lambda: Site(a.sub(layer, f.ln1), "out") if f.ln1 else Site(a.attn(layer), "in"),
             "ln2.hook_normalized": lambda: (Site(a.sub(layer, f.ln2), "out", *flat) if f.ln2
                                             else Site(a.mlp(layer), "in")),
@@ -192,7 +193,7 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "attn.hook_k": lambda: _qkv_site(a, layer, 1),
             "attn.hook_v": lambda: _qkv_site(a, layer, 2),
             "attn.hook_z": lambda: Site(a.attn_part(layer, f.o), "in", *_heads(c.n_heads, c.d_head)),
-            "attn.hook_result": lambda: Site(a.attn_part(layer, f.o), "result"),
+            "attn.hook_result": lambda: Site(a.attn_part(layer, f.o), "result", *rm),
             "attn.hook_attn_scores": lambda: Site(a.attn(layer), "attnfn", order=0),
             "attn.hook_pattern": lambda: Site(a.attn(layer), "attnfn", order=1),
             "mlp.hook_pre": lambda: _mlp_in_site(a, layer, 0),

@@ -96,6 +96,12 @@ class Family:
     """Whether attention and MLP read the same residual (no ``hook_resid_mid``)."""
     refuse: Callable[[Any], list[str]] = lambda cfg: []
     """Return the config options this family does not understand (empty when fine)."""
+    embed_multiplier: Callable[[Any], float] = lambda cfg: 1.0
+    """Factor the model applies to the embedding module's output outside it (Granite); ``hook_embed`` and
+    :attr:`Adapter.embed_scale` include it."""
+    residual_multiplier: Callable[[Any], float] = lambda cfg: 1.0
+    """Factor the block applies to the attention and MLP outputs before adding them (Granite): ``hook_attn_out``,
+    ``hook_mlp_out``, ``hook_result`` and ``W_O``/``b_O``/``W_out``/``b_out`` (scaled copies) include it."""
     logit_scale: Callable[[Any], float] = lambda cfg: 1.0
     """Factor the model applies to the unembedding's output (Cohere's ``logit_scale``); ``logits`` and
     :meth:`Adapter.logit_scale` include it, so DLA and decoded residuals give the model's own logits."""
@@ -321,11 +327,11 @@ class Adapter:
     def W_O(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_head, d_model]``."""
         w = self._linear_w(self.attn_part(layer, self.family.o))  # [n_heads*d_head, d_model]
-        return w.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+        return self._resid_scaled(w.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model))
 
     def b_O(self, layer: int) -> torch.Tensor | None:
         """``[d_model]`` or ``None``."""
-        return getattr(self.attn_part(layer, self.family.o), "bias", None)
+        return self._resid_scaled(getattr(self.attn_part(layer, self.family.o), "bias", None))
 
     def W_in(self, layer: int) -> torch.Tensor:
         """``[d_model, d_mlp]`` (the linear, non-gate input of a gated MLP)."""
@@ -341,10 +347,10 @@ class Adapter:
 
     def W_out(self, layer: int) -> torch.Tensor:
         """``[d_mlp, d_model]``."""
-        return self._linear_w(self.mlp_part(layer, self.family.mlp_out))
+        return self._resid_scaled(self._linear_w(self.mlp_part(layer, self.family.mlp_out)))
 
     def b_out(self, layer: int) -> torch.Tensor | None:
-        return getattr(self.mlp_part(layer, self.family.mlp_out), "bias", None)
+        return self._resid_scaled(getattr(self.mlp_part(layer, self.family.mlp_out), "bias", None))
 
     @property
     def W_E(self) -> torch.Tensor:
@@ -354,7 +360,17 @@ class Adapter:
     @property
     def embed_scale(self) -> float:
         """Multiplier the embedding module applies (Gemma: sqrt(d_model)), else 1."""
-        return float(getattr(self.module(self.family.embed), "scalar_embed_scale", 1.0))
+        module = float(getattr(self.module(self.family.embed), "scalar_embed_scale", 1.0))
+        return module * float(self.family.embed_multiplier(self.model.config))
+
+    @property
+    def residual_multiplier(self) -> float:
+        """Factor on the attention and MLP outputs as they join the residual (1 except Granite)."""
+        return float(self.family.residual_multiplier(self.model.config))
+
+    def _resid_scaled(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        rm = self.residual_multiplier
+        return t if t is None or rm == 1.0 else t * rm
 
     @property
     def W_pos(self) -> torch.Tensor | None:

@@ -12,6 +12,7 @@ from uncover.models.families.gpt2 import GPT2
 from uncover.models.families.gpt_bigcode import GPT_BIGCODE
 from uncover.models.families.gpt_neox import GPT_NEOX
 from uncover.models.families.gptj import GPTJ
+from uncover.models.families.granite import GRANITE
 from uncover.models.families.layernorm_llama import OLMO, STABLELM, STARCODER2
 from uncover.models.families.llama import LLAMA, QWEN3
 from uncover.models.families.moe import MIXTRAL, QWEN2_MOE, QWEN3_MOE
@@ -21,11 +22,10 @@ from uncover.models.families.phi import PHI, PHI3
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
                                 STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT, MIXTRAL, QWEN2_MOE,
-                                QWEN3_MOE, OLMO2, COHERE)
+                                QWEN3_MOE, OLMO2, COHERE, GRANITE)
 
 REFUSED: dict[str, str] = {
     "gpt_oss": "mixture-of-experts MLPs and attention sinks (not implemented)",
-    "granite": "embedding, residual, attention and logit multipliers applied outside the modules that the hooks see",
     "bloom": "ALiBi attention in a custom attention function, and a norm on the embeddings",
 }
 """Architectures refused on purpose, with the reason (shown by :func:`family_for`)."""
@@ -45,10 +45,10 @@ def family_for(model_type: str) -> Family:
 
     >>> family_for("qwen2").name
     'llama'
-    >>> family_for("granite")
+    >>> family_for("bloom")
     Traceback (most recent call last):
     ...
-    uncover.core.errors.UnsupportedModel: architecture 'granite' is not supported: embedding, residual, ...
+    uncover.core.errors.UnsupportedModel: architecture 'bloom' is not supported: ALiBi attention ...
     """
     for f in FAMILIES:
         if model_type in f.model_types:
