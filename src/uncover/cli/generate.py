@@ -33,7 +33,7 @@ SHORT = {
 
 #: help lines of command groups (``"sae train"`` is in the ``sae`` group)
 GROUP_HELP = {
-    "sae": "Sparse autoencoders: train, evaluate, feature dashboards.",
+    "sae": "Sparse autoencoders: train, evaluate, feature dashboards, SAEBench-style metrics (bench).",
     "memorization": "Memorization: extraction scans and canary training runs.",
 }
 
