@@ -114,8 +114,8 @@ def transcoder_train(model: HookedModel, cfg: TranscoderTrainConfig, progress: P
     return result
 
 
-QUICK_HELP = ("Without a path: the quick set's layers (default: all; trained on first use, then cached; about a "
-              "CPU-minute per few layers)")
+QUICK_HELP = ("Without a path: the quick set's layers (default: all; trained on first use, then cached: minutes "
+              "on a CPU for every layer)")
 
 
 def load_transcoders(model: HookedModel, path: Path | None, quick_layers: list[int] | None, quick_steps: int,
