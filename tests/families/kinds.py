@@ -18,7 +18,7 @@ COMMON = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layer
 
 NEW_KINDS = ["smollm3", "phi", "phi3", "olmo", "stablelm", "starcoder2", "gptj", "gpt_bigcode", "gpt_bigcode-mha",
              "falcon", "glm4", "opt", "mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "cohere",
-             "cohere-qk", "granite"]
+             "cohere-qk", "granite", "bloom"]
 ALL_KINDS = KINDS + NEW_KINDS
 
 
@@ -60,6 +60,9 @@ def new_config(kind: str) -> T.PretrainedConfig:
     if kind == "granite":  # Granite 3.0 2B's multipliers
         return T.GraniteConfig(**COMMON, num_key_value_heads=2, embedding_multiplier=12.0, residual_multiplier=0.22,
                                attention_multiplier=0.015625, logits_scaling=8.0)
+    if kind == "bloom":
+        return T.BloomConfig(vocab_size=V, hidden_size=D, n_layer=L, n_head=H, hidden_dropout=0.0,
+                             attention_dropout=0.0)
     if kind == "olmo2":
         return T.Olmo2Config(**COMMON, num_key_value_heads=2)
     if kind == "opt":
@@ -75,7 +78,7 @@ def family_config(kind: str, attn: str = "sdpa") -> T.PretrainedConfig:
     for a in ("bos_token_id", "eos_token_id"):  # defaults name ids of the real vocabularies
         setattr(c, a, 1)
     c.pad_token_id = 0
-    c._attn_implementation = attn
+    c._attn_implementation = "eager" if kind == "bloom" else attn  # Bloom computes attention inline
     return c
 
 

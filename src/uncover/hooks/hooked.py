@@ -88,6 +88,8 @@ class HookedModel(nn.Module):
                     continue
                 if p == "mlp.hook_pre_linear" and not c.gated_mlp:
                     continue
+                if p == "attn.hook_attn_scores" and f.pattern_at:  # inline attention (Bloom): only the pattern
+                    continue
                 if p.startswith("mlp.") and c.n_experts:  # mixture of experts: router and experts instead
                     names += [resid_name(layer, q) for q in self.adapter.moe_points()] if p == "mlp.hook_pre" else []
                     continue

@@ -63,6 +63,21 @@ def capture_calls(model: HookedModel, batch: Batch) -> tuple[torch.Tensor, Block
     return logits, BlockCalls(args, kwargs, batch)
 
 
+def block_kwargs(calls: BlockCalls, layer: int, rows: int) -> dict[str, Any]:
+    """Block ``layer``'s keyword arguments for ``rows`` batch rows: Bloom's ALiBi bias ``[batch * heads, 1, key]``
+    of a one-row capture is repeated (the masks and rotary embeddings of other families broadcast as they are).
+
+    >>> _, calls = capture_calls(model, model.tokenize("Hello world"))
+    >>> block_kwargs(calls, 0, 3) is calls.kwargs[0]  # Llama: nothing depends on the batch
+    True
+    """
+    kwargs = calls.kwargs[layer]
+    alibi = kwargs.get("alibi")
+    if alibi is None or rows == 1 or calls.batch.input_ids.shape[0] != 1:
+        return kwargs
+    return {**kwargs, "alibi": alibi.repeat(rows, 1, 1)}
+
+
 def set_state(model: HookedModel, calls: BlockCalls, x: torch.Tensor) -> None:
     """Describe a replayed pass over ``x`` ``[batch, pos, d_model]`` to position-addressing hooks and
     interventions, as the root pre-hook of a whole forward pass would.
@@ -97,7 +112,7 @@ def run_from(
     x = resid
     with torch.no_grad():
         for i in range(layer, model.cfg.n_layers):
-            out = model.adapter.block(i)(x, *calls.args[i], **calls.kwargs[i])
+            out = model.adapter.block(i)(x, *calls.args[i], **block_kwargs(calls, i, x.shape[0]))
             x = out[0] if isinstance(out, tuple) else out
         if positions is not None:
             x = x[torch.arange(x.shape[0], device=x.device), positions]
@@ -149,7 +164,7 @@ def run_staged_resid(
             if i in stages:
                 x = stages[i] if x is None else torch.cat([x, stages[i]])
             set_state(model, calls, x)
-            out = model.adapter.block(i)(x, *calls.args[i], **calls.kwargs[i])
+            out = model.adapter.block(i)(x, *calls.args[i], **block_kwargs(calls, i, x.shape[0]))
             x = out[0] if isinstance(out, tuple) else out
         late = [stages[i] for i in layers if i >= stop]
         return torch.cat(([x] if x is not None else []) + late)

@@ -168,14 +168,16 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
         pass
     elif h.layer is None:
         site = {
-            "hook_embed": lambda: Site(a.module(f.embed), "out", *_scaled(float(f.embed_multiplier(a.model.config)))),
+            "hook_embed": lambda: (Site(a.module(f.embed_norm), "out") if f.embed_norm else
+                                   Site(a.module(f.embed), "out", *_scaled(float(f.embed_multiplier(a.model.config))))),
             "hook_pos_embed": lambda: Site(a.module(f.pos_embed), "out") if f.pos_embed else None,
             "ln_final.hook_normalized": lambda: Site(a.final_norm(), "out"),
             "logits": lambda: Site(a.module(f.unembed), "out", *_scaled(a.logit_scale)),
         }.get(h.point, lambda: None)()
     elif 0 <= h.layer < c.n_layers:
         layer, p = h.layer, h.point
-        attn_out_mod = a.sub(layer, f.attn_post_norm) if f.attn_post_norm else a.attn(layer)
+        attn_out_mod = a.sub(layer, f.attn_post_norm or f.attn_out_at) if f.attn_post_norm or f.attn_out_at else (
+            a.attn(layer))
         mlp_out_mod = a.mlp_out_module(layer)
         flat = _flat_tokens(a) if f.mlp_tokens_flat else ()
         rm = _scaled(a.residual_multiplier)  # Granite: the block scales what attention and MLP add
@@ -194,8 +196,9 @@ def resolve(a: Adapter, name: str, valid: list[str]) -> Site:
             "attn.hook_v": lambda: _qkv_site(a, layer, 2),
             "attn.hook_z": lambda: Site(a.attn_part(layer, f.o), "in", *_heads(c.n_heads, c.d_head)),
             "attn.hook_result": lambda: Site(a.attn_part(layer, f.o), "result", *rm),
-            "attn.hook_attn_scores": lambda: Site(a.attn(layer), "attnfn", order=0),
-            "attn.hook_pattern": lambda: Site(a.attn(layer), "attnfn", order=1),
+            "attn.hook_attn_scores": lambda: None if f.pattern_at else Site(a.attn(layer), "attnfn", order=0),
+            "attn.hook_pattern": lambda: (Site(a.attn_part(layer, f.pattern_at), "out") if f.pattern_at
+                                          else Site(a.attn(layer), "attnfn", order=1)),
             "mlp.hook_pre": lambda: _mlp_in_site(a, layer, 0),
             "mlp.hook_pre_linear": lambda: _mlp_in_site(a, layer, 1) if c.gated_mlp else None,
             "mlp.hook_post": lambda: Site(a.mlp_part(layer, f.mlp_out), "in", *flat),

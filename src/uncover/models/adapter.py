@@ -69,6 +69,15 @@ class Family:
     mlp_out: str = "down_proj"
     mlp_fused_gate_up: bool = False
     """``mlp_in`` computes ``[gate | up]`` in one linear (Phi-3, GLM-4): its first half is ``mlp.hook_pre``."""
+    embed_norm: str | None = None
+    """A norm on the embeddings before the first block (Bloom): ``hook_embed`` is its output, so the residual
+    stream still decomposes into ``hook_embed`` plus the blocks' outputs."""
+    attn_out_at: str | None = None
+    """Module inside the block whose output is ``hook_attn_out`` where the attention module adds the residual
+    itself (Bloom: ``self_attention.dense``)."""
+    pattern_at: str | None = None
+    """Module inside the attention whose output is the pattern where the attention is computed inline, not by
+    an attention function (Bloom: ``attention_dropout``); such families have no ``hook_attn_scores``."""
     mlp_out_at: str | None = None
     """Module inside the block whose output is ``hook_mlp_out`` where the MLP has no module of its own
     (OPT: ``fc2``; then ``mlp`` is ``""``, the block itself)."""

@@ -53,7 +53,7 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
     torch.Size([2, 1536])
     """
     from uncover.hooks.decode import decode_resid
-    from uncover.hooks.replay import capture_calls, set_state
+    from uncover.hooks.replay import block_kwargs, capture_calls, set_state
 
     if steps < 1 or layers_per_pass < 1:
         raise UncoverError(f"steps and layers_per_pass must be >= 1, got {steps} and {layers_per_pass}")
@@ -95,7 +95,7 @@ def ig_attributions(model: HookedModel, prompt: str | torch.Tensor, target: int,
                         new = cache[act_name("resid_pre", i)].expand(steps, -1, -1)
                         h = new if h is None else torch.cat([h, new])
                     set_state(model, calls, h)
-                    o = model.adapter.block(i)(h, *calls.args[i], **calls.kwargs[i])
+                    o = model.adapter.block(i)(h, *calls.args[i], **block_kwargs(calls, i, h.shape[0]))  # Bloom
                     h = o[0] if isinstance(o, tuple) else o
                 p = decode_resid(model, h[:, -1]).float().softmax(-1)[:, target]  # [rows]
                 grads = torch.autograd.grad(p.sum(), [xs[x] for x in chunk])

@@ -174,6 +174,7 @@ def embed_multiplier(model: HookedModel) -> float:
     ids = torch.arange(0, W.shape[0], max(1, W.shape[0] // 4096), device=W.device)
     out = model.adapter.module(model.adapter.family.embed)(ids).float()
     out = out * float(model.adapter.family.embed_multiplier(model.model.config))  # applied outside it (Granite)
+    out = model.adapter.module(model.adapter.family.embed_norm)(out) if model.adapter.family.embed_norm else out
     rows = W[ids].float()
     if torch.equal(out, rows):
         return 1.0

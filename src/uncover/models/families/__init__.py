@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uncover.core.errors import UnsupportedModel
 from uncover.models.adapter import Family
+from uncover.models.families.bloom import BLOOM
 from uncover.models.families.cohere import COHERE
 from uncover.models.families.falcon import FALCON
 from uncover.models.families.gemma import GEMMA, GEMMA2, GEMMA3
@@ -22,11 +23,10 @@ from uncover.models.families.phi import PHI, PHI3
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
                                 STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT, MIXTRAL, QWEN2_MOE,
-                                QWEN3_MOE, OLMO2, COHERE, GRANITE)
+                                QWEN3_MOE, OLMO2, COHERE, GRANITE, BLOOM)
 
 REFUSED: dict[str, str] = {
     "gpt_oss": "mixture-of-experts MLPs and attention sinks (not implemented)",
-    "bloom": "ALiBi attention in a custom attention function, and a norm on the embeddings",
 }
 """Architectures refused on purpose, with the reason (shown by :func:`family_for`)."""
 
@@ -45,10 +45,10 @@ def family_for(model_type: str) -> Family:
 
     >>> family_for("qwen2").name
     'llama'
-    >>> family_for("bloom")
+    >>> family_for("gpt_oss")
     Traceback (most recent call last):
     ...
-    uncover.core.errors.UnsupportedModel: architecture 'bloom' is not supported: ALiBi attention ...
+    uncover.core.errors.UnsupportedModel: architecture 'gpt_oss' is not supported: mixture-of-experts MLPs and ...
     """
     for f in FAMILIES:
         if model_type in f.model_types:
