@@ -45,9 +45,11 @@ def harvest(model: HookedModel, hook: str, tokens: torch.Tensor, batch_size: int
     With ``out_dir``, writes ``shard_00000.safetensors`` ... of ``shard_tokens`` rows each
     and returns the directory.
 
-    >>> acts = harvest(model, "blocks.15.hook_resid_post", blocks[:32])  # doctest: +SKIP
-    >>> acts.shape  # doctest: +SKIP
-    torch.Size([2016, 576])
+    >>> from uncover.data.corpus import token_blocks
+    >>> blocks = token_blocks(model, block_len=64)[:2]
+    >>> acts = harvest(model, "blocks.15.hook_resid_post", blocks)
+    >>> acts.shape  # the first position of each block skipped
+    torch.Size([126, 576])
     """
     from safetensors.torch import save_file
 
@@ -106,7 +108,9 @@ class TensorSource:
 class ShardSource:
     """Batches from safetensors shards written by :func:`harvest`; one shard in memory.
 
-    >>> src = ShardSource("acts/", batch_size=4096)  # doctest: +SKIP
+    >>> from uncover.data.corpus import token_blocks
+    >>> out = harvest(model, "blocks.3.hook_resid_post", token_blocks(model, block_len=32)[:2], out_dir=tmp / "acts")
+    >>> src = ShardSource(out, batch_size=16)
     """
 
     def __init__(self, path: str | Path, batch_size: int, seed: int = 0):
@@ -156,9 +160,11 @@ class ActivationStore:
     step replays the stream up to it (what a resumed run does). The token blocks are
     cycled (each pass over them reshuffled by ``seed``).
 
-    >>> store = ActivationStore(model, "blocks.15.hook_resid_post", blocks, 4096)  # doctest: +SKIP
-    >>> store.batch(0).shape  # doctest: +SKIP
-    torch.Size([4096, 576])
+    >>> from uncover.data.corpus import token_blocks
+    >>> blocks = token_blocks(model, block_len=32)[:8]
+    >>> store = ActivationStore(model, "blocks.15.hook_resid_post", blocks, 64, buffer_tokens=256)
+    >>> store.batch(0).shape
+    torch.Size([64, 576])
     """
 
     def __init__(self, model: HookedModel, hook: str, tokens: torch.Tensor, batch_size: int,
