@@ -49,7 +49,7 @@ def _tile(obj: Any, n: int, k: int) -> Any:
     if isinstance(obj, list):
         return [_tile(o, n, k) for o in obj]
     if isinstance(obj, dict):
-        return {key: _tile(v, n, k) for key, v in obj.items()}
+        return {key: v.repeat(k, 1, 1) if key == "alibi" else _tile(v, n, k) for key, v in obj.items()}  # Bloom
     return obj
 
 
