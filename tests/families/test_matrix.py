@@ -15,7 +15,7 @@ import torch
 import uncover as uc
 from tests.families.facts import trained
 from tests.families.kinds import ALL_KINDS, family_model, with_words
-from tests.families.ops_cases import CASES, CLEAN, CORPUS_KINDS, CORPUS_OPS, CORRUPT, FACT
+from tests.families.ops_cases import CASES, CLEAN, CORPUS_KINDS, CORPUS_OPS, CORRUPT, FACT, PAIR
 from uncover.core.errors import UncoverError
 from uncover.hooks.interventions import Add, Replace
 
@@ -205,3 +205,37 @@ def test_rome_and_memit_move_a_stored_fact_and_revert(kind):
         e.revert()
         assert _same(m, snap)
         assert moved > base + 0.3, f"{kind}: MEMIT moved the gap only {base:.2f} → {moved:.2f}"
+
+
+WRITE_KINDS = ["opt", "granite", "bloom", "olmo2", "cohere", "mixtral", "qwen2_moe", "gpt2", "falcon"]
+
+
+@pytest.mark.parametrize("kind", WRITE_KINDS)
+def test_writing_every_component_gives_back_the_clean_run(kind):
+    """Writes go through each site's insert (Granite's multipliers, OPT's flattened MLP, Bloom's dense outputs,
+    MoE experts): replacing the embedding and every attention and MLP output (MoE: every expert's weighted
+    output) with the clean run's values turns the corrupted run into the clean one."""
+    m = model_of(kind)
+    n = m.cfg.n_layers
+    mlp = "mlp.hook_expert_out" if m.cfg.n_experts else "hook_mlp_out"
+    names = ["hook_embed"] + [f"blocks.{i}.{p}" for i in range(n) for p in ("hook_attn_out", mlp)]
+    names += [f"blocks.{i}.mlp.hook_shared_expert" for i in range(n) if m.adapter.family.shared_expert]
+    names += [f"blocks.{i}.mlp.hook_shared_gate" for i in range(n) if m.adapter.family.shared_expert]
+    with torch.no_grad():
+        clean, cache = m.run_with_cache(CLEAN, names=names)
+        assert not torch.allclose(m(CORRUPT), clean, atol=1e-3)
+        with m.intervene([Replace(name, source=cache[name]) for name in names]):
+            torch.testing.assert_close(m(CORRUPT), clean, rtol=1e-4, atol=1e-4)
+        if not m.cfg.parallel_attn_mlp:  # resid_mid too (Granite: written back through the multiplier)
+            mid, out = f"blocks.{n - 1}.hook_resid_mid", f"blocks.{n - 1}.hook_mlp_out"
+            _, ref = m.run_with_cache(CLEAN, names=[mid, out])
+            with m.intervene([Replace(mid, source=ref[mid])]):  # the last MLP then reads the clean stream
+                _, got = m.run_with_cache(CORRUPT, names=[out])
+            torch.testing.assert_close(got[out], ref[out], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["bloom"])
+def test_acdc_and_faithfulness_replay_batches(kind):
+    """ACDC and faithfulness replay blocks on tiled batches: Bloom's ALiBi bias must be tiled too."""
+    r = uc.run("circuit", model_of(kind), **PAIR, edges=5, method="acdc", candidates=20, faithfulness=True)
+    assert "faithfulness" in r.summary()
