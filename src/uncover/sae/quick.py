@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from uncover.core.errors import UncoverError
+from uncover.core.locks import cache_lock
 from uncover.core.names import act_name
 
 if TYPE_CHECKING:
@@ -96,11 +97,7 @@ def quick_sae(model: HookedModel, spec: QuickSAESpec | None = None, *, tokens: t
     >>> sae.cfg.hook_name, sae.cfg.d_sae, sae.cfg.k  # doctest: +SKIP
     ('blocks.15.hook_resid_post', 2304, 32)
     """
-    from uncover.data.corpus import token_blocks
-    from uncover.sae.base import SAE, SAEConfig
-    from uncover.sae.store import TensorSource, harvest
-    from uncover.sae.topk import TopKSAE
-    from uncover.sae.train import TrainConfig, train_sae
+    from uncover.sae.base import SAE
 
     spec = spec or QuickSAESpec()
     hook = spec.hook or act_name("resid_post", model.cfg.n_layers // 2)
@@ -108,6 +105,23 @@ def quick_sae(model: HookedModel, spec: QuickSAESpec | None = None, *, tokens: t
     path = cache_path(model, spec, tokens)
     if cache and (path / "cfg.json").is_file():
         return SAE.load(path)
+    if cache:  # one process trains it; others sharing the cache wait for it, then load it
+        with cache_lock(path):
+            if (path / "cfg.json").is_file():
+                return SAE.load(path)
+            return _train_quick(model, spec, hook, path, tokens, progress)
+    return _train_quick(model, spec, hook, None, tokens, progress)
+
+
+def _train_quick(model: HookedModel, spec: QuickSAESpec, hook: str, path: Path | None,
+                 tokens: torch.Tensor | None, progress: bool) -> SAE:
+    """Train the quick SAE; install it at ``path`` unless ``None``."""
+    from uncover.data.corpus import token_blocks
+    from uncover.sae.base import SAEConfig
+    from uncover.sae.store import TensorSource, harvest
+    from uncover.sae.topk import TopKSAE
+    from uncover.sae.train import TrainConfig, train_sae
+
     if tokens is None:
         tokens = token_blocks(model, block_len=spec.block_len)
         if len(tokens) < spec.n_blocks:
@@ -122,7 +136,7 @@ def quick_sae(model: HookedModel, spec: QuickSAESpec | None = None, *, tokens: t
                       log_every=max(1, spec.steps // 10), checkpoint_every=0, seed=spec.seed)
     with torch.enable_grad():
         sae = train_sae(sae, TensorSource(acts, spec.batch_size, seed=spec.seed), cfg, progress=progress).sae
-    if cache:
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
         try:
