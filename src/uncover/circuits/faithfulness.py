@@ -89,7 +89,7 @@ def circuit_metrics(
 
     >>> from uncover.circuits.eap import eap
     >>> c = eap(model, prompts)  # prompts: 4 IOI pairs; the metric is the mean logit difference
-    >>> [round(v, 1) for v in circuit_metrics(EdgePatcher(model, prompts), [c.top(100), c.top(500)])]
+    >>> [round(v, 1) for v in circuit_metrics(EdgePatcher(model, prompts), [c.top(100), c.top(500)])]  # doctest: +SKIP
     [0.4, 2.5]
     """
     removed = torch.stack([c.removed() for c in circuits]).to(patcher.model.device)
@@ -123,8 +123,8 @@ def faithfulness_curve(
     """Faithfulness of ``circuit.top(n)`` for each ``n`` in ``counts`` (plus the full and empty circuits).
 
     >>> from uncover.circuits.eap import eap
-    >>> curve = faithfulness_curve(model, eap(model, prompts), prompts, [50, 100, 200])
-    >>> [round(f, 1) for f in curve.fraction]  # plain EAP on 4 prompts: far from faithful at 200 edges
+    >>> curve = faithfulness_curve(model, eap(model, prompts), prompts, [50, 100, 200])  # doctest: +SKIP
+    >>> [round(f, 1) for f in curve.fraction]  # plain EAP, 4 prompts: not faithful yet  # doctest: +SKIP
     [-0.4, 0.1, -0.2]
     """
     metric = metric or circuit.metric
