@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uncover.core.errors import UncoverError
+from uncover.core.locks import cache_lock
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -73,16 +74,28 @@ def quick_transcoders(model: HookedModel, spec: QuickTranscoderSpec | None = Non
     >>> ts.layers, ts.d_sae(3)
     ([3], 1152)
     """
-    from uncover.data.corpus import token_blocks
-    from uncover.sae.train import TrainConfig
     from uncover.transcoders.sets import TranscoderSet
-    from uncover.transcoders.train import train_transcoders
 
     spec = spec or QuickTranscoderSpec()
     layers = list(spec.layers) if spec.layers is not None else list(range(model.cfg.n_layers))
     path = cache_path(model, spec)
     if cache and path.is_dir():
         return TranscoderSet.load(path)
+    if not cache:
+        return _train_quick(model, spec, layers, None, progress)
+    with cache_lock(path):  # one process trains the set; others sharing the cache wait for it, then load it
+        if path.is_dir():
+            return TranscoderSet.load(path)
+        return _train_quick(model, spec, layers, path, progress)
+
+
+def _train_quick(model: HookedModel, spec: QuickTranscoderSpec, layers: list[int], path: Path | None,
+                 progress: Any) -> TranscoderSet:
+    """Train the quick set; install it at ``path`` unless ``None``."""
+    from uncover.data.corpus import token_blocks
+    from uncover.sae.train import TrainConfig
+    from uncover.transcoders.train import train_transcoders
+
     blocks = token_blocks(model, block_len=spec.block_len)
     if len(blocks) < spec.n_blocks:
         raise UncoverError(f"the corpus has only {len(blocks)} blocks of {spec.block_len} tokens; lower n_blocks")
@@ -91,7 +104,7 @@ def quick_transcoders(model: HookedModel, spec: QuickTranscoderSpec | None = Non
     tset = train_transcoders(model, layers, blocks[: spec.n_blocks], cfg, cross_layer=spec.cross_layer,
                              expansion=spec.expansion, k=spec.k, skip=spec.skip, batch_size=spec.batch_size,
                              progress=progress).transcoders
-    if cache:
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
         try:
