@@ -24,7 +24,8 @@ chromium:
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q tests src
+	$(BIN)/python -c "import uncover; uncover.load()"  # convert the embedded model once, before the workers
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests src
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
