@@ -115,7 +115,32 @@ class SAEConfig:
 ARCHITECTURES: dict[str, type[SAE]] = {}
 
 
-class SAE(nn.Module):
+class SAELensWeights:
+    """Shared by SAEs and transcoders: the SAELens directory writer and the exact fold of a training scale.
+
+    A class using it has ``W_enc``, ``W_dec``, ``b_dec``, ``state_keys`` and a ``cfg`` with ``to_saelens()``.
+    """
+
+    @torch.no_grad()
+    def fold_scale(self, scale: float) -> None:
+        """Make a model trained on inputs (and targets) multiplied by ``scale`` work on raw ones (exactly)."""
+        self.W_enc.mul_(scale)  # type: ignore[attr-defined]
+        self.W_dec.div_(scale)  # type: ignore[attr-defined]
+        self.b_dec.div_(scale)  # type: ignore[attr-defined]
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens format) into directory ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        weights = {k: getattr(self, k).detach().contiguous().cpu() for k in self.state_keys}  # type: ignore[attr-defined]
+        save_file(weights, path / WEIGHTS_FILE)
+        (path / CFG_FILE).write_text(json.dumps(self.cfg.to_saelens(), indent=1), encoding="utf-8")  # type: ignore[attr-defined]
+        return path
+
+
+class SAE(SAELensWeights, nn.Module):
     """Base SAE: ``encode``, ``decode``, ``forward`` and save/load; subclasses set the activation.
 
     >>> from uncover.sae import TopKSAE
@@ -240,24 +265,7 @@ class SAE(nn.Module):
             w = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8)
             self.W_dec.grad.sub_((self.W_dec.grad * w).sum(-1, keepdim=True) * w)
 
-    @torch.no_grad()
-    def fold_scale(self, scale: float) -> None:
-        """Make an SAE trained on ``x * scale`` work on raw ``x`` (exactly)."""
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
-
-    # ---- SAELens on-disk format ----------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens format) into directory ``path``."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: getattr(self, k).detach().contiguous().cpu() for k in self.state_keys}, path / WEIGHTS_FILE)
-        (path / CFG_FILE).write_text(json.dumps(self.cfg.to_saelens(), indent=1), encoding="utf-8")
-        return path
-
+    # ---- SAELens on-disk format (save: SAELensWeights) -----------------------------------
     @staticmethod
     def load(path: str | Path, norm_scaling_factor: float | None = None) -> SAE:
         """Read an SAE directory in SAELens format (ours or SAELens's ``save_model`` output).

@@ -30,6 +30,7 @@ from torch import nn
 
 from uncover.core.errors import UncoverError
 from uncover.core.names import resid_name
+from uncover.sae.base import SAELensWeights
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
@@ -164,7 +165,7 @@ def aux_loss(pre: torch.Tensor, err: torch.Tensor, w_dec: torch.Tensor, dead: to
     return (f_aux @ w_dec[idx] - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp(min=1e-12)
 
 
-class Transcoder(nn.Module):
+class Transcoder(SAELensWeights, nn.Module):
     """A per-layer transcoder (SAELens ``transcoder``/``skip_transcoder``).
 
     >>> tc = Transcoder(TranscoderConfig(d_in=8, d_sae=32, d_out=8, k=4, skip=True))
@@ -250,24 +251,7 @@ class Transcoder(nn.Module):
                 parts["aux"] = float(aux.detach())
         return loss, parts, f
 
-    @torch.no_grad()
-    def fold_scale(self, scale: float) -> None:
-        """Make a transcoder trained on ``(x, y) * scale`` work on raw activations (exactly)."""
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
-
-    # ---- SAELens on-disk format ----------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens transcoder format) into ``path``."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: getattr(self, k).detach().contiguous().cpu() for k in self.state_keys}, path / WEIGHTS_FILE)
-        (path / CFG_FILE).write_text(json.dumps(self.cfg.to_saelens(), indent=1), encoding="utf-8")
-        return path
-
+    # ---- SAELens on-disk format (fold_scale and save: uncover.sae.base.SAELensWeights) ------
     @staticmethod
     def load(path: str | Path) -> Transcoder:
         """Read a transcoder directory in SAELens format.
