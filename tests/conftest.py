@@ -105,3 +105,20 @@ def one_thread_no_grad():
             yield
     finally:
         torch.set_num_threads(threads)
+
+
+def word_level_tokenizer(words: list[str], decode_spaces: bool = False):
+    """A word-level tokenizer over ``words`` (ids 0-2: pad, eos, unk), for tiny models that read text.
+
+    ``decode_spaces``: decode with spaces between words (WordPiece's decoder) instead of joining them.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    assert len(vocab) <= V
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    if decode_spaces:
+        t.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import transformers as T
 
-from tests.conftest import KINDS, D, F, H, L, V, tiny_config
+from tests.conftest import KINDS, D, F, H, L, V, tiny_config, word_level_tokenizer
 from uncover import HookedModel
 
 COMMON = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H)
@@ -114,14 +114,7 @@ WORDS = ("the tower is in city of paris rome london big ben colosseum a movie wa
 
 
 def word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    assert len(vocab) <= V
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    return word_level_tokenizer(WORDS)
 
 
 def with_words(m: HookedModel) -> HookedModel:

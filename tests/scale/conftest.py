@@ -7,21 +7,14 @@ import os
 import pytest
 import torch
 
-from tests.conftest import V, tiny_hf
+from tests.conftest import tiny_hf, word_level_tokenizer
 
 WORDS = ("the tower is in city of paris rome london big ben colosseum a movie was good bad it and to there then "
          "when we you i be at on for with this that capital france italy england language french italian").split()
 
 
 def word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    assert len(vocab) <= V
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    return word_level_tokenizer(WORDS)
 
 
 def documents(n: int = 40, seed: int = 0) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import V, tiny
+from tests.conftest import tiny, word_level_tokenizer
 
 TOKEN = "test-token-123"
 WORDS = ("the tower is in city of paris rome london big ben colosseum a movie was good bad it and to "
@@ -19,15 +19,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 def word_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    assert len(vocab) <= V
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    return word_level_tokenizer(WORDS, decode_spaces=True)
 
 
 def word_model():
