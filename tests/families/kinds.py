@@ -17,7 +17,7 @@ from uncover import HookedModel
 COMMON = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H)
 
 NEW_KINDS = ["smollm3", "phi", "phi3", "olmo", "stablelm", "starcoder2", "gptj", "gpt_bigcode", "gpt_bigcode-mha",
-             "falcon", "glm4", "opt", "mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "cohere",
+             "falcon", "glm4", "opt", "mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "olmo2", "cohere",
              "cohere-qk", "granite", "bloom"]
 ALL_KINDS = KINDS + NEW_KINDS
 
@@ -55,6 +55,10 @@ def new_config(kind: str) -> T.PretrainedConfig:
                                 norm_topk_prob=False)
     if kind == "qwen3_moe":
         return T.Qwen3MoeConfig(**moe, num_experts=4, moe_intermediate_size=24, head_dim=8, norm_topk_prob=True)
+    if kind in ("gpt_oss", "gpt_oss-mha"):  # sliding and full layers alternate (window 4 of the 8-token prompts);
+        # the SwiGLU clamp scaled to the tiny weights (|gate_up| ~ 0.1) so that it acts, as 7 does on the real model
+        return T.GptOssConfig(**moe, num_local_experts=4, sliding_window=4, head_dim=8, swiglu_limit=0.1,
+                              **({"num_key_value_heads": H} if kind == "gpt_oss-mha" else {}))
     if kind in ("cohere", "cohere-qk"):  # logit_scale 0.0625 as Command-R
         return T.CohereConfig(**COMMON, num_key_value_heads=2, use_qk_norm=kind == "cohere-qk", logit_scale=0.0625)
     if kind == "granite":  # Granite 3.0 2B's multipliers
@@ -78,7 +82,8 @@ def family_config(kind: str, attn: str = "sdpa") -> T.PretrainedConfig:
     for a in ("bos_token_id", "eos_token_id"):  # defaults name ids of the real vocabularies
         setattr(c, a, 1)
     c.pad_token_id = 0
-    c._attn_implementation = "eager" if kind == "bloom" else attn  # Bloom computes attention inline
+    # Bloom computes attention inline; gpt-oss has no SDPA path (its sinks need eager, flex or flash kernels)
+    c._attn_implementation = "eager" if kind == "bloom" or kind.startswith("gpt_oss") else attn
     return c
 
 
@@ -88,10 +93,12 @@ def realistic_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     gemma = model.config.model_type.startswith("gemma")
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if not ("norm" in name or "ln" in name):
+            if not ("norm" in name or "ln" in name or name.endswith("sinks")):
                 continue
             z = torch.randn(p.shape, generator=g)
-            if name.endswith("bias"):
+            if name.endswith("sinks"):  # gpt-oss's learned sink logits are O(1), not the init's 0.02
+                p.copy_(1.0 + z)
+            elif name.endswith("bias"):
                 p.copy_(0.1 * z)
             else:
                 w = torch.exp(0.5 * z)

@@ -86,7 +86,13 @@ def test_patterns_match_eager(kind):
     for layer in range(m.cfg.n_layers):
         p = cache[f"blocks.{layer}.attn.hook_pattern"]
         assert p.shape == (2, m.cfg.n_heads, 8, 8)
-        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+        total = p.sum(-1)
+        if m.adapter.family.attn_sinks:  # gpt-oss: the sink takes exp(s) / (exp(s) + Σ exp(scores)) of each row
+            s = cache[f"blocks.{layer}.attn.hook_attn_scores"].double()
+            sink = getattr(m.adapter.attn(layer), m.adapter.family.attn_sinks).double()[None, :, None]
+            total = total + (1 / (1 + (s - sink[..., None]).exp().sum(-1))).to(total.dtype)
+            assert bool((p.sum(-1) < 0.99).any())  # realistic sinks take a visible share
+        torch.testing.assert_close(total, torch.ones_like(total))
         torch.testing.assert_close(p, ref[layer], rtol=1e-5, atol=1e-6)
         if m.adapter.family.pattern_at:  # inline attention (Bloom): no scores hook; the mask zeroes the future
             assert p[0, 0, 0, 1] == 0
@@ -134,19 +140,14 @@ def _check_experts(m: HookedModel, cache, layer: int, x2: torch.Tensor) -> None:
     f, c = m.adapter.family, m.cfg
     moe = m.adapter.mlp(layer)
     router = cache[f"blocks.{layer}.mlp.hook_router"]  # [batch, pos, n_experts]
-    torch.testing.assert_close(router, x2 @ getattr(moe, f.router).weight.T)
-    probs = router.softmax(-1)
-    top, idx = probs.topk(c.top_k, dim=-1)
-    if getattr(m.model.config, "norm_topk_prob", True):
-        top = top / top.sum(-1, keepdim=True)
+    r = getattr(moe, f.router)
+    torch.testing.assert_close(router, x2 @ r.weight.T + (0 if getattr(r, "bias", None) is None else r.bias))
+    top, idx = route_by_hand(m, router)
     experts = cache[f"blocks.{layer}.mlp.hook_expert_out"]
     assert experts.shape == (*x2.shape[:2], c.n_experts, c.d_model)
-    ex = getattr(moe, f.experts)
     for e in range(c.n_experts):
-        gate, up = (x2 @ ex.gate_up_proj[e].T).chunk(2, dim=-1)
-        out = (ex.act_fn(gate) * up) @ ex.down_proj[e].T
         w = (top * (idx == e)).sum(-1, keepdim=True)  # 0 where expert e was not chosen
-        torch.testing.assert_close(experts[:, :, e], out * w)
+        torch.testing.assert_close(experts[:, :, e], expert_by_hand(m, layer, e, x2) * w)
     mixed = experts.sum(-2)
     if f.shared_expert:
         shared = cache[f"blocks.{layer}.mlp.hook_shared_expert"]
@@ -154,7 +155,30 @@ def _check_experts(m: HookedModel, cache, layer: int, x2: torch.Tensor) -> None:
     torch.testing.assert_close(mixed, cache[f"blocks.{layer}.hook_mlp_out"])
 
 
-@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe"])
+def route_by_hand(m: HookedModel, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weights, index)`` ``[..., top_k]`` of each family's router, written out from its paper/model card."""
+    k = m.cfg.top_k
+    if m.cfg.family == "gpt_oss":  # top-k logits, softmaxed among themselves
+        top, idx = logits.topk(k, dim=-1)
+        return top.softmax(-1), idx
+    top, idx = logits.softmax(-1).topk(k, dim=-1)  # softmax over all experts, then top-k
+    if getattr(m.model.config, "norm_topk_prob", True):  # Mixtral always renormalises
+        top = top / top.sum(-1, keepdim=True)
+    return top, idx
+
+
+def expert_by_hand(m: HookedModel, layer: int, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert ``e``'s output on ``x`` ``[..., d_model]`` from its own weights (unweighted)."""
+    ex = getattr(m.adapter.mlp(layer), m.adapter.family.experts)
+    if m.cfg.family == "gpt_oss":  # [d, 2F] with gate/up interleaved, biases, clamped SwiGLU
+        h = x @ ex.gate_up_proj[e] + ex.gate_up_proj_bias[e]
+        gate, up = h[..., 0::2].clamp(max=ex.limit), h[..., 1::2].clamp(-ex.limit, ex.limit)
+        return ((up + 1) * gate * torch.sigmoid(ex.alpha * gate)) @ ex.down_proj[e] + ex.down_proj_bias[e]
+    gate, up = (x @ ex.gate_up_proj[e].T).chunk(2, dim=-1)
+    return (ex.act_fn(gate) * up) @ ex.down_proj[e].T
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "gpt_oss"])
 def test_patching_an_expert_changes_the_mixed_output(kind):
     """Writing hook_expert_out moves hook_mlp_out by exactly the change; single-MLP techniques refuse."""
     m = tiny(kind)

@@ -21,7 +21,7 @@ from torch import nn
 PREFIX = "uncover|"
 ATTR = "_uncover_attn_hook"
 """Attribute set on an attention module while pattern hooks are active:
-a callable ``(scores, pattern_fn) -> (scores, pattern, changed)``."""
+a callable ``(scores, sinks or None) -> (pattern, changed)``."""
 
 _registered: set[str] = set()
 
@@ -77,9 +77,21 @@ def attention_scores(
     return scores.masked_fill_(~allowed, float("-inf"))
 
 
-def pattern_from_scores(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over keys in float32, fully masked rows set to 0; ``[batch, head, q, k]``."""
-    p = torch.softmax(scores, dim=-1, dtype=torch.float32)
+def pattern_from_scores(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax over keys in float32, fully masked rows set to 0; ``[batch, head, q, k]``.
+
+    ``sinks``: per-head sink logits ``[head]`` (gpt-oss), an extra key with no value that joins the
+    normaliser, so each row sums to ``1 - p(sink)``.
+
+    >>> pattern_from_scores(torch.zeros(1, 1, 1, 1), torch.zeros(1))
+    tensor([[[[0.5000]]]])
+    """
+    if sinks is None:
+        p = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    else:
+        b, h, q, _ = scores.shape
+        sink = sinks.to(scores.device, scores.dtype).reshape(1, h, 1, 1).expand(b, h, q, 1)
+        p = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
     return p.nan_to_num_(nan=0.0).to(scores.dtype)
 
 
@@ -105,7 +117,7 @@ def _make_wrapper(impl: str) -> Callable[..., Any]:
             kwargs.get("softcap"),
             kwargs.get("sliding_window"),
         )
-        pattern, changed = hook(scores)
+        pattern, changed = hook(scores, kwargs.get("s_aux"))  # gpt-oss passes its sink logits as s_aux
         if not changed:
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         v = _repeat_kv(value, query.shape[1] // value.shape[1])

@@ -202,12 +202,14 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
         t = output[0] if is_tuple else output
         t0 = t
         result: torch.Tensor | None = None
+        rest = None  # recomputes the rest of a tuple output from a written first element (re-routing)
         for _, site, fn, hp in entries:
             if site.kind == "out":
                 v = site.extract(t)
                 new = fn(v, hp)
                 if _changed(new, v):
                     t = site.insert(t, _here(new, v))
+                    rest = site.rest or rest
             elif site.kind == "mid":
                 pre = _here(state.stash[hp.layer], t)
                 mid = pre + site.extract(t)  # (Granite's residual multiplier is in extract/insert)
@@ -240,20 +242,22 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
         t = _here(t, t0)
         if t is t0:
             return None
+        if is_tuple and rest is not None:
+            return (t, *rest(t))
         return (t, *output[1:]) if is_tuple else t
 
     return hook
 
 
 def _attn_callable(entries: list) -> Callable:
-    def run(scores: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def run(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
         changed = False
         for _, site, fn, hp in entries:
             if site.order == 0:
                 new = fn(scores, hp)
                 if _changed(new, scores):
                     scores, changed = site.insert(scores, _here(new, scores)), True
-        pattern = attention.pattern_from_scores(scores)
+        pattern = attention.pattern_from_scores(scores, sinks)
         for _, site, fn, hp in entries:
             if site.order == 1:
                 new = fn(pattern, hp)

@@ -45,6 +45,9 @@ class Site:
     insert: Insert = _put
     order: int = 0
     """Order among names sharing a module hook (forward order)."""
+    rest: Callable[[torch.Tensor], tuple] | None = None
+    """For a module returning a tuple whose first element is this site (a router's logits): the other
+    elements recomputed from a written first one (the top-k weights and indices: writing re-routes)."""
 
 
 def _heads(n: int, d: int) -> tuple[Extract, Insert]:
@@ -115,14 +118,19 @@ def _flat_tokens(a: Adapter) -> tuple[Extract, Insert]:
 
 
 def _moe_sites(a: Adapter, layer: int) -> dict[str, Callable[[], Site | None]]:
-    """Mixture of experts: router logits ``[batch, pos, n_experts]``, each expert's weighted output ``[batch, pos,
-    n_experts, d_model]`` (kind ``experts``: computed from the experts module's inputs), the shared expert."""
+    """Mixture of experts: router logits ``[batch, pos, n_experts]`` (written logits re-route through the family's
+    ``route``), each expert's weighted output ``[batch, pos, n_experts, d_model]`` (kind ``experts``: computed from
+    the experts module's inputs), the shared expert."""
     f = a.family
     if not a.cfg.n_experts:
         return {}
     mlp = a.mlp(layer)
+
+    def reroute(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a.route(layer, logits)
+
     sites: dict[str, Callable[[], Site | None]] = {
-        "mlp.hook_router": lambda: Site(get_module(mlp, f.router), "out", *_flat_tokens(a)),
+        "mlp.hook_router": lambda: Site(get_module(mlp, f.router), "out", *_flat_tokens(a), rest=reroute),
         "mlp.hook_expert_out": lambda: Site(get_module(mlp, f.experts), "experts"),  # type: ignore[arg-type]
     }
     if f.shared_expert:

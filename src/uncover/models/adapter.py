@@ -88,6 +88,12 @@ class Family:
     [E, d, F]``, called with ``(x, top_k_index, top_k_weights)``); ``mlp`` is then the sparse MoE block."""
     router: str = "gate"
     """Mixture of experts: the router inside ``mlp`` (returns ``(logits, top_k_weights, top_k_index)``)."""
+    route: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    """Mixture of experts: the router's own choice from its logits, ``route(router, logits [tokens, n_experts])
+    -> (top_k_weights, top_k_index)``; a write to ``mlp.hook_router`` re-routes through it."""
+    attn_sinks: str | None = None
+    """Per-head learned sink logits on the attention module (gpt-oss ``sinks``): a key every query may attend to
+    that carries no value, so pattern rows sum to less than 1."""
     shared_expert: str | None = None
     """Mixture of experts: an always-on expert inside ``mlp`` (Qwen2-MoE), gated by ``shared_expert_gate``."""
     shared_expert_gate: str | None = None
@@ -259,6 +265,13 @@ class Adapter:
         shared = ["mlp.hook_shared_expert", "mlp.hook_shared_gate"] if self.family.shared_expert else []
         return ["mlp.hook_router", "mlp.hook_expert_out", *shared]
 
+    def route(self, layer: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(top_k_weights, top_k_index)`` ``[tokens, top_k]`` the router of ``layer`` picks from ``logits``
+        ``[tokens, n_experts]``: exactly its own computation, so written logits re-route as if it produced them."""
+        if self.family.route is None:
+            raise self.no_single_mlp("re-routing")  # pragma: no cover - every MoE family declares route
+        return self.family.route(get_module(self.mlp(layer), self.family.router), logits)
+
     def expert_outputs(self, layer: int, x: torch.Tensor, top_k_index: torch.Tensor,
                        top_k_weights: torch.Tensor) -> torch.Tensor:
         """Each routed expert's weighted output ``[tokens, n_experts, d_model]`` (0 where not routed).
@@ -266,12 +279,37 @@ class Adapter:
         ``x``: ``[tokens, d_model]``, the experts module's input; ``top_k_index``/``top_k_weights``: ``[tokens,
         top_k]`` from the router. Their sum over experts is the experts module's output (to rounding).
         """
-        ex = get_module(self.mlp(layer), self.family.experts)  # type: ignore[arg-type]
-        gate, up = torch.einsum("nd,efd->nef", x, ex.gate_up_proj.to(x.dtype)).chunk(2, dim=-1)
-        out = torch.einsum("nef,edf->ned", ex.act_fn(gate) * up, ex.down_proj.to(x.dtype))
+        out = self.expert_mlp(layer, x)
         w = torch.zeros(x.shape[0], self.cfg.n_experts, dtype=top_k_weights.dtype, device=x.device)
         w.scatter_add_(1, top_k_index, top_k_weights)
         return (out * w[..., None]).to(x.dtype)
+
+    def experts_module(self, layer: int) -> nn.Module:
+        """The fused experts module of ``layer`` (``gate_up_proj``, ``down_proj``, optional biases)."""
+        return get_module(self.mlp(layer), self.family.experts)  # type: ignore[arg-type]
+
+    def expert_hidden(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Every expert's hidden activation (the down projection's input) ``[tokens, n_experts, d_mlp]``.
+
+        Follows the module's own layout flags (``is_transposed``: ``[E, d_in, d_out]`` as gpt-oss stores
+        them; ``has_bias``) and its own gate (``_apply_gate``: SiLU·up, or gpt-oss's clamped SwiGLU).
+        """
+        ex = self.experts_module(layer)
+        t = getattr(ex, "is_transposed", False)
+        h = torch.einsum("nd,edf->nef" if t else "nd,efd->nef", x, ex.gate_up_proj.to(x.dtype))
+        if getattr(ex, "has_bias", False):
+            h = h + ex.gate_up_proj_bias.to(x.dtype)
+        return ex._apply_gate(h)
+
+    def expert_mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Every expert's output on every token ``[tokens, n_experts, d_model]`` (unweighted)."""
+        ex = self.experts_module(layer)
+        t = getattr(ex, "is_transposed", False)
+        out = torch.einsum("nef,efd->ned" if t else "nef,edf->ned", self.expert_hidden(layer, x),
+                           ex.down_proj.to(x.dtype))
+        if getattr(ex, "has_bias", False):
+            out = out + ex.down_proj_bias.to(x.dtype)
+        return out
 
     def module(self, path: str) -> nn.Module:
         return get_module(self.model, path)

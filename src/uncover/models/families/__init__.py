@@ -12,6 +12,7 @@ from uncover.models.families.glm import GLM4
 from uncover.models.families.gpt2 import GPT2
 from uncover.models.families.gpt_bigcode import GPT_BIGCODE
 from uncover.models.families.gpt_neox import GPT_NEOX
+from uncover.models.families.gpt_oss import GPT_OSS
 from uncover.models.families.gptj import GPTJ
 from uncover.models.families.granite import GRANITE
 from uncover.models.families.layernorm_llama import OLMO, STABLELM, STARCODER2
@@ -23,10 +24,11 @@ from uncover.models.families.phi import PHI, PHI3
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN3, GEMMA, GEMMA2, GEMMA3, GPT2, GPT_NEOX, PHI, PHI3, OLMO, STABLELM,
                                 STARCODER2, GPTJ, GPT_BIGCODE, FALCON, GLM4, OPT, MIXTRAL, QWEN2_MOE,
-                                QWEN3_MOE, OLMO2, COHERE, GRANITE, BLOOM)
+                                QWEN3_MOE, GPT_OSS, OLMO2, COHERE, GRANITE, BLOOM)
 
 REFUSED: dict[str, str] = {
-    "gpt_oss": "mixture-of-experts MLPs and attention sinks (not implemented)",
+    "deepseek_v3": "multi-head latent attention (low-rank keys and values with a decoupled rotary part) "
+                   "and grouped expert routing (not implemented)",
 }
 """Architectures refused on purpose, with the reason (shown by :func:`family_for`)."""
 
@@ -45,10 +47,10 @@ def family_for(model_type: str) -> Family:
 
     >>> family_for("qwen2").name
     'llama'
-    >>> family_for("gpt_oss")
+    >>> family_for("deepseek_v3")
     Traceback (most recent call last):
     ...
-    uncover.core.errors.UnsupportedModel: architecture 'gpt_oss' is not supported: mixture-of-experts MLPs and ...
+    uncover.core.errors.UnsupportedModel: architecture 'deepseek_v3' is not supported: multi-head latent ...
     """
     for f in FAMILIES:
         if model_type in f.model_types:

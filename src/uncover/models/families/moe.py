@@ -3,7 +3,8 @@
 Llama-shaped blocks whose MLP is a sparse MoE block: a router (``gate``) picks ``top_k`` of
 ``n_experts`` fused experts per token. ``hook_mlp_out`` is the mixed output (with Qwen2-MoE's
 sigmoid-gated shared expert); ``mlp.hook_router`` the router logits ``[batch, pos, n_experts]``
-(writing them does not re-route: the router has already chosen); ``mlp.hook_expert_out`` each
+(writing them re-routes: the top-k choice and its weights are recomputed from the written logits
+exactly as the router computes them, ``Family.route``); ``mlp.hook_expert_out`` each
 expert's weighted output ``[batch, pos, n_experts, d_model]``, zero where the expert was not chosen
 (patching it changes the mixed output); ``mlp.hook_shared_expert``/``mlp.hook_shared_gate`` the
 shared expert's output and its gate logit. There is no ``mlp.hook_pre``/``hook_post``: techniques
@@ -16,7 +17,36 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
+
 from uncover.models.adapter import Family
+
+
+def softmax_topk(router: nn.Module, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixtral's routing: softmax over all experts in float32, top-k, renormalised (float32 weights).
+
+    >>> class R: top_k = 1
+    >>> softmax_topk(R(), torch.tensor([[0.0, 2.0]]))
+    (tensor([[1.]]), tensor([[1]]))
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    top, index = torch.topk(probs, router.top_k, dim=-1)
+    return top / top.sum(dim=-1, keepdim=True), index
+
+
+def softmax_topk_qwen(router: nn.Module, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen-MoE's routing: as Mixtral's, renormalised only with ``norm_topk_prob``, in the logits' dtype.
+
+    >>> class R: top_k, norm_topk_prob = 1, False
+    >>> softmax_topk_qwen(R(), torch.tensor([[0.0, 0.0]]))
+    (tensor([[0.5000]]), tensor([[0]]))
+    """
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float)
+    top, index = torch.topk(probs, router.top_k, dim=-1)
+    if router.norm_topk_prob:
+        top = top / top.sum(dim=-1, keepdim=True)
+    return top.to(logits.dtype), index
 
 
 def _refuse(cfg: Any) -> list[str]:
@@ -35,6 +65,7 @@ MIXTRAL = Family(
     embed="model.embed_tokens",
     final_norm="model.norm",
     experts="experts",
+    route=softmax_topk,
     refuse=_refuse,
 )
 
@@ -47,6 +78,7 @@ QWEN2_MOE = Family(
     experts="experts",
     shared_expert="shared_expert",
     shared_expert_gate="shared_expert_gate",
+    route=softmax_topk_qwen,
     refuse=_refuse,
 )
 
@@ -59,5 +91,6 @@ QWEN3_MOE = Family(
     q_norm="q_norm",
     k_norm="k_norm",
     experts="experts",
+    route=softmax_topk_qwen,
     refuse=_refuse,
 )
