@@ -206,12 +206,52 @@ def test_crosscoder_and_diff_configs_refuse_bad_input(tmp_path):
     with pytest.raises(UsageError, match="not neither"):
         CrosscoderConfig(out=tmp_path / "cc")
     with pytest.raises(UsageError, match="not both"):
-        DiffConfig(changed="x", edit_subject="The Eiffel Tower", edit_target=" Rome")
+        DiffConfig(models=["b", "x"], edit_subject="The Eiffel Tower", edit_target=" Rome")
     with pytest.raises(UsageError, match="needs both"):
         DiffConfig(edit_subject="The Eiffel Tower")
     with pytest.raises(UsageError, match="holds no checkpoint"):
-        CrosscoderConfig(out=tmp_path / "cc", changed="x", resume=True)
+        CrosscoderConfig(out=tmp_path / "cc", models=["x"], resume=True)
     with pytest.raises(UsageError, match="is not in the subject prompt"):
-        DiffConfig(changed="x", subject="The Louvre")
+        DiffConfig(models=["x"], subject="The Louvre")
     with pytest.raises(UsageError, match="no tokenizer"):
-        DiffConfig(changed="x").check_model(tiny("llama"))
+        DiffConfig(models=["x"]).check_model(tiny("llama"))
+
+
+def test_diff_base_changed_on_the_command_line(tmp_path, monkeypatch, capsys):
+    """``uncover diff BASE CHANGED`` loads BASE itself; ``--model`` naming another base is refused; the API
+    refuses a config whose BASE is not the model given."""
+    import json
+
+    from tests.conftest import tiny_hf, word_level_tokenizer
+    from uncover.cli.main import main
+    from uncover.diffing.ops import DiffConfig
+    from uncover.ops.registry import execute
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return int(e.value.code or 0), out, err
+
+    monkeypatch.setenv("UNCOVER_CACHE", str(tmp_path / "cache"))
+    words = [f"w{i}" for i in range(40)]
+    base, changed = tmp_path / "base", tmp_path / "changed"
+    for d, scale in ((base, 0.0), (changed, 30.0)):
+        hf = tiny_hf("llama")
+        with torch.no_grad():
+            dict(hf.named_parameters())[ROW][:, 3] += scale
+        hf.save_pretrained(d)
+        word_level_tokenizer(words).save_pretrained(d)
+    probe = ["--probe", "w1 w2 w3", "--probe", "w4 w5", "--trace", "none", "--json"]
+    code, out, err = cli("diff", str(base), str(changed), *probe)
+    assert code == 0, err
+    result = json.loads(out)
+    assert [r["parameter"] for r in result["weight_delta"]] == [ROW]
+    assert all(r["kl"] > 0 for r in result["records"])
+    assert result["provenance"]["model"]["source"] == str(base)
+    code, _, err = cli("diff", str(base), str(changed), "--model", str(changed), *probe)
+    assert code == 2 and "given twice" in err
+    code, _, err = cli("diff", "a", "b", "c", *probe)
+    assert code == 2 and "at most two" in err
+    with pytest.raises(UsageError, match="names the base model"):
+        execute("diff", DiffConfig(models=[str(base), str(changed)], trace="none"), tiny("llama"))

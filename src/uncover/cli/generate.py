@@ -205,7 +205,11 @@ def run_command(op: Operation, values: dict[str, Any]) -> None:
         check_writable(result_path, what="--result")
     model = None
     if op.needs_model:
-        model = load_model(values.get("model"), device=values.get("device"), dtype=values.get("dtype"),
+        name = values.get("model")
+        named = config.model_source()
+        if named is not None and name is not None and name != named:
+            raise UsageError(f"the base model is given twice: {named!r} (argument) and --model {name!r}; give one")
+        model = load_model(named or name, device=values.get("device"), dtype=values.get("dtype"),
                            device_map=values.get("device_map"), offload_folder=values.get("offload_folder"))
     seed = values.get("seed") if "seed" not in {f.name for f in fields_of(op.config)} else None
     result = execute(op, config, model, progress=Progress(enabled=True), seed=seed)

@@ -308,6 +308,17 @@ class Config:
     def validate(self) -> None:
         """Checks across fields; raise :class:`UsageError`. Called on construction."""
 
+    def model_source(self) -> str | None:
+        """A model this config names itself, such as ``diff BASE CHANGED``'s BASE (None: the caller's model).
+
+        The CLI loads it in place of ``--model``; :func:`uncover.execute` refuses a model loaded from
+        anything else.
+
+        >>> Config().model_source() is None
+        True
+        """
+        return None
+
     def check_model(self, model: HookedModel) -> None:
         """Checks that need the model (layer, neuron and head indices, hook names, single tokens)."""
         owner = type(self).__name__

@@ -30,21 +30,21 @@ PROBES = ["The Eiffel Tower is in the city of", "The Colosseum is in the city of
           "The capital of France is", "Paris is the capital of", "The Louvre is in the city of"]
 
 
-@dataclass(frozen=True)
-class DiffConfig(Config):
-    """Diff the loaded model against CHANGED: predictions, causal traces, changed features, weight delta.
+@dataclass(frozen=True, kw_only=True)
+class ChangeSpec(Config):
+    """What is compared: ``[BASE] CHANGED`` (or an edit made on the spot); shared by ``diff`` and ``crosscoder``.
 
-    >>> DiffConfig(changed="edited/").edit_subject is None
-    True
-    >>> DiffConfig()
-    Traceback (most recent call last):
-    ...
-    uncover.core.errors.UsageError: DiffConfig: give CHANGED (a model, a saved edit, a weight change or a steering \
-vector) or --edit-subject and --edit-target (an edit made on the spot), not neither
+    With one model it is CHANGED and the base is the loaded model (``--model``, default the embedded one);
+    with two, the first is the base, which the CLI loads.
+
+    >>> ChangeSpec(models=["edited/"]).changed, ChangeSpec(models=["base.gguf", "edited/"]).model_source()
+    ('edited/', 'base.gguf')
     """
 
-    changed: str | None = param(None, help="The changed model: a model (.gguf, HF directory, hub id), a saved edit "
-                                           "directory, a weight-change file or a steering vector", positional=True)
+    models: list[str] = param([], help="[BASE] CHANGED: the changed model (a .gguf, HF directory or hub id, a saved "
+                                       "edit directory, a weight-change file or a steering vector), after the base "
+                                       "model if you name one (default: --model, else the embedded model)",
+                              positional=True, nonempty=True)
     edit_subject: str | None = param(None, help="Instead of CHANGED: edit this subject's fact on the spot",
                                      nonempty=True)
     edit_target: str | None = param(None, help="The new object of the edit, with its leading space: ' Rome'")
@@ -53,6 +53,42 @@ vector) or --edit-subject and --edit-target (an edit made on the spot), not neit
     edit_method: Literal["rome", "memit", "kn"] = param("rome", help="Editing method of the on-the-spot edit")
     edit_layer: int | None = param(None, help="Edited layer (default: from causal tracing)", ge=0, unit="layer")
     mom2_samples: int = param(20_000, help="Corpus tokens for ROME/MEMIT key statistics", ge=1)
+    steer_scale: float = param(4.0, help="Scale of a steering vector given as CHANGED", gt=0)
+
+    @property
+    def changed(self) -> str | None:
+        """CHANGED, when given as a path or id (None: an edit made on the spot)."""
+        if not self.models or (len(self.models) == 1 and self.edit_subject is not None):
+            return None
+        return self.models[-1]
+
+    def model_source(self) -> str | None:
+        """BASE, when ``models`` names two (or one together with an on-the-spot edit)."""
+        if len(self.models) == 2 or (len(self.models) == 1 and self.edit_subject is not None):
+            return self.models[0]
+        return None
+
+    def validate(self) -> None:
+        owner = type(self).__name__
+        if len(self.models) > 2:
+            raise UsageError(f"{owner}: give at most two models, [BASE] CHANGED; got {len(self.models)}: "
+                             f"{self.models}")
+        check_changed(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffConfig(ChangeSpec):
+    """Diff BASE (the loaded model) against CHANGED: predictions, causal traces, changed features, weight delta.
+
+    >>> DiffConfig(models=["edited/"]).edit_subject is None
+    True
+    >>> DiffConfig()
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: DiffConfig: give CHANGED (a model, a saved edit, a weight change or a steering \
+vector) or --edit-subject and --edit-target (an edit made on the spot), not neither
+    """
+
     probe: list[str] = param(PROBES, help="Probe prompt (repeatable)", nonempty=True, min_items=1)
     subject_prompt: str = param("The Eiffel Tower is in the city of", help="Prompt of the causal traces",
                                 nonempty=True)
@@ -66,12 +102,11 @@ vector) or --edit-subject and --edit-target (an edit made on the spot), not neit
     hook: str | None = param(None, help="Crosscoder hook (default: the edited layer's hook_resid_post, else the "
                                         "middle layer's)", unit="hook")
     tokens: int = param(8192, help="Corpus tokens for the crosscoder", ge=64)
-    steer_scale: float = param(4.0, help="Scale of a steering vector given as CHANGED", gt=0)
     top: int = param(8, help="Features to list", ge=1)
     seed: int = param(0, help="Seed of the traces' noise and of the crosscoder")
 
     def validate(self) -> None:
-        check_changed(self)
+        super().validate()
         if self.subject not in self.subject_prompt:
             raise UsageError(f"DiffConfig: subject (--subject) {self.subject!r} is not in the subject prompt "
                              f"{self.subject_prompt!r}")
@@ -88,7 +123,7 @@ def check_tokenizer(model: HookedModel, owner: str) -> None:
                          "(use uncover.diffing.model_diff or train_crosscoder with token ids)")
 
 
-def check_changed(cfg: DiffConfig | CrosscoderConfig) -> None:
+def check_changed(cfg: ChangeSpec) -> None:
     """CHANGED or an on-the-spot edit (subject and target), exactly one."""
     owner = type(cfg).__name__
     edit = cfg.edit_subject is not None or cfg.edit_target is not None
@@ -118,7 +153,7 @@ def diff(model: HookedModel, cfg: DiffConfig, progress: Progress) -> ModelDiff:
                       seed=cfg.seed, progress=progress)
 
 
-def changed_of(model: HookedModel, cfg: DiffConfig | CrosscoderConfig, progress: Progress) -> tuple[Change, str]:
+def changed_of(model: HookedModel, cfg: ChangeSpec, progress: Progress) -> tuple[Change, str]:
     """The :class:`~uncover.diffing.changed.Change` a config names (an on-the-spot edit is made and reverted) and
     the crosscoder hook: ``cfg.hook``, else the edited layer's ``hook_resid_post``, else the middle layer's."""
     import re
@@ -155,25 +190,15 @@ def corpus_blocks(model: HookedModel, tokens: int, seed: int, block_len: int = 6
     return blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
-@dataclass(frozen=True)
-class CrosscoderConfig(Config):
-    """Train a crosscoder on the loaded model and CHANGED at one hook, in a resumable run directory.
+@dataclass(frozen=True, kw_only=True)
+class CrosscoderConfig(ChangeSpec):
+    """Train a crosscoder on BASE (the loaded model) and CHANGED at one hook, in a resumable run directory.
 
-    >>> CrosscoderConfig(out=Path("cc"), changed="edited/").steps
+    >>> CrosscoderConfig(out=Path("cc"), models=["edited/"]).steps
     300
     """
 
     out: Path = param(help="Run directory (checkpoints, metrics, the crosscoder in out/sae)", path="out_dir")
-    changed: str | None = param(None, help="The changed model, saved edit, weight change or steering vector "
-                                           "(as for diff)", positional=True)
-    edit_subject: str | None = param(None, help="Instead of CHANGED: edit this subject's fact on the spot",
-                                     nonempty=True)
-    edit_target: str | None = param(None, help="The new object of the edit, with its leading space: ' Rome'")
-    edit_prompt: str = param("{} is in the city of", help="The edit's prompt, with {} for the subject",
-                             nonempty=True)
-    edit_method: Literal["rome", "memit", "kn"] = param("rome", help="Editing method of the on-the-spot edit")
-    edit_layer: int | None = param(None, help="Edited layer (default: from causal tracing)", ge=0, unit="layer")
-    mom2_samples: int = param(20_000, help="Corpus tokens for ROME/MEMIT key statistics", ge=1)
     hook: str | None = param(None, help="Hook (default: the edited layer's hook_resid_post, else the middle "
                                         "layer's)", unit="hook")
     expansion: int = param(2, help="d_sae = expansion x d_model", ge=1)
@@ -185,14 +210,13 @@ class CrosscoderConfig(Config):
     checkpoint_every: int = param(100, help="Steps between checkpoints (0: only at the end)", ge=0)
     resume: bool = param(False, help="Continue from out/checkpoint (with the run's settings)")
     overwrite: bool = param(False, help="Replace a run already in --out")
-    steer_scale: float = param(4.0, help="Scale of a steering vector given as CHANGED", gt=0)
     top: int = param(10, help="Latents to list", ge=1)
     seed: int = param(0, help="Seed of the corpus sample, the initialisation and the batches")
 
     def validate(self) -> None:
         from uncover.core.rundir import resolve_run
 
-        check_changed(self)
+        super().validate()
         ckpt = self.out / "checkpoint"
         has_ckpt = any((d / "trainer_state.json").is_file() for d in (ckpt, ckpt.with_name("checkpoint.old")))
         if self.resume and not has_ckpt:

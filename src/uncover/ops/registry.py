@@ -187,6 +187,11 @@ def execute(op: Operation | str, config: Config, model: HookedModel | None = Non
     if op.needs_model:
         if model is None:
             raise UsageError(f"operation {op.name!r} needs a model: pass one (uncover.load())")
+        named = config.model_source()
+        if named is not None and model.source != named:
+            raise UsageError(f"operation {op.name!r}: the config names the base model {named!r}, but the model "
+                             f"given was loaded from {model.source or 'the embedded default'!r}; load {named!r} "
+                             "or leave the base out of the config")
         config.check_model(model)
     prog = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     if seed is None:
