@@ -57,8 +57,8 @@ def new_config(kind: str) -> T.PretrainedConfig:
         return T.Qwen3MoeConfig(**moe, num_experts=4, moe_intermediate_size=24, head_dim=8, norm_topk_prob=True)
     if kind in ("gpt_oss", "gpt_oss-mha"):  # sliding and full layers alternate (window 4 of the 8-token prompts);
         # the SwiGLU clamp scaled to the tiny weights (|gate_up| ~ 0.1) so that it acts, as 7 does on the real model
-        return T.GptOssConfig(**moe, num_local_experts=4, sliding_window=4, head_dim=8, swiglu_limit=0.1,
-                              **({"num_key_value_heads": H} if kind == "gpt_oss-mha" else {}))
+        return T.GptOssConfig(**{**moe, "num_key_value_heads": H if kind == "gpt_oss-mha" else 2},
+                              num_local_experts=4, sliding_window=4, head_dim=8, swiglu_limit=0.1)
     if kind in ("cohere", "cohere-qk"):  # logit_scale 0.0625 as Command-R
         return T.CohereConfig(**COMMON, num_key_value_heads=2, use_qk_norm=kind == "cohere-qk", logit_scale=0.0625)
     if kind == "granite":  # Granite 3.0 2B's multipliers

@@ -9,6 +9,7 @@ from tests.conftest import tokens
 from tests.families.kinds import ALL_KINDS as KINDS
 from tests.families.kinds import family_hf as tiny_hf
 from tests.families.kinds import family_model as tiny
+from tests.families.moe_ref import expert_by_hand, route_by_hand
 from uncover import HookedModel
 from uncover.core.errors import UncoverError
 
@@ -153,29 +154,6 @@ def _check_experts(m: HookedModel, cache, layer: int, x2: torch.Tensor) -> None:
         shared = cache[f"blocks.{layer}.mlp.hook_shared_expert"]
         mixed = mixed + torch.sigmoid(cache[f"blocks.{layer}.mlp.hook_shared_gate"]) * shared
     torch.testing.assert_close(mixed, cache[f"blocks.{layer}.hook_mlp_out"])
-
-
-def route_by_hand(m: HookedModel, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weights, index)`` ``[..., top_k]`` of each family's router, written out from its paper/model card."""
-    k = m.cfg.top_k
-    if m.cfg.family == "gpt_oss":  # top-k logits, softmaxed among themselves
-        top, idx = logits.topk(k, dim=-1)
-        return top.softmax(-1), idx
-    top, idx = logits.softmax(-1).topk(k, dim=-1)  # softmax over all experts, then top-k
-    if getattr(m.model.config, "norm_topk_prob", True):  # Mixtral always renormalises
-        top = top / top.sum(-1, keepdim=True)
-    return top, idx
-
-
-def expert_by_hand(m: HookedModel, layer: int, e: int, x: torch.Tensor) -> torch.Tensor:
-    """Expert ``e``'s output on ``x`` ``[..., d_model]`` from its own weights (unweighted)."""
-    ex = getattr(m.adapter.mlp(layer), m.adapter.family.experts)
-    if m.cfg.family == "gpt_oss":  # [d, 2F] with gate/up interleaved, biases, clamped SwiGLU
-        h = x @ ex.gate_up_proj[e] + ex.gate_up_proj_bias[e]
-        gate, up = h[..., 0::2].clamp(max=ex.limit), h[..., 1::2].clamp(-ex.limit, ex.limit)
-        return ((up + 1) * gate * torch.sigmoid(ex.alpha * gate)) @ ex.down_proj[e] + ex.down_proj_bias[e]
-    gate, up = (x @ ex.gate_up_proj[e].T).chunk(2, dim=-1)
-    return (ex.act_fn(gate) * up) @ ex.down_proj[e].T
 
 
 @pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "gpt_oss"])
