@@ -20,7 +20,7 @@ from uncover.core.errors import UncoverError
 from uncover.hooks.interventions import Add, Replace
 
 POST_NORM = {"gemma2", "gemma3", "glm4", "olmo2"}
-MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss")
 LOGIT_SCALED = ("cohere", "cohere-qk", "granite")  # logits scaled by 1/16, 1/8: training and ROME take larger steps
 #: refusals the matrix expects: (kind, operation) -> words the message must contain
 REFUSED = {**{(k, "circuit"): "normalises the sum of the heads" for k in POST_NORM},
@@ -207,7 +207,7 @@ def test_rome_and_memit_move_a_stored_fact_and_revert(kind):
         assert moved > base + 0.3, f"{kind}: MEMIT moved the gap only {base:.2f} → {moved:.2f}"
 
 
-WRITE_KINDS = ["opt", "granite", "bloom", "olmo2", "cohere", "mixtral", "qwen2_moe", "gpt2", "falcon"]
+WRITE_KINDS = ["opt", "granite", "bloom", "olmo2", "cohere", "mixtral", "qwen2_moe", "gpt_oss", "gpt2", "falcon"]
 
 
 @pytest.mark.parametrize("kind", WRITE_KINDS)
