@@ -20,12 +20,32 @@ def route_by_hand(m: HookedModel, logits: torch.Tensor) -> tuple[torch.Tensor, t
     return top, idx
 
 
-def expert_by_hand(m: HookedModel, layer: int, e: int, x: torch.Tensor) -> torch.Tensor:
-    """Expert ``e``'s output on ``x`` ``[..., d_model]`` from its own weights (unweighted)."""
+def hidden_by_hand(m: HookedModel, layer: int, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert ``e``'s hidden activation (its down projection's input) on ``x`` ``[..., d_model]``."""
     ex = getattr(m.adapter.mlp(layer), m.adapter.family.experts)
     if m.cfg.family == "gpt_oss":  # [d, 2F] with gate/up interleaved, biases, clamped SwiGLU
         h = x @ ex.gate_up_proj[e] + ex.gate_up_proj_bias[e]
         gate, up = h[..., 0::2].clamp(max=ex.limit), h[..., 1::2].clamp(-ex.limit, ex.limit)
-        return ((up + 1) * gate * torch.sigmoid(ex.alpha * gate)) @ ex.down_proj[e] + ex.down_proj_bias[e]
+        return (up + 1) * gate * torch.sigmoid(ex.alpha * gate)
     gate, up = (x @ ex.gate_up_proj[e].T).chunk(2, dim=-1)
-    return (ex.act_fn(gate) * up) @ ex.down_proj[e].T
+    return ex.act_fn(gate) * up
+
+
+def expert_by_hand(m: HookedModel, layer: int, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert ``e``'s output on ``x`` ``[..., d_model]`` from its own weights (unweighted)."""
+    ex = getattr(m.adapter.mlp(layer), m.adapter.family.experts)
+    h = hidden_by_hand(m, layer, e, x)
+    if m.cfg.family == "gpt_oss":
+        return h @ ex.down_proj[e] + ex.down_proj_bias[e]
+    return h @ ex.down_proj[e].T
+
+
+def expert_maps_by_hand(m: HookedModel, layer: int, e: int) -> dict[str, torch.Tensor]:
+    """Expert ``e``'s gate, up and down weights as ``[d_out, d_in]`` copies, read off the fused parameters."""
+    ex = getattr(m.adapter.mlp(layer), m.adapter.family.experts)
+    if m.cfg.family == "gpt_oss":
+        gu = ex.gate_up_proj[e]  # [d, 2F], interleaved columns
+        return {"gate_proj": gu[:, 0::2].T.clone(), "up_proj": gu[:, 1::2].T.clone(),
+                "down_proj": ex.down_proj[e].T.clone()}
+    gate, up = ex.gate_up_proj[e].chunk(2, dim=0)  # [2F, d]
+    return {"gate_proj": gate.clone(), "up_proj": up.clone(), "down_proj": ex.down_proj[e].clone()}

@@ -288,17 +288,19 @@ class Adapter:
         """The fused experts module of ``layer`` (``gate_up_proj``, ``down_proj``, optional biases)."""
         return get_module(self.mlp(layer), self.family.experts)  # type: ignore[arg-type]
 
-    def expert_hidden(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """Every expert's hidden activation (the down projection's input) ``[tokens, n_experts, d_mlp]``.
+    def expert_hidden(self, layer: int, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
+        """Every expert's hidden activation (the down projection's input) ``[tokens, n_experts, d_mlp]``
+        (``expert``: only that one, ``[tokens, 1, d_mlp]``).
 
         Follows the module's own layout flags (``is_transposed``: ``[E, d_in, d_out]`` as gpt-oss stores
         them; ``has_bias``) and its own gate (``_apply_gate``: SiLU·up, or gpt-oss's clamped SwiGLU).
         """
         ex = self.experts_module(layer)
+        sl = slice(None) if expert is None else slice(expert, expert + 1)
         t = getattr(ex, "is_transposed", False)
-        h = torch.einsum("nd,edf->nef" if t else "nd,efd->nef", x, ex.gate_up_proj.to(x.dtype))
+        h = torch.einsum("nd,edf->nef" if t else "nd,efd->nef", x, ex.gate_up_proj[sl].to(x.dtype))
         if getattr(ex, "has_bias", False):
-            h = h + ex.gate_up_proj_bias.to(x.dtype)
+            h = h + ex.gate_up_proj_bias[sl].to(x.dtype)
         return ex._apply_gate(h)
 
     def expert_mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Shared base of the pruning methods: which weights, argument checks, masks and the revert record.
 
 Pruning applies to every linear layer inside the decoder blocks (attention q/k/v/o or a fused
-qkv, and the MLP's in/gate/out projections), never to embeddings or the unembedding. Weights
+qkv, and the MLP's in/gate/out projections; on a mixture of experts each expert's gate, up and
+down maps, :mod:`uncover.pruning.experts`), never to embeddings, routers or the unembedding. Weights
 are handled "output rows first" (``[d_out, d_in]``, as ``nn.Linear`` stores them; GPT-2's
 ``Conv1D`` is transposed on the fly), so "per output row" means one row here.
 
@@ -29,6 +30,7 @@ from uncover.core.codec import transient
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 from uncover.hooks import weights
+from uncover.pruning.experts import ExpertSite, expert_sites
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,29 +145,44 @@ class LinearSite:
         """``attn`` or ``mlp`` (by the block's own module names)."""
         return "mlp" if ("mlp" in self.name or "ffn" in self.name) else "attn"
 
+    @property
+    def param_path(self) -> str:
+        """The weight parameter's path from the HF model root."""
+        return f"{self.path}.weight"
+
+    @property
+    def param(self) -> torch.Tensor:
+        return self.module.weight
+
+
+Site = LinearSite | ExpertSite
+"""A prunable linear map: a block's ``nn.Linear`` or one map of one expert (:mod:`uncover.pruning.experts`)."""
+
 
 def _is_conv1d(mod: nn.Module) -> bool:
     return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
 
 
-def linear_sites(model: HookedModel) -> list[LinearSite]:
-    """Every linear layer of the blocks, in forward order (no embedding/unembedding).
+def linear_sites(model: HookedModel) -> list[Site]:
+    """Every linear layer of the blocks, in forward order (no embedding/unembedding); on a mixture of experts,
+    each expert's gate, up and down maps too (:func:`~uncover.pruning.experts.expert_sites`).
 
     >>> [s.name for s in linear_sites(model)][:3]
     ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']
     """
     root = model.adapter.family.layers
-    out = []
+    out: list[Site] = []
     for i in range(model.cfg.n_layers):
         for name, mod in model.adapter.block(i).named_modules():
             if isinstance(mod, nn.Linear) or _is_conv1d(mod):
                 out.append(LinearSite(i, name, f"{root}.{i}.{name}", mod))
+        out += expert_sites(model, i)
     if not out:
         raise PruningError(f"{model.name}: found no linear layers in the blocks")
     return out
 
 
-def check_pattern_fits(sites: list[LinearSite], nm: tuple[int, int] | None) -> None:
+def check_pattern_fits(sites: list[Site], nm: tuple[int, int] | None) -> None:
     """N:M groups need every ``d_in`` to be a multiple of M."""
     if nm is None:
         return
@@ -243,9 +260,13 @@ def edit_weights(model: HookedModel) -> Iterator[weights.Transaction]:
         yield tx
 
 
-def remember(tx: weights.Transaction, site: LinearSite, what: str = "weight") -> None:
-    """Record the original of ``site``'s ``weight`` (or ``bias``) once, before it is written."""
-    tx.remember(f"{site.path}.{what}", getattr(site.module, what))
+def remember(tx: weights.Transaction, site: Site, what: str = "weight") -> None:
+    """Record the original of ``site``'s ``weight`` (or ``bias``) once, before it is written (an expert's map:
+    the whole fused parameter)."""
+    if what == "weight":
+        tx.remember(site.param_path, site.param)
+    else:
+        tx.remember(f"{site.path}.{what}", getattr(site.module, what))
 
 
 @dataclass
@@ -290,9 +311,11 @@ class Pruning(Result):
 
     def summary(self) -> str:
         state = "applied" if self.applied else "reverted"
+        idle = self.options.get("uncalibrated_experts")
+        note = f"; {len(idle)} experts got no calibration token (pruned by magnitude per row)" if idle else ""
         return (f"{self.method} pruning ({state}): {len(self.rows)} modules, measured sparsity "
                 f"{self.overall_sparsity():.4f} (target {self.sparsity:g}{', ' + self.pattern if self.pattern else ''})"
-                f", {self.seconds:.1f} s")
+                f", {self.seconds:.1f} s{note}")
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -361,14 +384,14 @@ class Pruning(Result):
         return rec
 
 
-def measured_rows(sites: list[LinearSite], model: HookedModel | None = None) -> list[dict[str, Any]]:
+def measured_rows(sites: list[Site], model: HookedModel | None = None) -> list[dict[str, Any]]:
     """Measured zeros per linear: ``[{layer, module, kind, weights, zeros, sparsity}, ...]``.
 
     ``model``: needed when accelerate offloaded weights (they are read where they live).
     """
     out = []
     for s in sites:
-        w = s.module.weight if model is None else s.value(model)
+        w = s.rows if model is None else s.value(model)
         zeros = int((w == 0).sum())
         out.append({"layer": s.layer, "module": s.name, "kind": s.kind, "weights": w.numel(), "zeros": zeros,
                     "sparsity": zeros / w.numel()})

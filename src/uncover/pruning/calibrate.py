@@ -7,6 +7,10 @@ accumulate input statistics (per-column squared norms for Wanda, ``XᵀX`` for S
 them to the pruning method, and then lets the forward continue, so block ``l`` runs with its
 pruned weights and block ``l + 1`` sees the output of the already-pruned layers ``< l + 1``. The
 cost is two passes through the blocks, with no logits computed.
+
+On a mixture of experts each expert's maps get statistics of the tokens routed to it only
+(:mod:`uncover.pruning.experts`); an expert no calibration token reached is pruned by magnitude per
+row (the Wanda score with equal input norms) and listed in the result's ``uncalibrated_experts``.
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from uncover.pruning.base import (
-    LinearSite,
     Pruning,
     PruningError,
+    Site,
     check_pattern_fits,
     edit_weights,
     linear_sites,
     measured_rows,
     remember,
     resolve_target,
+    row_mask,
 )
+from uncover.pruning.experts import ExpertSite, calibration_hook
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -65,7 +71,7 @@ class InputStats:
         return v.clamp_min(0).sqrt()
 
 
-BlockFn = Callable[[int, list[LinearSite], dict[str, InputStats]], None]
+BlockFn = Callable[[int, list[Site], dict[str, InputStats]], None]
 """``fn(layer, sites of that block, {site name: stats})``: prune the block's weights in place."""
 
 
@@ -103,7 +109,7 @@ def sequential(model: HookedModel, tokens: torch.Tensor, kind: str, fn: BlockFn)
     """
     if kind not in STATS:
         raise PruningError(f"unknown statistics {kind!r}; valid: {', '.join(STATS)}")
-    by_layer: dict[int, list[LinearSite]] = {}
+    by_layer: dict[int, list[Site]] = {}
     for s in linear_sites(model):
         by_layer.setdefault(s.layer, []).append(s)
     busy = [False]
@@ -118,7 +124,7 @@ def sequential(model: HookedModel, tokens: torch.Tensor, kind: str, fn: BlockFn)
             seen: list[tuple[torch.Tensor, InputStats]] = []  # keeps inputs alive so identity is safe
             inner = []
 
-            def lin_hook(site: LinearSite):
+            def lin_hook(site: Site):
                 def h(m: torch.nn.Module, inp: tuple) -> None:
                     x = inp[0]
                     st = next((s for t, s in seen if t is x), None)
@@ -131,8 +137,13 @@ def sequential(model: HookedModel, tokens: torch.Tensor, kind: str, fn: BlockFn)
                 return h
 
             try:
+                experts = [s for s in by_layer.get(layer, []) if isinstance(s, ExpertSite)]
                 for s in by_layer.get(layer, []):
-                    inner.append(s.module.register_forward_pre_hook(lin_hook(s)))
+                    if not isinstance(s, ExpertSite):
+                        inner.append(s.module.register_forward_pre_hook(lin_hook(s)))
+                if experts:  # per expert: only the tokens routed to it
+                    hook = calibration_hook(model, layer, experts, stats, lambda: InputStats(kind))
+                    inner.append(experts[0].module.register_forward_pre_hook(hook))
                 mod(*args, **kwargs)
                 for h in inner:
                     h.remove()
@@ -201,16 +212,27 @@ def prune_linears(
     t0 = time.perf_counter()
     with edit_weights(model) as tx:
 
-        def do(site: LinearSite, st: InputStats | None) -> None:
-            new = weight_fn(site.value(model).detach(), st, target, nm)
+        idle: list[str] = []  # experts no calibration token reached
+
+        def do(site: Site, st: InputStats | None) -> None:
+            w = site.value(model).detach()
+            if st is None and stats is not None:  # an expert without tokens: Wanda's score with equal input norms
+                new = w.masked_fill(row_mask(w.abs(), target, nm), 0.0)
+            else:
+                new = weight_fn(w, st, target, nm)
             remember(tx, site)
             site.write(model, new)  # in place, or into accelerate's weights map when offloaded
 
-        def block(layer: int, sites_l: list[LinearSite], st: dict[str, InputStats]) -> None:
+        def block(layer: int, sites_l: list[Site], st: dict[str, InputStats]) -> None:
             for s in sites_l:
-                if s.name not in st:
+                if s.name in st:
+                    do(s, st[s.name])
+                elif isinstance(s, ExpertSite):
+                    if s.part == "gate_proj":
+                        idle.append(f"{layer}.{s.expert}")
+                    do(s, None)
+                else:
                     raise PruningError(f"block {layer}: {s.name} saw no input during calibration")
-                do(s, st[s.name])
 
         if stats is None:
             for s in sites:
@@ -219,5 +241,8 @@ def prune_linears(
             sequential(model, tokens, stats, block)
         rows = measured_rows(sites, model)  # inside the transaction: an interrupt here still restores the model
     pat = None if nm is None else f"{nm[0]}:{nm[1]}"
-    return Pruning(method, target, pat, options or {}, rows, time.perf_counter() - t0, model=model,
+    options = dict(options or {})
+    if idle:
+        options["uncalibrated_experts"] = idle  # "layer.expert"
+    return Pruning(method, target, pat, options, rows, time.perf_counter() - t0, model=model,
                    originals=tx.originals)

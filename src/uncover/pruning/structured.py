@@ -11,6 +11,8 @@ Scorers (``scorer(model, tokens, unit) -> [n_layers, n_units]``, higher = more i
 A pruned head has its columns of the output projection set to zero (its output leaves the
 residual stream: zero ablation); a pruned neuron has its input row(s) and its output column set
 to zero. Units are ranked within each layer (``scope="layer"``) or across all (``"global"``).
+On a mixture of experts, heads work; neurons are refused (there is no single MLP per block: prune the
+experts' weights with the unstructured methods).
 """
 
 from __future__ import annotations
@@ -166,11 +168,15 @@ def prune_structured(
     """
     _check_unit(unit)
     s = check_sparsity(sparsity)
+    c = model.cfg
+    if unit == "neurons" and c.n_experts:
+        raise PruningError(f"structured neuron pruning ranks the neurons of one MLP per block, but {c.family} has a "
+                           f"mixture-of-experts MLP ({c.n_experts} experts, top-{c.top_k}): prune the experts' "
+                           "weights with magnitude, wanda or sparsegpt, or remove heads")
     if scope not in SCOPES:
         raise PruningError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
     if isinstance(scorer, str) and scorer not in SCORERS:
         raise PruningError(f"unknown scorer {scorer!r}; valid: {', '.join(SCORERS)} (or a callable)")
-    c = model.cfg
     shape = (c.n_layers, c.n_heads if unit == "heads" else c.d_mlp)
     if scores is not None and tuple(scores.shape) != shape:
         raise PruningError(f"scores must have shape [n_layers, n_{unit}] = {list(shape)}, not {list(scores.shape)}")
