@@ -166,3 +166,27 @@ def test_graph_json_pruning_and_round_trip(tmp_path, one_thread):
     assert torch.equal(back.adjacency, g.adjacency) and back.graph_json() == doc
     page = g.to_html()
     assert 'id="uc-graph"' in page and "plotly_selected" in page
+
+
+def test_feature_effects_steer_by_scale(one_thread):
+    from uncover.core.errors import UsageError
+    from uncover.graphs.validate import feature_effects
+
+    m = tiny("llama")
+    ts = _set(m, cross_layer=False)
+    g = attribution_graph(m, ts, tokens(1, 7)[0], max_feature_nodes=24, batch_size=24)
+    removed = feature_effects(m, ts, g, n=4)  # scale -1
+    doubled = feature_effects(m, ts, g, n=4, scale=1.0)
+    assert removed["node_id"].tolist() == doubled["node_id"].tolist()
+    torch.testing.assert_close(torch.tensor(doubled["predicted_total"].tolist()),
+                               -torch.tensor(removed["predicted_total"].tolist()))
+    logit = len(g.adjacency) - 1
+    direct = {g.node(i)["node_id"]: float(g.adjacency[logit, i]) for i in range(g.n_features)}
+    assert doubled["predicted_direct"].tolist() == pytest.approx([direct[n] for n in doubled["node_id"]])
+    # the intervention really scales: tiny steps in both directions move the target by opposite amounts
+    up = torch.tensor(feature_effects(m, ts, g, n=4, scale=1e-3)["measured"].tolist(), dtype=torch.float64)
+    down = torch.tensor(feature_effects(m, ts, g, n=4, scale=-1e-3)["measured"].tolist(), dtype=torch.float64)
+    assert up.abs().max() > 0
+    torch.testing.assert_close(up, -down, atol=1e-5, rtol=2e-2)
+    with pytest.raises(UsageError, match="scale must be a finite non-zero number"):
+        feature_effects(m, ts, g, n=1, scale=float("nan"))

@@ -115,3 +115,16 @@ def test_training_resumes_exactly(tmp_path, one_thread):
 
     back = uc.load_result(resumed.save(tmp_path / "r.safetensors"))  # results hold their transcoder set
     assert all(torch.equal(v, back.transcoders.state_dict()[k]) for k, v in resumed.transcoders.state_dict().items())
+
+
+def test_training_on_given_pairs_equals_training_on_tokens(one_thread):
+    m = tiny("llama")
+    toks = tokens(8, 12)
+    kw = {"expansion": 1, "k": 4, "batch_size": 32, "skip": True}
+    cfg = TrainConfig(steps=5, log_every=1)
+    a = train_transcoders(m, [0, 2], toks, cfg, **kw).transcoders
+    b = train_transcoders(m, [0, 2], toks, cfg, pairs=harvest_pairs(m, [0, 2], toks), **kw).transcoders
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    x, y = harvest_pairs(m, [0], toks)
+    with pytest.raises(Exception, match=r"pairs must be two \[n_tokens, 2, d_model\]"):
+        train_transcoders(m, [0, 2], toks, cfg, pairs=(x, y), **kw)

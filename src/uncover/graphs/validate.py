@@ -1,22 +1,26 @@
-"""Checking a graph against the real model: remove a feature's output and see the target logit move.
+"""Checking a graph against the real model: remove (or steer) a feature's output and see the target logit move.
 
 For each of the ``n`` features with the largest direct effect on the first target logit, the
-real model runs with that feature's contribution ``a * W_dec`` subtracted from the MLP outputs
-it writes to (every later layer for a CLT), at its position, through an :class:`~uncover.hooks.
-interventions.Add` intervention; attention and the MLPs respond freely. The graph predicts the
-change of the target (logit minus mean logit) twice: its direct edge ``-A[logit, f]`` and its
-total effect through the visited features (``-a_f * g_f`` with ``g = v (I - J)^{-1}``, ``J`` the
-edges per unit of source activation among features and ``v`` those into the logit: downstream
-features respond linearly, error nodes stay frozen). :func:`agreement` gives the Pearson
-correlation of predicted and measured changes.
+real model runs with ``scale`` times that feature's contribution ``a * W_dec`` added to the MLP
+outputs it writes to (every later layer for a CLT), at its position, through an
+:class:`~uncover.hooks.interventions.Add` intervention; attention and the MLPs respond freely.
+``scale = -1`` removes the feature (zero-ablation of its output), ``scale = 1`` doubles it
+(steering). The graph predicts the change of the target (logit minus mean logit) twice: its
+direct edge ``scale * A[logit, f]`` and its total effect through the visited features
+(``scale * a_f * g_f`` with ``g = v (I - J)^{-1}``, ``J`` the edges per unit of source
+activation among features and ``v`` those into the logit: downstream features respond
+linearly, error nodes stay frozen). :func:`agreement` gives the Pearson correlation of predicted
+and measured changes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 
+from uncover.core.errors import UsageError
 from uncover.hooks.interventions import Add
 from uncover.transcoders.base import mlp_out
 
@@ -38,8 +42,11 @@ def total_effects(g: AttributionGraph, target: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def feature_effects(model: HookedModel, tset: TranscoderSet, g: AttributionGraph, n: int = 10) -> pd.DataFrame:
-    """Predicted and measured changes of the first target when each of the top ``n`` features is removed.
+def feature_effects(model: HookedModel, tset: TranscoderSet, g: AttributionGraph, n: int = 10,
+                    scale: float = -1.0) -> pd.DataFrame:
+    """Predicted and measured changes of the first target when each of the top ``n`` features is steered.
+
+    ``scale``: the multiple of the feature's output added (-1: removed, 1: doubled).
 
     >>> df = feature_effects(model, tset, graph, n=5)  # doctest: +SKIP
     >>> list(df.columns)  # doctest: +SKIP
@@ -47,6 +54,8 @@ def feature_effects(model: HookedModel, tset: TranscoderSet, g: AttributionGraph
     """
     import pandas as pd
 
+    if not math.isfinite(scale) or scale == 0:
+        raise UsageError(f"feature_effects: scale must be a finite non-zero number, got {scale}")
     ids = torch.tensor(g.token_ids)[None].to(model.device)
     t = g.target_ids[0]
 
@@ -67,11 +76,12 @@ def feature_effects(model: HookedModel, tset: TranscoderSet, g: AttributionGraph
         for dst in tset.layers:
             for src, w in tset.decoders_to(dst):
                 if src == layer:
-                    adds.append(Add(mlp_out(dst), vector=w[f].detach().to(model.dtype), scale=-act, positions=[pos]))
+                    adds.append(Add(mlp_out(dst), vector=w[f].detach().to(model.dtype), scale=scale * act,
+                                    positions=[pos]))
         with model.intervene(adds):
             measured = target_value(model(ids)) - base
         rows.append({"node_id": f"{layer}_{f}_{pos}", "layer": layer, "pos": pos, "feature": f, "activation": act,
-                     "predicted_direct": -float(direct[i]), "predicted_total": -act * float(total[i]),
+                     "predicted_direct": scale * float(direct[i]), "predicted_total": scale * act * float(total[i]),
                      "measured": measured})
     return pd.DataFrame(rows)
 

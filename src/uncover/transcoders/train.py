@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from uncover.core.results import Result
-from uncover.transcoders.base import Transcoder, TranscoderConfig, mlp_in, mlp_out
+from uncover.transcoders.base import Transcoder, TranscoderConfig, TranscoderError, mlp_in, mlp_out
 from uncover.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from uncover.transcoders.sets import TranscoderSet
 
@@ -177,10 +177,13 @@ def _span(layers: Sequence[int]) -> str:
 def train_transcoders(model: HookedModel, layers: Sequence[int], tokens: torch.Tensor, train: TrainConfig, *,
                       cross_layer: bool = False, expansion: int = 4, activation: str = "topk", k: int = 32,
                       skip: bool = False, batch_size: int = 512, out_dir: str | Path | None = None,
-                      resume: bool = False, progress: Any = False) -> TranscoderTraining:
+                      resume: bool = False, progress: Any = False,
+                      pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> TranscoderTraining:
     """Train per-layer transcoders (or one CLT) of ``model``'s MLPs at ``layers`` on token blocks ``[n, pos]``.
 
     ``d_sae = expansion * d_model`` features per layer; ``k`` active per layer and token (``topk``).
+    ``pairs``: MLP inputs and outputs ``[n_tokens, len(layers), d_model]`` already harvested
+    (:func:`~uncover.transcoders.data.harvest_pairs` of ``tokens``), to train several sets on one harvest.
     With ``out_dir``: ``layer_{l}/`` (or ``clt/``) run directories (checkpoints, metrics, the transcoder in
     ``sae/``, SAELens format), resumable with ``resume=True``.
 
@@ -194,7 +197,13 @@ def train_transcoders(model: HookedModel, layers: Sequence[int], tokens: torch.T
     from uncover.transcoders.data import harvest_pairs, pair_source
 
     layers = sorted(int(x) for x in layers)
-    x, y = harvest_pairs(model, layers, tokens, progress=progress)
+    if pairs is None:
+        x, y = harvest_pairs(model, layers, tokens, progress=progress)
+    else:
+        x, y = pairs
+        if x.shape != y.shape or x.ndim != 3 or x.shape[1] != len(layers):
+            raise TranscoderError(f"pairs must be two [n_tokens, {len(layers)}, d_model] tensors (one slice per "
+                                  f"layer), got {tuple(x.shape)} and {tuple(y.shape)}")
     ratio = (x.norm(dim=-1).mean((0,)) / y.norm(dim=-1).mean((0,)).clamp(min=1e-12))  # [n_layers]
     d_in, d_out = x.shape[-1], y.shape[-1]
     out = Path(out_dir) if out_dir is not None else None

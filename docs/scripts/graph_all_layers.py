@@ -1,0 +1,113 @@
+"""An attribution graph over transcoders on every layer of the embedded model (``docs/graphs.md``).
+
+1. Trains (once; then cached by :func:`uncover.transcoders.quick_transcoders` under a file lock)
+   per-layer TopK skip transcoders on all 30 MLPs of SmolLM2-135M-Instruct: ``ALL_LAYERS`` below
+   (4 x d_model = 2304 features, k = 32, 16,128 training tokens, 300 steps of 256 tokens per layer).
+2. Evaluates them on 16 held-out blocks of 64 tokens (variance explained, error-node size, CE with all
+   30 MLPs replaced at once).
+3. Builds the graph of ``--prompt`` -> ``--target``: node counts, the error nodes' share of the
+   influence, the kept features with the highest influence and their top contexts on held-out text.
+4. Checks the graph against the real model (:func:`uncover.graphs.validate.feature_effects`): the
+   ``--n-check`` features with the largest direct effect on the target are removed (scale -1) and
+   doubled (scale +1) in the real model; Pearson r of the measured and predicted target changes.
+
+    python docs/scripts/graph_all_layers.py [--train-only] [--threads 1]
+    python docs/scripts/graph_all_layers.py --prompt "The capital of France is" --target " Paris"
+
+Runtime on the shared 2-core machine: see ``docs/graphs.md`` (training dominates; it runs once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import uncover
+from uncover.transcoders.quick import QuickTranscoderSpec, cache_path, quick_transcoders
+
+#: the all-layer set of docs/graphs.md (a cache key: changing a field trains a new set)
+ALL_LAYERS = QuickTranscoderSpec(layers=None, expansion=4, k=32, skip=True, n_blocks=256, block_len=64, steps=300,
+                                 batch_size=256, lr=2e-3, seed=0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", default="The capital of France is")
+    p.add_argument("--target", default=" Paris")
+    p.add_argument("--max-feature-nodes", type=int, default=256)
+    p.add_argument("--n-check", type=int, default=20, help="features checked against the real model")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-only", action="store_true")
+    p.add_argument("--json", default=None, help="also write the graph in circuit-tracer's schema here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = uncover.load()
+    t0, c0 = time.perf_counter(), time.process_time()
+    cached = cache_path(model, ALL_LAYERS).is_dir()
+    tset = quick_transcoders(model, ALL_LAYERS, progress=False)
+    print(f"transcoder set: {tset.kind} on {len(tset.layers)} layers, {tset.n_features} features; "
+          f"{'loaded from the cache' if cached else 'trained'} in {time.perf_counter() - t0:.0f} s wall, "
+          f"{time.process_time() - c0:.0f} s CPU ({cache_path(model, ALL_LAYERS)})", flush=True)
+    if args.train_only:
+        return
+
+    from uncover.data.corpus import token_blocks
+    from uncover.graphs import attribution_graph
+    from uncover.graphs.validate import agreement, feature_effects
+    from uncover.neurons.top import top_activations
+    from uncover.transcoders import evaluate_transcoders, mlp_in
+
+    heldout = token_blocks(model, block_len=64, split="heldout")
+    t0 = time.perf_counter()
+    ev = evaluate_transcoders(model, tset, heldout[:16])
+    print(ev.summary(), f"({time.perf_counter() - t0:.0f} s)")
+    print(ev.to_frame().round(3).to_string(index=False), flush=True)
+
+    g = attribution_graph(model, tset, args.prompt, [args.target], max_feature_nodes=args.max_feature_nodes,
+                          batch_size=32)
+    print(g.summary(), flush=True)
+    nf, nl, npos = g.n_features, g.n_layers, g.n_pos
+    kept = g.node_mask
+    print(f"kept nodes: {int(kept[:nf].sum())} features, {int(kept[nf:nf + nl * npos].sum())} error nodes, "
+          f"{npos} embeddings, {len(g.targets)} logit(s); {int(g.edge_mask.sum())} edges")
+    infl = g.influence.clamp(min=0)
+    f_inf, e_inf = float(infl[:nf].sum()), float(infl[nf:nf + nl * npos].sum())
+    t_inf = float(infl[nf + nl * npos: nf + nl * npos + npos].sum())
+    print(f"influence shares (before pruning): features {f_inf / (f_inf + e_inf + t_inf):.3f}, errors "
+          f"{e_inf / (f_inf + e_inf + t_inf):.3f}, embeddings {t_inf / (f_inf + e_inf + t_inf):.3f}; errors among "
+          f"features and errors {e_inf / (f_inf + e_inf):.3f}")
+    err = [(float(infl[nf + i]), g.node(nf + i)["label"]) for i in range(nl * npos)]
+    print("error nodes of most influence:", ", ".join(f"{lab} {v:.3f}" for v, lab in sorted(err, reverse=True)[:6]))
+    print("tokens:", g.tokens)
+    top = g.top_features(10)
+    print(f"{'feature':>16} {'act':>6} {'influence':>9} {'logit edge':>10}")
+    for f in top:
+        print(f"{f['label']:>16} {f['activation']:6.2f} {f['influence']:9.4f} {f['logit_effect']:+10.3f}")
+    for f in top[:6]:
+        la, idx = f["layer"], f["feature"]
+        w = tset.W_enc(la)[:, idx].detach()
+        r = top_activations(model, mlp_in(la), direction=w, tokens=heldout[:64], k=4, window=(6, 1))
+        b = float(tset.b_enc(la)[idx])
+        print(f"--- {f['label']}: encoder reading > -b_enc on {float((r.sample[:, 0] + b > 0).float().mean()):.1%} "
+              f"of a uniform sample of {heldout[:64].numel()} held-out tokens")
+        for rank in range(4):
+            toks, _, m = r.context(0, rank)
+            ctx = "".join(toks[:m]) + "[[" + toks[m] + "]]" + "".join(toks[m + 1:])
+            print(f"  {float(r.values[0, rank]) + b:5.2f}  {ctx!r}")
+    for scale, name in ((-1.0, "removed"), (1.0, "doubled")):
+        df = feature_effects(model, tset, g, n=args.n_check, scale=scale)
+        same = float(((df["predicted_total"] > 0) == (df["measured"] > 0)).mean())
+        print(f"features {name} (scale {scale:+g}): Pearson r direct {agreement(df, 'predicted_direct'):.3f}, "
+              f"total {agreement(df, 'predicted_total'):.3f}; sign agreement {same:.0%}; median |measured / "
+              f"predicted| {float((df['measured'] / df['predicted_total']).abs().median()):.2f}")
+        print(df.round(4).to_string(index=False), flush=True)
+    if args.json:
+        g.save_json(args.json)
+        print(json.dumps({"written": args.json}))
+
+
+if __name__ == "__main__":
+    main()
