@@ -6,6 +6,7 @@
 #   BENCH_VENV=/tmp/bv bash benchmarks/setup_bench_env.sh
 #   .bench-venv/bin/python benchmarks/bench_load.py
 #   .bench-venv/bin/python benchmarks/bench_cache.py
+#   .bench-venv/bin/python benchmarks/bench_graph.py --circuit-tracer .bench-ct-venv/bin/python
 #
 # Every pip call passes the constraints file that pins torch==2.13.0: without it a peer
 # library's unpinned "torch" requirement would pull a multi-GB CUDA build.
@@ -51,3 +52,23 @@ for dist in ("torch", "transformers", "uncover", "transformer-lens", "nnsight", 
         print(f"  {dist:18s} MISSING")
 EOF
 echo "bench env ready: $VENV"
+
+# circuit-tracer (bench_graph.py --circuit-tracer): circuit-tracer 0.5.0 pins transformers<=4.57.3
+# (uncover needs transformers 5) and brings TransformerLens 3 and nnsight, so it gets its own
+# environment, $CT_VENV, which never imports uncover: benchmarks/circuit_tracer_graph.py runs there
+# and reads the converted model and the transcoders from disk. torch stays the pinned CPU build.
+CT_VENV="${BENCH_CT_VENV:-$ROOT/.bench-ct-venv}"
+if [ ! -x "$CT_VENV/bin/python" ]; then
+    echo "creating $CT_VENV"
+    "$PY" -m venv "$CT_VENV"
+fi
+"$CT_VENV/bin/python" -m pip install -q --upgrade pip
+"$CT_VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" torch==2.13.0
+"$CT_VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" circuit-tracer==0.5.0
+"$CT_VENV/bin/python" - <<'EOF'
+import importlib.metadata as md
+
+for dist in ("torch", "circuit-tracer", "transformer-lens", "transformers", "nnsight"):
+    print(f"  {dist:18s} {md.version(dist)}")
+EOF
+echo "circuit-tracer env ready: $CT_VENV"
