@@ -13,8 +13,11 @@ from uncover.scale.engines import LocalEngine
 from uncover.scale.ops import (
     PatchSettings,
     RomeEdit,
+    circuit_sweep,
+    contexts_sweep,
     edit_sweep,
     generated_counterfacts,
+    mean_scores,
     patching_sweep,
     perplexity_sweep,
 )
@@ -54,13 +57,22 @@ def test_perplexity_sweep_equals_pruning_perplexity(tiny_model, one_thread):
 
 
 def test_patching_sweep_equals_patching_each_pair(tiny_model, one_thread):
+    from uncover.attribution.attribution_patching import attribution_patching
     from uncover.patching.activation import activation_patching
 
-    for settings in (PatchSettings(), PatchSettings("resid_pre", "pos")):
-        ref = torch.stack([activation_patching(tiny_model, p.clean, p.corrupt, p.answer, p.wrong, hook=settings.hook,
-                                               per=settings.per).grid for p in PAIRS])
+    for settings in (PatchSettings(), PatchSettings("resid_pre", "pos"), PatchSettings(method="attribution"),
+                     PatchSettings("mlp_out", "pos", direction="noise", method="attribution")):
+        fn = attribution_patching if settings.method == "attribution" else activation_patching
+        ref = torch.stack([fn(tiny_model, p.clean, p.corrupt, p.answer, p.wrong, hook=settings.hook, per=settings.per,
+                              direction=settings.direction).grid for p in PAIRS])
         run = patching_sweep(LocalEngine(tiny_model), PAIRS, settings, shard_size=2)
         assert torch.equal(run.value, ref) and len(run.partials) == 3
+    # the two methods really differ (attribution is a first-order estimate), so the test tells them apart
+    act = patching_sweep(LocalEngine(tiny_model), PAIRS, PatchSettings(), shard_size=5).value
+    attr = patching_sweep(LocalEngine(tiny_model), PAIRS, PatchSettings(method="attribution"), shard_size=5).value
+    assert not torch.allclose(act, attr, atol=1e-3)
+    with pytest.raises(UsageError, match="unknown patching method 'exact'; valid: activation, attribution"):
+        PatchSettings(method="exact")
     with pytest.raises(UsageError, match="different shapes"):
         patching_sweep(LocalEngine(tiny_model), [*PAIRS[:1], PromptPair("big ben is in", "the tower is in", " the",
                                                                        " a")], PatchSettings("resid_pre", "pos"))
@@ -108,3 +120,76 @@ def test_engines_refuse_what_they_cannot_run(tiny_model):
         make_engine("local", tiny_model, address="auto")
     with pytest.raises(UsageError, match="unknown engine 'spark'; valid: local, ray"):
         make_engine("spark", tiny_model)
+
+
+#: pairs of two token lengths (7 and 8 words), so that the batches of one process and of the shards are padded
+#: differently
+MIXED = [*PAIRS, PromptPair("the tower is in the big city of", "big ben is in the big city of", " paris", " london")]
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_circuit_sweep_equals_eap_on_one_batch_of_all_pairs(tiny_model, one_thread, method):
+    """The scores of the mean metric over all pairs: a shard-size-weighted mean of the shards' scores. Agreement is
+    to float32 rounding, not bit for bit: the sums over prompts run in another order, and the padded batches have
+    other shapes (so other kernel blockings)."""
+    from uncover.circuits.eap import eap
+    from uncover.circuits.prompts import Prompts
+
+    ref = eap(tiny_model, Prompts.build(tiny_model, [p.clean for p in MIXED], [p.corrupt for p in MIXED],
+                                        [p.answer for p in MIXED], [p.wrong for p in MIXED]), method=method, steps=3)
+    tol = 1e-5 * float(ref.scores.abs().max())
+    for size in (1, 4, 6):
+        run = circuit_sweep(LocalEngine(tiny_model), tiny_model, MIXED, method=method, steps=3, shard_size=size)
+        c = run.value
+        assert (c.scores - ref.scores).abs().max() <= tol, size
+        assert torch.equal(c.kept, ref.kept) and c.method == method and c.meta["prompts"] == 6
+    # a plain mean of the shards' scores (ignoring their sizes 4 and 2) is far off: the weighting is tested
+    parts = circuit_sweep(LocalEngine(tiny_model), tiny_model, MIXED, method=method, steps=3, shard_size=4).partials
+    plain = mean_scores([(s, 1) for s, _ in parts])
+    assert (plain - ref.scores).abs().max() > 100 * tol
+    with pytest.raises(UsageError, match="valid: eap, eap-ig"):
+        circuit_sweep(LocalEngine(tiny_model), tiny_model, MIXED, method="acdc")
+
+
+def _blocks(n: int = 24, pos: int = 12) -> torch.Tensor:
+    """Random token blocks whose first tokens differ (two equal prefixes would tie exactly in the top-k)."""
+    g = torch.Generator().manual_seed(0)
+    body = torch.randint(3, V, (n, pos), generator=g)
+    body[:, 0] = torch.randperm(V - 3, generator=g)[:n] + 3
+    return body
+
+
+def test_contexts_sweep_equals_top_activations_over_all_blocks(tiny_model, one_thread):
+    from uncover.hooks.harvest import hook_values
+    from uncover.neurons.top import top_activations
+
+    blocks, hook = _blocks(), "blocks.1.mlp.hook_post"
+    ref = top_activations(tiny_model, hook, tokens=blocks, k=5, batch_size=4, window=(3, 1), sample=0)
+    every = torch.cat(list(hook_values(tiny_model, blocks, hook, batch_size=4))).flatten(0, 1)  # [positions, units]
+    for size in (4, 8, 24):  # whole batches: each activation computed in the same batch as in one process
+        got = contexts_sweep(LocalEngine(tiny_model), tiny_model, hook, blocks, k=5, batch_size=4, window=(3, 1),
+                             shard_blocks=size, sample=16).value
+        for f in ("values", "block", "pos", "windows", "density"):
+            assert torch.equal(getattr(got, f), getattr(ref, f)), (size, f)
+        assert torch.allclose(got.mean, ref.mean, rtol=1e-6) and got.units == ref.units and got.units[0] == "L1N0"
+        # the sample: 16 rows of the activations at 16 distinct positions
+        match = (got.sample[:, None, :] == every[None]).all(-1)
+        assert got.sample.shape == (16, every.shape[1]) and bool(match.any(1).all())
+    some = contexts_sweep(LocalEngine(tiny_model), tiny_model, hook, blocks, [3, 0, 7], k=2, batch_size=4,
+                          shard_blocks=8).value
+    assert torch.equal(some.values, ref.values[[3, 0, 7], :2]) and some.units == ["L1N3", "L1N0", "L1N7"]
+    with pytest.raises(Exception, match=r"unit\(s\) \[99\] out of range"):
+        contexts_sweep(LocalEngine(tiny_model), tiny_model, hook, blocks, [99], shard_blocks=8)
+
+
+def test_merge_topk_keeps_the_earlier_position_among_ties():
+    from uncover.hooks.streaming import StreamingTopK
+    from uncover.scale.ops import merge_topk
+
+    a, b = StreamingTopK(2, 1, (1, 0)), StreamingTopK(2, 1, (1, 0))
+    a.update(torch.tensor([[[1.0], [3.0], [0.0]]]))
+    b.update(torch.tensor([[[3.0], [3.0], [2.0]]]))
+    b.index += 3
+    m = merge_topk([b, a])  # shard order does not matter
+    assert m.values[:, 0].tolist() == [3.0, 3.0] and m.index[:, 0].tolist() == [1, 3]
+    assert m.windows[:, 0].tolist() == [[1.0, 3.0], [0.0, 3.0]] and m.count == 6 and m.rows == 2
