@@ -1,5 +1,5 @@
-"""Attribution graphs on the embedded model: removing a feature in the real model moves the target logit the way the
-graph predicts (the agreement is printed), and the replacement model reproduces the real logits."""
+"""Attribution graphs on the embedded model: removing or doubling a feature in the real model moves the target logit
+the way the graph predicts (the agreement is printed), and the replacement model reproduces the real logits."""
 
 from __future__ import annotations
 
@@ -35,3 +35,8 @@ def test_graph_predicts_feature_removal_in_the_real_model(real):
     # the signs of the larger effects agree
     big = df[df["measured"].abs() > df["measured"].abs().median()]
     assert (torch.tensor(big["measured"].tolist()).sign() == torch.tensor(big["predicted_total"].tolist()).sign()).all()
+    # steering the other way: doubling each feature's output
+    up = feature_effects(real, ts, g, n=12, scale=1.0)
+    r_up = agreement(up, "predicted_total")
+    print(f"feature doubling vs graph: Pearson r total {r_up:.3f}")
+    assert r_up > 0.7
