@@ -1,5 +1,6 @@
-"""The workbench's features view, latent edits, cells of path/attribution patching and causal tracing, and an
-edit's paraphrases and neighbours, checked against references computed another way on a tiny word model."""
+"""The workbench's features view, latent edits (the ``sae steer`` operation), cells of path/attribution patching
+and causal tracing, and an edit's paraphrases and neighbours, checked against references computed another way on a
+tiny word model."""
 
 from __future__ import annotations
 
@@ -46,16 +47,19 @@ def test_features_per_token_are_the_sae_code_at_its_hook(client, wmodel, saved_s
         assert r.status_code == 400 and msg in r.json()["error"]
 
 
-def test_ablating_and_steering_a_latent_moves_the_activation_by_its_decoder_row(client, wmodel, saved_sae):
+def test_steering_a_latent_is_the_sae_steer_operation_and_moves_the_activation_by_its_decoder_row(
+        client, wmodel, saved_sae):
     v = client.post("/api/features", json={"prompt": PROMPT, "path": "mysae"}).json()
     latent, _, _ = v["top"][0]
     hook = "blocks.1.hook_resid_post"
     _, cache = wmodel.run_with_cache(PROMPT, names=[hook])
     with torch.no_grad():
         f = saved_sae.encode(cache[hook][0])[:, latent]  # [pos]
-    for mode, value, delta in (("ablate", 0.0, -f), ("steer", 7.5, torch.full_like(f, 7.5))):
-        e = client.post("/api/features/latent", json={"prompt": PROMPT, "path": "mysae", "latent": latent,
-                                                      "mode": mode, "value": value, "max_new_tokens": 2}).json()
+    for mode, scale, delta in (("ablate", 0.0, -f), ("steer", 7.5, torch.full_like(f, 7.5))):
+        job = _job(client, "sae steer", {"prompt": PROMPT, "path": "mysae", "latent": latent, "mode": mode,
+                                         "scale": scale, "max_new_tokens": 2})
+        res = client.get(f"/api/jobs/{job}/result").json()
+        e = res["view"]
 
         def fn(x, hp, delta=delta):  # reference: add Δf · W_dec[latent] by hand
             return x + delta[None, :, None] * saved_sae.W_dec[latent].detach()
@@ -64,12 +68,18 @@ def test_ablating_and_steering_a_latent_moves_the_activation_by_its_decoder_row(
             base = torch.softmax(wmodel(PROMPT)[0, -1], -1)
             with wmodel.hooks([(hook, fn)]):
                 ref = torch.softmax(wmodel(PROMPT)[0, -1], -1)
+        assert res["kind"] == "LatentSteerResult" and e["type"] == "latent" and e["mode"] == mode
         assert e["activation"] == pytest.approx(f.tolist(), abs=1e-3)
-        assert [t[2] for t in e["after"]["top"]] == pytest.approx(ref.topk(8).values.tolist(), abs=1e-4)
-        assert [t[2] for t in e["before"]["top"]] == pytest.approx(base.topk(8).values.tolist(), abs=1e-4)
-        assert isinstance(e["after"]["generation"], str) and isinstance(e["before"]["generation"], str)
-    r = client.post("/api/features/latent", json={"prompt": PROMPT, "path": "mysae", "latent": 48})
-    assert r.status_code == 400 and "latent must be" in r.json()["error"]
+        ids = [row[1] for row in e["shown"]]
+        assert [row[3] for row in e["shown"]] == pytest.approx(ref[ids].tolist(), abs=1e-4)
+        assert [row[2] for row in e["shown"]] == pytest.approx(base[ids].tolist(), abs=1e-4)
+        assert set(ref.topk(8).indices.tolist()) <= set(ids) and set(base.topk(8).indices.tolist()) <= set(ids)
+        assert isinstance(e["generation_after"], str) and isinstance(e["generation_before"], str)
+    r = client.post("/api/jobs", json={"op": "sae steer", "config": {"prompt": PROMPT, "path": "mysae", "latent": 48}})
+    assert r.status_code == 400 and "out of range" in r.json()["error"]
+    r = client.post("/api/jobs", json={"op": "sae steer", "config": {"prompt": PROMPT, "path": "../x", "latent": 1}})
+    assert r.status_code == 400 and "outside the results folder" in r.json()["error"]
+    assert client.post("/api/features/latent", json={"prompt": PROMPT}).status_code in (404, 405)  # no special view
 
 
 PAIR = {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris", "wrong": "rome"}

@@ -177,9 +177,11 @@ def test_features_of_a_prompt_a_latent_dashboard_and_its_ablation(page, live):
     page.locator("#features-out .feature-token button.latent").first.click()
     page.select_option("#latent-detail select[name='mode']", "ablate")
     page.click("#latent-detail button.latent-apply")
-    page.wait_for_selector("#latent-detail .latent-effect .side", timeout=20_000)
+    page.wait_for_selector("#latent-detail .latent-effect .side", timeout=30_000)  # the `sae steer` job's view
     assert page.locator("#latent-detail .latent-effect .side table").count() == 2  # before, after
     assert "ablated" in page.inner_text("#latent-detail .latent-effect")
+    assert "KL(before ‖ after)" in page.inner_text("#latent-detail .latent-effect .latent-kl")
+    assert "done" in page.locator("#job-list li").filter(has_text="sae steer").first.inner_text()
     page.click("#latent-detail button.latent-dash")  # the `sae show` operation for that latent
     page.wait_for_selector("#latent-detail .latent-dashboard pre.summary", timeout=60_000)
     assert "feature" in page.inner_text("#latent-detail .latent-dashboard pre.summary")

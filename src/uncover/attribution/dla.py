@@ -25,6 +25,7 @@ from uncover.hooks.decode import target_ids
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from uncover.hooks.cache import ActivationCache
     from uncover.hooks.hooked import HookedModel
 
 
@@ -108,6 +109,20 @@ class DLAResult(Result):
         return dla_figure(self)
 
 
+def dla_names(model: HookedModel) -> list[str]:
+    """The hook values direct logit attribution reads (a cache holding them can be passed to it).
+
+    >>> "blocks.0.attn.hook_z" in dla_names(model)
+    True
+    """
+    cfg = model.cfg
+    names = ["hook_embed", act_name("resid_post", cfg.n_layers - 1), "ln_final.hook_normalized"]
+    names += ["hook_pos_embed"] if model.adapter.family.pos_embed else []
+    for i in range(cfg.n_layers):
+        names += [act_name("z", i), act_name("attn_out", i), act_name("mlp_out", i)]
+    return names
+
+
 def _per_prompt(x: str | int | Sequence[str | int], n: int, what: str) -> list[str | int]:
     if isinstance(x, (str, int)):
         return [x] * n
@@ -124,11 +139,14 @@ def direct_logit_attribution(
     wrong: str | int | Sequence[str | int],
     *,
     position: int = -1,
+    cache: ActivationCache | None = None,
 ) -> DLAResult:
     """Contribution of embeddings, each head, each attention bias and each MLP to a logit difference.
 
     ``answer``/``wrong``: single tokens (strings or ids), one for all prompts or one per prompt.
     ``position``: the real-token position whose prediction is explained (default: the last).
+    ``cache``: a cache of these prompts holding :func:`dla_names` (one forward shared with other reads of
+    the same prompts); by default DLA runs its own.
 
     >>> r = direct_logit_attribution(model, "When Mary and John went to the store, John gave a drink to",
     ...                              " Mary", " John")
@@ -141,14 +159,11 @@ def direct_logit_attribution(
     a_ids = target_ids(model, _per_prompt(answer, n, "answer"))
     w_ids = target_ids(model, _per_prompt(wrong, n, "wrong"))
     cfg, ad = model.cfg, model.adapter
-    names = ["hook_embed", act_name("resid_post", cfg.n_layers - 1), "ln_final.hook_normalized"]
-    names += ["hook_pos_embed"] if ad.family.pos_embed else []
-    for i in range(cfg.n_layers):
-        names += [act_name("z", i), act_name("attn_out", i), act_name("mlp_out", i)]
     cols = batch.columns(position)[:, 0]
     if (cols < 0).any():
         raise UncoverError(f"position {position} is outside a prompt")
-    _, cache = model.run_with_cache(batch, names=names)
+    if cache is None:
+        _, cache = model.run_with_cache(batch, names=dla_names(model))
     rows = torch.arange(n, device=cols.device)
 
     def at(t: torch.Tensor) -> torch.Tensor:  # [batch, pos, ...] -> [batch, ...]

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 KINDS = ("hidden", "mlp", "attn")
 CATEGORIES = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token",
               "further tokens", "last token")
-_SITE = {"mlp": "mlp_out", "attn": "attn_out"}
+#: the hook a restoration of each windowed kind writes (``hidden`` restores ``resid_post`` of one layer)
+SITES = {"mlp": "mlp_out", "attn": "attn_out"}
 _LABEL = {"hidden": "hidden state", "mlp": "MLP output (window)", "attn": "attention output (window)"}
 _COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
@@ -293,7 +294,7 @@ def causal_trace(
         raise UncoverError(f"subject positions {subj} are outside the prompt's {n_pos} tokens")
     n = model.cfg.n_layers
     names = {"hidden": [act_name("resid_post", i) for i in range(n)],
-             **{k: [act_name(_SITE[k], i) for i in range(n)] for k in _SITE}}
+             **{k: [act_name(SITES[k], i) for i in range(n)] for k in SITES}}
     clean_logits, calls = capture_calls(model, batch)
     if answer is None:
         answer = int(clean_logits[0, -1].argmax())

@@ -1,10 +1,12 @@
-"""Operations of sparse autoencoders: ``sae train``, ``sae eval`` and ``sae show`` (the ``sae`` group).
+"""Operations of sparse autoencoders: ``sae train``, ``sae eval``, ``sae show`` and ``sae steer`` (the ``sae`` group).
 
 ``sae train`` harvests activations at a hook from a corpus and trains an SAE in a resumable
 run directory (:func:`~uncover.sae.train.train_sae`: checkpoints, metrics, the SAE in
 ``out/sae``); ``sae eval`` scores an SAE on held-out text
 (:func:`~uncover.sae.evaluate.evaluate_sae`); ``sae show`` builds feature dashboards
-(:func:`~uncover.sae.dashboard.feature_dashboard`). ``eval`` and ``show`` read a run directory
+(:func:`~uncover.sae.dashboard.feature_dashboard`); ``sae steer`` steers, clamps or ablates one latent and
+shows the output before and after (:func:`~uncover.sae.steer_latent.steer_latent`). ``eval``, ``show`` and
+``steer`` read a run directory
 or an SAE directory in SAELens format (:func:`~uncover.sae.sites.sae_dir`); without one they use
 the model's quick SAE (:func:`~uncover.sae.quick.quick_sae`, the tour's features: trained on
 first use, then cached), so that they run right away.
@@ -26,6 +28,7 @@ from uncover.ops.registry import operation
 from uncover.sae.dashboard import FeatureDashboard
 from uncover.sae.evaluate import SAEEval
 from uncover.sae.sites import check_sae_hook, sae_dir, sae_input_width
+from uncover.sae.steer_latent import LatentSteerResult
 from uncover.sae.train import TrainResult
 
 if TYPE_CHECKING:
@@ -280,3 +283,46 @@ def sae_show(model: HookedModel, cfg: SAEShowConfig, progress: Progress) -> Feat
     sae = _load(model, cfg.path, progress)
     toks = token_blocks(model, block_len=64, split="heldout")[: cfg.blocks]
     return feature_dashboard(model, sae, cfg.feature, tokens=toks, n_random=cfg.n_random, seed=cfg.seed)
+
+
+@dataclass(frozen=True)
+class SAESteerConfig(Config):
+    """Steer, clamp or ablate one SAE latent on a prompt: next tokens and a generation before and after.
+
+    >>> SAESteerConfig(prompt="I think that", latent=3, scale=float("nan"))
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UsageError: SAESteerConfig: scale (--scale) must be a finite number, got nan
+    """
+
+    prompt: str = param(help="Prompt to run with and without the edit", positional=True, nonempty=True,
+                        unit="tokens")
+    latent: int = param(help="The SAE latent to edit", ge=0)
+    mode: Literal["ablate", "steer", "clamp"] = param(
+        "steer", help="steer: add --scale to the latent; clamp: hold it at --scale; ablate: set it to 0 (at every "
+        "position)")
+    scale: float = param(10.0, help="Amount added (steer) or value held (clamp); unused by ablate")
+    path: Path | None = param(None, help=_PATH_HELP, flag="--sae", path="in_dir")
+    max_new_tokens: int = param(12, help="Tokens to generate with and without the edit (0: none)", ge=0, le=256)
+    k: int = param(8, help="Top next tokens shown from each distribution", ge=1, le=100)
+
+    def validate(self) -> None:
+        if self.path is not None:
+            sae_dir(self.path, f"{type(self).__name__}: path")
+
+    def check_model(self, model: HookedModel) -> None:
+        super().check_model(model)
+        d_sae = _check_sae_fits("SAESteerConfig", self.path, model)
+        if self.latent >= d_sae:
+            raise UsageError(f"SAESteerConfig: latent (--latent) {self.latent} is out of range; this SAE has latents "
+                             f"0..{d_sae - 1}")
+
+
+@operation("sae steer", SAESteerConfig, LatentSteerResult, rtol=1e-3, atol=1e-5,
+           example={"prompt": "The Eiffel Tower is in the city of", "latent": 0, "scale": 20.0, "max_new_tokens": 4})
+def sae_steer(model: HookedModel, cfg: SAESteerConfig, progress: Progress) -> LatentSteerResult:
+    """Next-token distribution and greedy generation with one SAE latent steered, clamped or ablated."""
+    from uncover.sae.steer_latent import steer_latent
+
+    sae = _load(model, cfg.path, progress)
+    return steer_latent(model, sae, cfg.prompt, cfg.latent, cfg.mode, cfg.scale, cfg.max_new_tokens, cfg.k)

@@ -28,9 +28,16 @@ def url(host: str, port: int, token: str) -> str:
     return f"http://{shown}:{port}/?token={token}"
 
 
-def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 8765,
-          results: str | Path = "uncover-results", device: str | None = None, dtype: str | None = None,
-          loaded: Any = None) -> None:
+def serve(
+    model: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    results: str | Path = "uncover-results",
+    device: str | None = None,
+    dtype: str | None = None,
+    loaded: Any = None,
+) -> None:
     """Load ``model`` (default: the embedded one), print the URL and serve until interrupted.
 
     >>> serve("no/such/model")  # doctest: +SKIP
@@ -41,15 +48,16 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 8765
 
     warn = not is_loopback(host)
     if warn:
-        print(f"uncover: warning: serving on {host}: other machines can reach this workbench; anyone with the "
-              "URL (it carries the token) can run operations on this model and write into the results folder",
-              file=sys.stderr)
+        print(
+            f"uncover: warning: serving on {host}: other machines can reach this workbench; anyone with the "
+            "URL (it carries the token) can run operations on this model and write into the results folder",
+            file=sys.stderr,
+        )
     hooked = loaded if loaded is not None else load(model, device=device, dtype=dtype)
     token = secrets.token_urlsafe(24)
     app = create_app(hooked, results, token=token, hosts={host})
     print(f"uncover: workbench for {hooked.name} at {url(host, port, token)}", flush=True)
-    print(f"uncover: results folder {Path(results).resolve()}; Ctrl-C stops the server", file=sys.stderr,
-          flush=True)
+    print(f"uncover: results folder {Path(results).resolve()}; Ctrl-C stops the server", file=sys.stderr, flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -14,8 +14,8 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
   ``POST /api/open`` ``{"name"}`` (reopen a saved result);
 - ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k", "lens_positions"}``: the prompt explorer;
 - ``POST /api/features`` ``{"prompt", "path", "k"}``: SAE latents per token (``path``: an SAE or training run
-  folder inside the results folder; none: the model's quick SAE); ``POST /api/features/latent``
-  ``{"prompt", "path", "latent", "mode", "value", "max_new_tokens"}``: one latent ablated or steered;
+  folder inside the results folder; none: the model's quick SAE). Steering or ablating one latent is the
+  ``sae steer`` operation, started as a job like any other;
 - ``GET /api/files`` and ``GET /api/files/{name}``: the results folder, and nothing outside it.
 """
 
@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from uncover.core.errors import UncoverError, UsageError
-from uncover.serve import views
+from uncover.serve import cells, edits, features, prompt, views
 from uncover.serve.jobs import Job, Worker, error_line, new_id
 from uncover.serve.security import LOOPBACK_NAMES, BodyTooLarge, Guard, confine_config, inside
 
@@ -65,7 +65,7 @@ class Server:
         key = (name or "").strip()
         if key not in self.saes:
             sae = quick_sae(self.model, progress=False) if not key else load_sae_dir(inside(self.results, key))
-            self.saes[key] = views.check_sae(self.model, sae.eval())
+            self.saes[key] = features.check_sae(self.model, sae.eval())
         return self.saes[key]
 
     def job(self, job_id: str) -> Job:
@@ -94,8 +94,9 @@ class Server:
         job.files["report"] = html.name
 
 
-def create_app(model: Any, results: str | Path = "uncover-results", *, token: str | None = None,
-               hosts: set[str] | None = None) -> Any:
+def create_app(
+    model: Any, results: str | Path = "uncover-results", *, token: str | None = None, hosts: set[str] | None = None
+) -> Any:
     """The FastAPI app of the workbench for ``model`` (a loaded HookedModel).
 
     ``results``: the server's folder (created); files the browser names are resolved inside it only.
@@ -130,8 +131,9 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
 
     @app.exception_handler(TimeoutError)
     async def _busy(request: Request, e: TimeoutError) -> JSONResponse:
-        return err(503, f"the model is busy with queued work (waited {VIEW_TIMEOUT:.0f} s); try again later or cancel "
-                        "a job")
+        return err(
+            503, f"the model is busy with queued work (waited {VIEW_TIMEOUT:.0f} s); try again later or cancel a job"
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException) -> JSONResponse:
@@ -170,8 +172,9 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         if name == "plotly.min.js":
             import plotly
 
-            return FileResponse(Path(plotly.__file__).parent / "package_data" / "plotly.min.js",
-                                media_type="text/javascript")
+            return FileResponse(
+                Path(plotly.__file__).parent / "package_data" / "plotly.min.js", media_type="text/javascript"
+            )
         if name not in {p.name for p in STATIC.iterdir()}:
             raise LookupError(f"no static file {name!r}")
         return FileResponse(STATIC / name)
@@ -183,8 +186,16 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
 
         c = model.cfg
         fp = await srv.call(lambda: weights_fingerprint(model.model))
-        return {"name": model.name, "family": c.family, "n_layers": c.n_layers, "n_heads": c.n_heads,
-                "d_model": c.d_model, "d_vocab": c.d_vocab, "fingerprint": fp, "applied": list(srv.applied)}
+        return {
+            "name": model.name,
+            "family": c.family,
+            "n_layers": c.n_layers,
+            "n_heads": c.n_heads,
+            "d_model": c.d_model,
+            "d_vocab": c.d_vocab,
+            "fingerprint": fp,
+            "applied": list(srv.applied),
+        }
 
     @app.get("/api/operations")
     async def list_ops() -> list[dict[str, Any]]:
@@ -200,7 +211,7 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         data = await body(request)
         name = data.get("op")
         if not isinstance(name, str):
-            raise UsageError("give the operation's name: {\"op\": \"lens\", \"config\": {...}}")
+            raise UsageError('give the operation\'s name: {"op": "lens", "config": {...}}')
         op = get_operation(name)
         fields = confine_config(op.config, data.get("config", {}), root)
         seed = data.get("seed")
@@ -212,8 +223,9 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         job = Job(new_id(), op.name, config.to_dict(), changes_weights=op.changes_weights)
 
         def run(progress: Any) -> Any:
-            snapshot = ({k: v.detach().clone() for k, v in model.model.state_dict().items()}
-                        if op.changes_weights else None)
+            snapshot = (
+                {k: v.detach().clone() for k, v in model.model.state_dict().items()} if op.changes_weights else None
+            )
             try:
                 return execute(op, config, model if op.needs_model else None, progress=progress, seed=seed)
             except BaseException:
@@ -262,8 +274,11 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
     @app.get("/api/jobs/{job_id}/file")
     async def download(job_id: str) -> Any:
         job = srv.job(job_id)
-        return FileResponse(job_file(job_id, "result"), media_type="application/octet-stream",
-                            filename=f"{job.op.replace(' ', '-')}-{job.id}.safetensors")
+        return FileResponse(
+            job_file(job_id, "result"),
+            media_type="application/octet-stream",
+            filename=f"{job.op.replace(' ', '-')}-{job.id}.safetensors",
+        )
 
     @app.get("/api/jobs/{job_id}/report")
     async def report(job_id: str) -> Any:
@@ -352,8 +367,11 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
             raise HTTPException(409, f"evaluate the latest edit {srv.applied[-1]} (edits stack)")
         d = await body(request)
         cfg = get_operation("edit").config.from_dict(original.config)
-        return await srv.call(lambda: views.edit_generalisation(model, original.result, cfg, d.get("paraphrases"),
-                                                                d.get("neighbours"), d.get("true")))
+        return await srv.call(
+            lambda: edits.edit_generalisation(
+                model, original.result, cfg, d.get("paraphrases"), d.get("neighbours"), d.get("true")
+            )
+        )
 
     @app.post("/api/compare", status_code=202)
     async def compare(request: Request) -> dict[str, Any]:
@@ -376,8 +394,14 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
             raise LookupError(f"no file {name!r} in the results folder")
         res = await srv.call(lambda: load_result(path))
         prov = res.provenance
-        job = Job(new_id(), prov.operation if prov else type(res).__name__,
-                  dict(prov.config) if prov else {}, status="done", result=res, files={"result": path.name})
+        job = Job(
+            new_id(),
+            prov.operation if prov else type(res).__name__,
+            dict(prov.config) if prov else {},
+            status="done",
+            result=res,
+            files={"result": path.name},
+        )
         job.started, job.finished = job.created, job.created
         srv.worker.jobs[job.id] = job
         return job.to_dict()
@@ -387,49 +411,51 @@ def create_app(model: Any, results: str | Path = "uncover-results", *, token: st
         from uncover.ops.registry import get_operation
 
         job = finished(job_id)
-        kinds = {"patch": "PatchResult", "attribute": "AttributionResult", "path": "PathPatchResult",
-                 "trace": "CausalTraceResult"}
+        kinds = {
+            "patch": "PatchResult",
+            "attribute": "AttributionResult",
+            "path": "PathPatchResult",
+            "trace": "CausalTraceResult",
+        }
         if kinds.get(job.op) != type(job.result).__name__:
             raise HTTPException(409, f"job {job_id} is not a result of patch, attribute, path or trace")
         data = await body(request)
         index = data.get("index")
         config = get_operation(job.op).config.from_dict(job.config)
         if job.op == "path":
-            return await srv.call(lambda: views.path_cell(model, config, job.result, index))
+            return await srv.call(lambda: cells.path_cell(model, config, job.result, index))
         if job.op == "trace":
             kind = data.get("kind", next(iter(job.result.grids)))
-            return await srv.call(lambda: views.trace_cell(model, config, job.result, kind, index))
-        return await srv.call(lambda: views.patch_cell(model, config, job.result, index))
+            return await srv.call(lambda: cells.trace_cell(model, config, job.result, kind, index))
+        return await srv.call(lambda: cells.patch_cell(model, config, job.result, index))
 
     # ---- views -------------------------------------------------------------------------------
     @app.post("/api/prompt")
-    async def prompt(request: Request) -> dict[str, Any]:
+    async def prompt_route(request: Request) -> JSONResponse:
         data = await body(request)
         text = data.get("prompt")
         if isinstance(text, str) and len(text) > 4000:
             raise UsageError(f"prompt is {len(text)} characters; the workbench takes at most 4000")
         k = data.get("k", 10)
         where = data.get("lens_positions", "all")
-        return await srv.call(lambda: views.prompt_view(model, text, data.get("answer"), data.get("wrong"), k, where))
+        view = await srv.call(lambda: prompt.prompt_view(model, text, data.get("answer"), data.get("wrong"), k, where))
+        return JSONResponse(view)  # already JSON-ready: skips the framework's walk over every number
 
     @app.post("/api/features")
-    async def features(request: Request) -> dict[str, Any]:
+    async def features_route(request: Request) -> dict[str, Any]:
         data = await body(request)
-        return await srv.call(lambda: views.features_view(model, srv.sae(data.get("path")), data.get("prompt"),
-                                                          data.get("k", 5)))
-
-    @app.post("/api/features/latent")
-    async def latent(request: Request) -> dict[str, Any]:
-        d = await body(request)
-        return await srv.call(lambda: views.latent_effect(
-            model, srv.sae(d.get("path")), d.get("prompt"), d.get("latent"), d.get("mode", "ablate"),
-            d.get("value", 10.0), d.get("max_new_tokens", 12)))
+        return await srv.call(
+            lambda: features.features_view(model, srv.sae(data.get("path")), data.get("prompt"), data.get("k", 5))
+        )
 
     # ---- files -------------------------------------------------------------------------------
     @app.get("/api/files")
     async def files() -> list[dict[str, Any]]:
-        return [{"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size}
-                for p in sorted(root.rglob("*")) if p.is_file()]
+        return [
+            {"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size}
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        ]
 
     @app.get("/api/files/{name:path}")
     async def file(name: str) -> Any:

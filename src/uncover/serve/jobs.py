@@ -83,13 +83,25 @@ class Job:
         """JSON-ready summary (no result body)."""
         prov = getattr(self.result, "provenance", None)
         end = self.finished or time.time()
-        return {"id": self.id, "op": self.op, "config": self.config, "status": self.status,
-                "created": self.created, "started": self.started, "finished": self.finished,
-                "seconds": round(end - self.started, 3) if self.started else None,
-                "progress": self.progress, "forwards": self.forwards, "messages": self.messages,
-                "error": self.error, "files": self.files, "changes_weights": self.changes_weights,
-                "reverted": self.reverted, "provenance": prov.to_dict() if prov is not None else None,
-                "title": getattr(self.result, "title", None) if self.result is not None else None}
+        return {
+            "id": self.id,
+            "op": self.op,
+            "config": self.config,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(end - self.started, 3) if self.started else None,
+            "progress": self.progress,
+            "forwards": self.forwards,
+            "messages": self.messages,
+            "error": self.error,
+            "files": self.files,
+            "changes_weights": self.changes_weights,
+            "reverted": self.reverted,
+            "provenance": prov.to_dict() if prov is not None else None,
+            "title": getattr(self.result, "title", None) if self.result is not None else None,
+        }
 
 
 def new_id() -> str:
@@ -139,16 +151,16 @@ class Worker:
         """Queue ``fn`` on the worker thread (after the queued work); its future."""
         return self._pool.submit(fn)
 
-    def submit(self, job: Job, fn: Callable[[Progress], Any], model: Any = None,
-               on_done: Callable[[Job], None] | None = None) -> Future:
+    def submit(
+        self, job: Job, fn: Callable[[Progress], Any], model: Any = None, on_done: Callable[[Job], None] | None = None
+    ) -> Future:
         """Queue ``job``: ``fn(progress)`` makes its result; ``model`` (a HookedModel) gets a cancel check."""
         with self._lock:
             self.jobs[job.id] = job
         job.control = Progress(enabled=False, listener=job.listen)
         return self._pool.submit(self._run, job, fn, model, on_done)
 
-    def _run(self, job: Job, fn: Callable[[Progress], Any], model: Any,
-             on_done: Callable[[Job], None] | None) -> None:
+    def _run(self, job: Job, fn: Callable[[Progress], Any], model: Any, on_done: Callable[[Job], None] | None) -> None:
         if job.control.cancelled:
             job.status, job.finished = "cancelled", time.time()
             return
@@ -163,8 +175,11 @@ class Worker:
             if threading.get_ident() == self._thread_id:
                 job.control.check()
 
-        handle = (model.model.register_forward_pre_hook(check) if model is not None
-                  else torch.nn.modules.module.register_module_forward_pre_hook(check_worker))
+        handle = (
+            model.model.register_forward_pre_hook(check)
+            if model is not None
+            else torch.nn.modules.module.register_module_forward_pre_hook(check_worker)
+        )
         status = "running"
         try:
             job.result = fn(job.control)

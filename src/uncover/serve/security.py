@@ -173,8 +173,9 @@ class Guard:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             given = headers.get(TOKEN_HEADER) or (query.get("token") or [None])[0]
             if not token_ok(given, self.token):
-                await _refuse(send, 401, "missing or wrong token: open the URL the server printed (it carries "
-                                         "?token=...)")
+                await _refuse(
+                    send, 401, "missing or wrong token: open the URL the server printed (it carries ?token=...)"
+                )
                 return
         if scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):
             if not origin_ok(headers.get("origin"), host):
@@ -209,6 +210,11 @@ def _bounded(receive: Any, limit: int) -> Any:
 
 async def _refuse(send: Any, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

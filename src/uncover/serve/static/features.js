@@ -1,4 +1,4 @@
-// uncover workbench: the features view (SAE latents per token; a latent's dashboard, ablation and steering).
+// uncover workbench: the features view (SAE latents per token; a latent's dashboard and its `sae steer` job).
 // Loaded after app.js, whose helpers (el, api, fmt, table, showError, showResult, pollJobs, state) it uses.
 // Text from the server is only ever set as textContent.
 "use strict";
@@ -51,46 +51,31 @@ function renderFeatures(v, out) {
 }
 
 function openLatent(i) {
+  // steering or ablating the latent is the registered operation `sae steer`, run as a job; its result view
+  // (renderLatent in views.js) shows the generations and next tokens before and after
   const v = featuresView, box = document.getElementById("latent-detail");
   const mode = el("select", { name: "mode" }, el("option", { value: "ablate", text: "ablate (set to 0)" }),
-    el("option", { value: "steer", text: "steer (add value)" }));
-  const value = el("input", { name: "value", type: "number", step: "any", value: 10 });
-  const n = el("input", { name: "max_new_tokens", type: "number", min: 1, max: 64, value: 12 });
+    el("option", { value: "steer", text: "steer (add scale)" }), el("option", { value: "clamp", text: "clamp (hold at scale)" }));
+  const scale = el("input", { name: "scale", type: "number", step: "any", value: 10 });
+  const n = el("input", { name: "max_new_tokens", type: "number", min: 0, max: 256, value: 12 });
   const effect = el("div", { class: "latent-effect" });
   const dash = el("div", { class: "latent-dashboard" });
-  const apply = el("button", { type: "button", class: "latent-apply", text: "Generate before and after", onclick: async () => {
-    effect.replaceChildren(el("p", { class: "hint", text: "generating…" }));
+  const config = (extra) => (v.request.path ? { ...extra, path: v.request.path } : extra);
+  const start = async (op, cfg, target) => {
     try {
-      renderLatentEffect(await api("/api/features/latent", { prompt: v.request.prompt, path: v.request.path, latent: i,
-        mode: mode.value, value: Number(value.value), max_new_tokens: Number(n.value) }), effect);
-    } catch (err) { showError(effect, err); }
-  } });
-  const dashboard = el("button", { type: "button", class: "latent-dash", text: "Dashboard (top contexts)", onclick: async () => {
-    const config = { feature: [i], blocks: 16 };
-    if (v.request.path) config.path = v.request.path;
-    try {
-      const job = await api("/api/jobs", { op: "sae show", config });
-      dash.replaceChildren(el("p", { class: "hint", text: `job ${job.id} ${job.status}…` }));
-      state.shown[job.id] = dash; pollJobs();
-    } catch (err) { showError(dash, err); }
-  } });
+      const job = await api("/api/jobs", { op, config: config(cfg) });
+      target.replaceChildren(el("p", { class: "hint", text: `job ${job.id} ${job.status}…` }));
+      state.shown[job.id] = target; pollJobs();
+    } catch (err) { showError(target, err); }
+  };
+  const apply = el("button", { type: "button", class: "latent-apply", text: "Generate before and after",
+    onclick: () => start("sae steer", { prompt: v.request.prompt, latent: i, mode: mode.value, scale: Number(scale.value),
+      max_new_tokens: Number(n.value) }, effect) });
+  const dashboard = el("button", { type: "button", class: "latent-dash", text: "Dashboard (top contexts)",
+    onclick: () => start("sae show", { feature: [i], blocks: 16 }, dash) });
   box.replaceChildren(el("h3", { class: "latent-title", text: `Latent ${i} at ${v.hook}` }),
-    el("div", { class: "row" }, dashboard, el("label", {}, "edit", mode), el("label", {}, "value (steer)", value),
+    el("div", { class: "row" }, dashboard, el("label", {}, "edit", mode), el("label", {}, "scale (steer, clamp)", scale),
       el("label", {}, "tokens", n), apply), effect, dash);
-}
-
-function renderLatentEffect(e, target) {
-  const vmax = Math.max(1e-9, ...e.activation.map((a) => a ?? 0));
-  const toks = el("div", { class: "tokens" }, ...e.tokens.map((t, p) => {
-    const s = el("span", { title: `activation ${fmt(e.activation[p])}`, text: t });
-    s.style.background = `rgba(37,99,235,${(0.05 + 0.8 * Math.max(0, e.activation[p] ?? 0) / vmax).toFixed(3)})`;
-    return s;
-  }));
-  const col = (title, d) => el("div", {}, el("h4", { text: title }),
-    el("p", { class: "generation", text: d.generation }), table(["token", "p"], d.top.map(([tok, , p]) => ({ token: tok, p }))));
-  const what = e.mode === "ablate" ? `latent ${e.latent} ablated` : `latent ${e.latent} + ${fmt(e.value)}`;
-  target.replaceChildren(el("p", { class: "hint", text: `activation of latent ${e.latent} on each token` }), toks,
-    el("div", { class: "side" }, col("before", e.before), col(`after (${what})`, e.after)));
 }
 
 document.querySelector("#tabs button[data-tab='features']").addEventListener("click", refreshSaes);

@@ -137,6 +137,23 @@ function renderSteer(view, target) {
   table(["prompt", "without", "with", "score without", "score with"], rows));
 }
 
+function renderLatent(view, target) {
+  // the result of `sae steer`: the latent's activation per token, then generations and next tokens side by side
+  const vmax = Math.max(1e-9, ...view.activation.map((a) => a ?? 0));
+  const toks = el("div", { class: "tokens" }, ...view.str_tokens.map((t, p) => {
+    const s = el("span", { title: `activation ${fmt(view.activation[p])}`, text: t });
+    s.style.background = `rgba(37,99,235,${(0.05 + 0.8 * Math.max(0, view.activation[p] ?? 0) / vmax).toFixed(3)})`;
+    return s;
+  }));
+  const col = (title, gen, k) => el("div", {}, el("h4", { text: title }), el("p", { class: "generation", text: gen }),
+    table(["token", "p"], [...view.shown].sort((a, b) => b[k] - a[k]).map((r) => ({ token: r[0], p: r[k] }))));
+  const what = view.mode === "ablate" ? `latent ${view.latent} ablated`
+    : view.mode === "steer" ? `latent ${view.latent} + ${fmt(view.scale)}` : `latent ${view.latent} clamped at ${fmt(view.scale)}`;
+  target.append(el("p", { class: "hint", text: `activation of latent ${view.latent} on each token (${view.hook})` }), toks,
+    el("p", { class: "latent-kl", text: `KL(before ‖ after), next token: ${fmt(view.kl)} nats` }),
+    el("div", { class: "side" }, col("before", view.generation_before, 2), col(`after (${what})`, view.generation_after, 3)));
+}
+
 function renderCompare(view, target) {
   const cols = view.figures.map((f, i) => {
     const box = el("div", { class: "plot" });
