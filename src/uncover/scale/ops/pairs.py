@@ -199,8 +199,8 @@ def circuit_sweep(engine: Engine, model: HookedModel, pairs: list[PromptPair], *
     >>> from uncover.circuits.prompts import Prompts
     >>> from uncover.data.tasks import right_pairs
     >>> from uncover.scale.engines import LocalEngine
-    >>> pairs = right_pairs(model, "ioi", n=8).pairs[:4]
-    >>> run = circuit_sweep(LocalEngine(model), model, pairs, shard_size=2)
+    >>> pairs = right_pairs(model, "ioi", n=4).pairs[:2]
+    >>> run = circuit_sweep(LocalEngine(model), model, pairs, shard_size=1)
     >>> ref = eap(model, Prompts.build(model, [p.clean for p in pairs], [p.corrupt for p in pairs],
     ...                                [p.answer for p in pairs], [p.wrong for p in pairs]))
     >>> bool((run.value.scores - ref.scores).abs().max() <= 1e-4 * ref.scores.abs().max())
