@@ -34,7 +34,8 @@ CASES: dict[str, dict] = {
 }
 #: operations that read the corpus (seconds each): run on one family per adapter feature, not on all
 CORPUS_OPS = ("prune", "neurons", "train-lens", "edit", "sae train")
-CORPUS_KINDS = ("llama-gqa", "gemma2", "gpt2", "gpt_neox", "phi", "phi3", "olmo", "gpt_bigcode", "falcon", "glm4")
+CORPUS_KINDS = ("llama-gqa", "gemma2", "gpt2", "gpt_neox", "phi", "phi3", "olmo", "gpt_bigcode", "falcon", "glm4",
+                "gpt_oss")  # gpt_oss: the prune operation on a mixture of experts (calibrated per expert)
 
 """Left out: ``ccs`` (its truth pairs need words the tiny vocabulary lacks), ``sae eval``/``sae show`` (a trained
 SAE of the real model), ``harvest``, ``diff``, ``edit-sweep`` (dataset-scale jobs built on the operations above),

@@ -25,7 +25,8 @@ LOGIT_SCALED = ("cohere", "cohere-qk", "granite")  # logits scaled by 1/16, 1/8:
 #: refusals the matrix expects: (kind, operation) -> words the message must contain
 REFUSED = {**{(k, "circuit"): "normalises the sum of the heads" for k in POST_NORM},
            ("gpt2", "prune"): "longer than the model's 64 positions",
-           **{(k, "knowledge-neurons"): f"{k} has a mixture-of-experts MLP" for k in MOE}}
+           **{(k, "knowledge-neurons"): f"{k} has a mixture-of-experts MLP" for k in MOE},
+           **{(k, op): f"{k} has a mixture-of-experts MLP" for k in MOE for op in ("neurons", "edit")}}
 
 _MODELS: dict[tuple[str, bool], object] = {}
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from uncover.core.errors import UnsupportedModel
+from uncover.models.experts import ExpertsMixin
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class Family:
     """The block flattens ``[batch, pos]`` into one axis around ln2 and the MLP (OPT): their hooks unflatten it."""
     experts: str | None = None
     """Mixture of experts: the fused experts module inside ``mlp`` (``gate_up_proj [E, 2F, d]``, ``down_proj
-    [E, d, F]``, called with ``(x, top_k_index, top_k_weights)``); ``mlp`` is then the sparse MoE block."""
+    [E, d, F]``, or transposed with biases as the module's ``is_transposed``/``has_bias`` say (gpt-oss); called
+    with ``(x, top_k_index, top_k_weights)``); ``mlp`` is then the sparse MoE block."""
     router: str = "gate"
     """Mixture of experts: the router inside ``mlp`` (returns ``(logits, top_k_weights, top_k_index)``)."""
     route: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -170,7 +172,7 @@ def _first(cfg: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-class Adapter:
+class Adapter(ExpertsMixin):
     """A family bound to one loaded HF causal LM.
 
     Gives modules per layer and standard-form weight views (no copies).
@@ -250,68 +252,6 @@ class Adapter:
         if self.cfg.n_experts and name in (self.family.mlp_in, self.family.mlp_gate, self.family.mlp_out):
             raise self.no_single_mlp("its MLP weights")
         return None if name is None else get_module(self.mlp(layer), name)
-
-    def no_single_mlp(self, what: str) -> UnsupportedModel:
-        """The one-line refusal of techniques that assume one MLP per block, on a mixture-of-experts family."""
-        return UnsupportedModel(
-            f"{self.family.name} has a mixture-of-experts MLP ({self.cfg.n_experts} experts, top-{self.cfg.top_k}): "
-            f"{what} assume one MLP per block; read blocks.L.mlp.hook_expert_out and blocks.L.mlp.hook_router"
-        )
-
-    def moe_points(self) -> list[str]:
-        """Hook points of a mixture-of-experts MLP, in forward order (empty for a dense MLP)."""
-        if not self.cfg.n_experts:
-            return []
-        shared = ["mlp.hook_shared_expert", "mlp.hook_shared_gate"] if self.family.shared_expert else []
-        return ["mlp.hook_router", "mlp.hook_expert_out", *shared]
-
-    def route(self, layer: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(top_k_weights, top_k_index)`` ``[tokens, top_k]`` the router of ``layer`` picks from ``logits``
-        ``[tokens, n_experts]``: exactly its own computation, so written logits re-route as if it produced them."""
-        if self.family.route is None:
-            raise self.no_single_mlp("re-routing")  # pragma: no cover - every MoE family declares route
-        return self.family.route(get_module(self.mlp(layer), self.family.router), logits)
-
-    def expert_outputs(self, layer: int, x: torch.Tensor, top_k_index: torch.Tensor,
-                       top_k_weights: torch.Tensor) -> torch.Tensor:
-        """Each routed expert's weighted output ``[tokens, n_experts, d_model]`` (0 where not routed).
-
-        ``x``: ``[tokens, d_model]``, the experts module's input; ``top_k_index``/``top_k_weights``: ``[tokens,
-        top_k]`` from the router. Their sum over experts is the experts module's output (to rounding).
-        """
-        out = self.expert_mlp(layer, x)
-        w = torch.zeros(x.shape[0], self.cfg.n_experts, dtype=top_k_weights.dtype, device=x.device)
-        w.scatter_add_(1, top_k_index, top_k_weights)
-        return (out * w[..., None]).to(x.dtype)
-
-    def experts_module(self, layer: int) -> nn.Module:
-        """The fused experts module of ``layer`` (``gate_up_proj``, ``down_proj``, optional biases)."""
-        return get_module(self.mlp(layer), self.family.experts)  # type: ignore[arg-type]
-
-    def expert_hidden(self, layer: int, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
-        """Every expert's hidden activation (the down projection's input) ``[tokens, n_experts, d_mlp]``
-        (``expert``: only that one, ``[tokens, 1, d_mlp]``).
-
-        Follows the module's own layout flags (``is_transposed``: ``[E, d_in, d_out]`` as gpt-oss stores
-        them; ``has_bias``) and its own gate (``_apply_gate``: SiLU·up, or gpt-oss's clamped SwiGLU).
-        """
-        ex = self.experts_module(layer)
-        sl = slice(None) if expert is None else slice(expert, expert + 1)
-        t = getattr(ex, "is_transposed", False)
-        h = torch.einsum("nd,edf->nef" if t else "nd,efd->nef", x, ex.gate_up_proj[sl].to(x.dtype))
-        if getattr(ex, "has_bias", False):
-            h = h + ex.gate_up_proj_bias[sl].to(x.dtype)
-        return ex._apply_gate(h)
-
-    def expert_mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """Every expert's output on every token ``[tokens, n_experts, d_model]`` (unweighted)."""
-        ex = self.experts_module(layer)
-        t = getattr(ex, "is_transposed", False)
-        out = torch.einsum("nef,efd->ned" if t else "nef,edf->ned", self.expert_hidden(layer, x),
-                           ex.down_proj.to(x.dtype))
-        if getattr(ex, "has_bias", False):
-            out = out + ex.down_proj_bias.to(x.dtype)
-        return out
 
     def module(self, path: str) -> nn.Module:
         return get_module(self.model, path)
