@@ -116,6 +116,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--validate-json", type=Path, default=None,
+                   help="an uncover graph JSON to validate against circuit-tracer's viewer models")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,6 +126,12 @@ def main() -> None:
     from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
     from safetensors.torch import save_file
 
+    schema = "not checked"
+    if args.validate_json is not None:
+        from circuit_tracer.frontend.graph_models import Model
+
+        doc = Model.model_validate(json.loads(args.validate_json.read_text()))
+        schema = f"valid ({len(doc.nodes)} nodes, {len(doc.links)} links)"
     cfg, state, tok, ln2 = load_model(args.model_dir)
     rm = TransformerLensReplacementModel(cfg)  # TransformerLens would reload the tokenizer with AutoTokenizer
     rm.tokenizer = tok
@@ -154,7 +162,8 @@ def main() -> None:
               str(args.out / "ct_graph.safetensors"))
     (args.out / "ct_graph.json").write_text(json.dumps({
         "node_ids": ids_out, "n_active": int(len(g.active_features)), "seconds": seconds,
-        "circuit_tracer": getattr(circuit_tracer, "__version__", "0.5.0"), "threads": torch.get_num_threads()}))
+        "circuit_tracer": getattr(circuit_tracer, "__version__", "0.5.0"), "threads": torch.get_num_threads(),
+        "schema": schema}))
     print(json.dumps({"nodes": len(ids_out), "n_active": int(len(g.active_features)), "seconds": seconds}))
 
 

@@ -159,6 +159,18 @@ def test_graph_json_pruning_and_round_trip(tmp_path, one_thread):
     assert sum(nd["is_target_logit"] for nd in doc["nodes"]) == 1
     assert {"node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp", "influence",
             "activation"} <= set(doc["nodes"][0])
+    # the field types of circuit-tracer's pydantic models (frontend/graph_models.py), which its viewer loads
+    assert isinstance(doc["metadata"]["transcoder_list"], list)
+    for nd in doc["nodes"]:
+        assert isinstance(nd["feature"], int) and isinstance(nd["layer"], str) and isinstance(nd["ctx_idx"], int)
+        if nd["feature_type"] == "cross layer transcoder":
+            la, f, pos = map(int, nd["node_id"].split("_"))
+            assert nd["feature"] == (la + f) * (la + f + 1) // 2 + f and nd["jsNodeId"] == f"{la}_{f}-0"
+            assert (nd["layer"], nd["ctx_idx"]) == (str(la), pos)
+        elif nd["feature_type"] == "embedding":
+            assert nd["layer"] == "E" and nd["feature"] == nd["ctx_idx"]
+        elif nd["feature_type"] == "logit":
+            assert nd["layer"] == str(g.n_layers + 1) and nd["feature"] == g.target_ids[0]
     json.loads(g.save_json(tmp_path / "g.json").read_text())
     import uncover as uc
 

@@ -30,6 +30,15 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 KINDS = ("feature", "error", "embedding", "logit")
+
+
+def _cantor(x: int, y: int) -> int:
+    """circuit-tracer's integer ``feature`` of a feature node: the Cantor pairing of layer and index.
+
+    >>> _cantor(2, 5)
+    33
+    """
+    return (x + y) * (x + y + 1) // 2 + y
 FEATURE_TYPES = {"feature": "cross layer transcoder", "error": "mlp reconstruction error", "embedding": "embedding",
                  "logit": "logit"}
 
@@ -163,25 +172,40 @@ class AttributionGraph(Result):
         return pd.DataFrame(rows)
 
     def graph_json(self, slug: str = "uncover-graph") -> dict[str, Any]:
-        """The pruned graph in circuit-tracer's JSON schema (for its and Neuronpedia's viewers)."""
+        """The pruned graph in circuit-tracer's JSON schema (for its and Neuronpedia's viewers).
+
+        Each node's fields are those circuit-tracer's ``Node`` factories write (``feature``: the Cantor
+        pairing of layer and index for features, -1 for errors, the position for embeddings, the token id for
+        logits; its ``jsNodeId`` forms); only error nodes keep the id ``{layer}_error_{pos}``, since
+        circuit-tracer's ``0_{layer}_{pos}`` collides with layer-0 feature ids.
+        """
         kept = self.nodes()
         nodes = []
         for i in kept:
             d = self.node(i)
-            logit = d["kind"] == "logit"
+            kind = d["kind"]
             j = i - (len(self.adjacency) - len(self.targets))
+            la, pos = d["layer"], d["pos"]
+            if kind == "feature":
+                feature, js = _cantor(la, d["feature"]), f"{la}_{d['feature']}-0"
+            elif kind == "error":
+                feature, js = -1, f"{la}_{pos}-0"
+            elif kind == "embedding":
+                feature, js = pos, f"E_{self.token_ids[pos]}-{pos}"
+            else:
+                feature, js = self.target_ids[j], f"L_{self.target_ids[j]}-{pos}"
             nodes.append({
-                "node_id": d["node_id"], "feature": d["feature"],
-                "layer": "E" if d["kind"] == "embedding" else str(d["layer"] + (1 if logit else 0)),
-                "ctx_idx": d["pos"], "feature_type": FEATURE_TYPES[d["kind"]], "jsNodeId": d["node_id"],
-                "clerp": d["label"], "influence": float(self.influence[i]), "activation": d["activation"],
-                "token_prob": self.target_probs[j] if logit else 0.0, "is_target_logit": logit and j == 0,
-                "run_idx": 0, "reverse_ctx_idx": 0})
+                "node_id": d["node_id"], "feature": feature,
+                "layer": "E" if kind == "embedding" else str(la + (1 if kind == "logit" else 0)),
+                "ctx_idx": pos, "feature_type": FEATURE_TYPES[kind], "jsNodeId": js, "clerp": d["label"],
+                "influence": float(self.influence[i]), "activation": d["activation"],
+                "token_prob": self.target_probs[j] if kind == "logit" else 0.0,
+                "is_target_logit": kind == "logit" and j == 0, "run_idx": 0, "reverse_ctx_idx": 0})
         ids = {i: self.node(i)["node_id"] for i in kept}
         links = [{"source": ids[s], "target": ids[t], "weight": w} for s, t, w in self.edges()]
-        meta = {"slug": slug, "scan": self.model_name, "prompt_tokens": self.tokens, "prompt": self.prompt,
-                "node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold, "schema_version": 1,
-                "info": {"creator_name": "uncover", "transcoders": self.transcoders}}
+        meta = {"slug": slug, "scan": self.model_name, "transcoder_list": [], "prompt_tokens": self.tokens,
+                "prompt": self.prompt, "node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
+                "schema_version": 1, "info": {"creator_name": "uncover", "transcoders": self.transcoders}}
         return {"metadata": meta, "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "",
                                               "sg_pos": ""}, "nodes": nodes, "links": links}
 
