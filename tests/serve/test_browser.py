@@ -139,6 +139,42 @@ def test_circuit_graph_with_an_edge_slider(page):
     shot(page, "circuit")
 
 
+def test_attribution_graph_pruning_sliders_and_a_supernode_grouped_by_hand(page, live):
+    from tests.serve.test_api_graph import transcoder_set
+
+    transcoder_set(live.app.state.server.model).save(live.app.state.server.results / "tset")
+    page.click("#tabs button[data-tab='circuits']")
+    fill(page, "graph", {"prompt": "the tower is in", "target": "paris", "transcoders": "tset",
+                         "max_feature_nodes": 24, "batch_size": 8, "node_threshold": 0.99, "edge_threshold": 0.99,
+                         "quick_layers": ""})
+    page.click("form[data-op='graph'] button.run")
+    svg = "#graph-result svg.graph"
+    page.wait_for_selector(f"{svg} .graph-node", state="attached", timeout=60_000)
+    n_nodes = page.locator(f"{svg} .graph-node").count()
+    inner = page.locator(f"{svg} .graph-node:not(.kind-embedding):not(.kind-logit)")
+    assert inner.count() >= 2
+    a, b = (inner.nth(i).get_attribute("data-id") for i in range(2))
+    page.locator(f"{svg} .graph-node[data-id='{a}']").dispatch_event("click")
+    page.locator(f"{svg} .graph-node[data-id='{b}']").dispatch_event("click")
+    assert page.locator(f"{svg} .graph-node.selected").count() == 2
+    page.fill("#graph-result input[name='supernode']", "my pair")
+    page.click("#graph-result button.group")
+    assert page.locator(f"{svg} .supernode").count() == 1
+    assert page.locator(f"{svg} .graph-node").count() == n_nodes - 2  # the two members drawn as one supernode
+    assert page.text_content(f"{svg} .supernode-label") == "my pair"
+    assert page.input_value("#graph-result textarea.supernode-json") == f'[["my pair","{a}","{b}"]]'
+    assert "my pair" in page.inner_text("#graph-result .supernode-list li")
+    shot(page, "graph")
+    before = page.inner_text("#graph-result .graph-count")
+    page.fill("#graph-result input[name='node_threshold']", "0.3")  # pruned again by the server
+    page.wait_for_function("t => document.querySelector('#graph-result .graph-count').textContent !== t", arg=before,
+                           timeout=20_000)
+    assert page.locator(f"{svg} .graph-node").count() < n_nodes
+    page.click("#graph-result .supernode-list button.ungroup")
+    assert page.locator(f"{svg} .supernode").count() == 0
+    assert page.input_value("#graph-result textarea.supernode-json") == "[]"
+
+
 def test_steering_side_by_side_with_a_scale_slider(page):
     page.click("#tabs button[data-tab='steering']")
     fill(page, "steer", {"prompts": "the tower is", "positive": "good", "negative": "bad", "layer": 1,

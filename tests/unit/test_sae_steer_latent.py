@@ -104,9 +104,13 @@ def test_edit_equals_adding_the_decoder_row_by_hand(wm, sae, mode, scale):
 
 def test_config_refuses_and_checks_the_model(wm, tmp_path):
     op = get_operation("sae steer")
-    for fields, msg in (({"latent": -1}, "latent"), ({"latent": 1, "mode": "boost"}, "valid: ablate, steer, clamp"),
-                        ({"latent": 1, "scale": float("inf")}, "finite"), ({"latent": 1, "max_new_tokens": -1}, ">= 0"),
-                        ({"latent": 1, "path": tmp_path / "none"}, "path")):
+    for fields, msg in (
+        ({"latent": -1}, "latent"),
+        ({"latent": 1, "mode": "boost"}, "valid: ablate, steer, clamp"),
+        ({"latent": 1, "scale": float("inf")}, "finite"),
+        ({"latent": 1, "max_new_tokens": -1}, ">= 0"),
+        ({"latent": 1, "path": tmp_path / "none"}, "path"),
+    ):
         with pytest.raises(UsageError, match=msg):
             op.config(prompt=PROMPT, **fields)
     from uncover.sae import TopKSAE
@@ -131,8 +135,22 @@ def test_operation_round_trip_and_cli(wm, sae, tmp_path, monkeypatch, capsys):
     assert "latent" in r.to_html() and json.loads(r.to_json())["kind"] == "LatentSteerResult"
     monkeypatch.setattr(uc, "load", lambda name=None, **kw: wm)
     with pytest.raises(SystemExit) as e:
-        main(["sae", "steer", PROMPT, "--latent", str(latent), "--mode", "ablate", "--sae", str(tmp_path / "s"),
-              "-n", "3", "--json"])
+        main(
+            [
+                "sae",
+                "steer",
+                PROMPT,
+                "--latent",
+                str(latent),
+                "--mode",
+                "ablate",
+                "--sae",
+                str(tmp_path / "s"),
+                "-n",
+                "3",
+                "--json",
+            ]
+        )
     assert e.value.code in (0, None)
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "LatentSteerResult" and out["provenance"]["config"]["mode"] == "ablate"

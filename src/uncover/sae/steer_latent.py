@@ -86,17 +86,27 @@ class LatentSteerResult(Result):
 
     def to_frame(self) -> pd.DataFrame:
         """One row per next token shown: its probability before and after the edit, and the change."""
-        return pd.DataFrame({"token": self.tokens, "id": self.ids, "prob_before": self.probs_before.tolist(),
-                             "prob_after": self.probs_after.tolist(),
-                             "change": (self.probs_after - self.probs_before).tolist()})
+        return pd.DataFrame(
+            {
+                "token": self.tokens,
+                "id": self.ids,
+                "prob_before": self.probs_before.tolist(),
+                "prob_after": self.probs_after.tolist(),
+                "change": (self.probs_after - self.probs_before).tolist(),
+            }
+        )
 
     def plot(self) -> go.Figure:
         """The latent's activation per token, and the next-token probabilities before and after."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=2, cols=1, subplot_titles=(f"latent {self.latent} activation per token",
-                                                            "next-token probability"), vertical_spacing=0.18)
+        fig = make_subplots(
+            rows=2,
+            cols=1,
+            subplot_titles=(f"latent {self.latent} activation per token", "next-token probability"),
+            vertical_spacing=0.18,
+        )
         x = [f"{i}:{t}" for i, t in enumerate(self.str_tokens)]
         fig.add_trace(go.Bar(x=x, y=self.activation.tolist(), name="activation", marker_color="#7a5195"), 1, 1)
         fig.add_trace(go.Bar(x=self.tokens, y=self.probs_before.tolist(), name="before"), 2, 1)
@@ -106,8 +116,16 @@ class LatentSteerResult(Result):
         return fig
 
 
-def steer_latent(model: HookedModel, sae: SAE, prompt: str, latent: int, mode: str = "steer", scale: float = 10.0,
-                 max_new_tokens: int = 12, k: int = 8) -> LatentSteerResult:
+def steer_latent(
+    model: HookedModel,
+    sae: SAE,
+    prompt: str,
+    latent: int,
+    mode: str = "steer",
+    scale: float = 10.0,
+    max_new_tokens: int = 12,
+    k: int = 8,
+) -> LatentSteerResult:
     """Next-token distribution and greedy generation of ``prompt`` before and after editing one SAE latent.
 
     ``mode``: ``ablate`` (the latent set to 0 at every position), ``steer`` (``scale`` added to it) or ``clamp``
@@ -138,7 +156,19 @@ def steer_latent(model: HookedModel, sae: SAE, prompt: str, latent: int, mode: s
     shown = list(dict.fromkeys(logp_b.topk(k).indices.tolist() + logp_a.topk(k).indices.tolist()))
     kl = float((logp_b.exp() * (logp_b - logp_a)).sum().clamp(min=0))
     return LatentSteerResult(
-        prompt=prompt, hook=sae.cfg.hook_name, latent=latent, mode=mode, scale=float(scale),
-        str_tokens=model._strs(ids[0].tolist()), activation=acts, ids=shown, tokens=model._strs(shown),
-        probs_before=logp_b.exp()[shown].cpu(), probs_after=logp_a.exp()[shown].cpu(), kl=kl,
-        generation_before=str(gen_before), generation_after=str(gen_after), max_new_tokens=max_new_tokens)
+        prompt=prompt,
+        hook=sae.cfg.hook_name,
+        latent=latent,
+        mode=mode,
+        scale=float(scale),
+        str_tokens=model._strs(ids[0].tolist()),
+        activation=acts,
+        ids=shown,
+        tokens=model._strs(shown),
+        probs_before=logp_b.exp()[shown].cpu(),
+        probs_after=logp_a.exp()[shown].cpu(),
+        kl=kl,
+        generation_before=str(gen_before),
+        generation_after=str(gen_after),
+        max_new_tokens=max_new_tokens,
+    )

@@ -10,7 +10,8 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
   ``file`` / ``report``; ``POST /api/jobs/{id}/revert`` (weight edits), ``/rerun``, ``/cell`` (a cell of
   ``patch``, ``attribute``, ``path`` or ``trace``: ``{"index", "kind"}``), ``/trace`` (an edit's causal trace
   before and after), ``/generalisation`` (an edit's paraphrases and neighbours before and after:
-  ``{"paraphrases", "neighbours", "true"}``); ``POST /api/compare`` ``{"a", "b"}``;
+  ``{"paraphrases", "neighbours", "true"}``), ``/graph`` (an attribution graph pruned at other thresholds:
+  ``{"node_threshold", "edge_threshold"}``); ``POST /api/compare`` ``{"a", "b"}``;
   ``POST /api/open`` ``{"name"}`` (reopen a saved result);
 - ``POST /api/prompt`` ``{"prompt", "answer", "wrong", "k", "lens_positions"}``: the prompt explorer;
 - ``POST /api/features`` ``{"prompt", "path", "k"}``: SAE latents per token (``path``: an SAE or training run
@@ -428,6 +429,17 @@ def create_app(
             kind = data.get("kind", next(iter(job.result.grids)))
             return await srv.call(lambda: cells.trace_cell(model, config, job.result, kind, index))
         return await srv.call(lambda: cells.patch_cell(model, config, job.result, index))
+
+    @app.post("/api/jobs/{job_id}/graph")
+    async def graph_route(job_id: str, request: Request) -> dict[str, Any]:
+        """An attribution graph pruned at other node and edge thresholds (no model needed: off the worker)."""
+        from uncover.serve.graph import graph_view
+
+        job = finished(job_id)
+        if type(job.result).__name__ != "AttributionGraph":
+            raise HTTPException(409, f"job {job_id} is not a result of graph")
+        d = await body(request)
+        return await asyncio.to_thread(graph_view, job.result, d.get("node_threshold"), d.get("edge_threshold"))
 
     # ---- views -------------------------------------------------------------------------------
     @app.post("/api/prompt")

@@ -1,10 +1,10 @@
 """What the workbench's views show, as JSON: any operation's result for the page.
 
 :func:`result_view`: an operation's result (summary, table, figure, provenance), plus what a dedicated view
-needs (a patching grid, a circuit's edges, an attribution graph's nodes and links, steered generations, an
-edit's rows). The views of a model and a prompt live beside it: :mod:`uncover.serve.prompt` (the prompt
-explorer), :mod:`uncover.serve.cells` (cells of patching results), :mod:`uncover.serve.features` (SAE latents
-per token) and :mod:`uncover.serve.edits` (an edit's generalisation).
+needs (a patching grid, a circuit's edges, an attribution graph's nodes and links (:mod:`uncover.serve.graph`),
+steered generations, a steered SAE latent, an edit's rows). The views of a model and a prompt live beside it:
+:mod:`uncover.serve.prompt` (the prompt explorer), :mod:`uncover.serve.cells` (cells of patching results),
+:mod:`uncover.serve.features` (SAE latents per token) and :mod:`uncover.serve.edits` (an edit's generalisation).
 """
 
 from __future__ import annotations
@@ -106,6 +106,10 @@ def _special(result: Result) -> dict[str, Any]:
             "kl": result.kl,
             "neutral_tokens": result.neutral_tokens,
         }
+    if kind == "AttributionGraph":
+        from uncover.serve.graph import graph_view
+
+        return graph_view(result)
     if kind == "LatentSteerResult":
         return {
             "type": "latent",

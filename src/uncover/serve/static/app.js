@@ -193,6 +193,7 @@ async function showResult(jobId, target) {
   else if (view.type === "edit") renderEdit(view, special);
   else if (view.type === "compare") renderCompare(view, special);
   else if (view.type === "latent") renderLatent(view, special);
+  else if (view.type === "graph") renderGraph(jobId, view, special);
   try {
     const figure = await api(`/api/jobs/${jobId}/figure`);
     if (figure) Plotly.newPlot(fig, figure.data, figure.layout, { responsive: true });
