@@ -137,3 +137,36 @@ def test_structured_pruning_on_experts_heads_work_neurons_refuse():
     assert len(p.options["pruned"]) == m.cfg.n_layers  # one of 4 heads per layer
     p.revert()
     assert all(torch.equal(v, snap[k]) for k, v in m.model.state_dict().items())
+
+
+def test_offloaded_experts_read_and_prune_as_resident_ones(tmp_path):
+    """accelerate's cpu_offload keeps every weight off the module (``meta``): hook_expert_out and per-expert
+    calibration load the experts module for their computation, and the pruned model equals the resident one."""
+    import transformers as T
+    from accelerate import cpu_offload
+
+    from tests.conftest import tokens
+    from tests.families.kinds import family_hf
+    from uncover import HookedModel
+
+    family_hf("gpt_oss").save_pretrained(tmp_path)
+
+    def load():
+        return T.AutoModelForCausalLM.from_pretrained(tmp_path, experts_implementation="eager").eval()
+
+    ref = HookedModel(load(), None)
+    big = HookedModel(cpu_offload(load(), execution_device=torch.device("cpu")), None)
+    assert big.adapter.experts_module(1).gate_up_proj.device.type == "meta"
+    ids, name = tokens(), "blocks.1.mlp.hook_expert_out"
+    with torch.no_grad():
+        clean = big(ids)
+        read = [m.run_with_cache(ids, names=[name])[1][name] for m in (ref, big)]
+        assert torch.equal(*read)
+    pa, pb = prune(ref, "wanda", 0.5, tokens=_calib()), prune(big, "wanda", 0.5, tokens=_calib())
+    assert pa.rows == pb.rows and pb.overall_sparsity() > 0.4
+    with torch.no_grad():
+        assert torch.equal(ref(ids), big(ids))
+    pa.revert()
+    pb.revert()
+    with torch.no_grad():
+        assert torch.equal(big(ids), clean)

@@ -192,3 +192,11 @@ class OffloadedAdapter(Adapter):
     def norm_params(self, mod: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
         with onloaded(mod):
             return super().norm_params(mod)
+
+    def expert_hidden(self, layer: int, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
+        with onloaded(self.experts_module(layer)):  # hook_expert_out and per-expert pruning calibration
+            return super().expert_hidden(layer, x, expert)
+
+    def expert_mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        with onloaded(self.experts_module(layer)):
+            return super().expert_mlp(layer, x)
