@@ -86,7 +86,7 @@ class PatchSweepConfig(PairsSweepConfig):
 
 
 @operation("patch-sweep", PatchSweepConfig, PatchSweep, long=True, rtol=1e-4, atol=1e-5,
-           example={"method": "attribution", "n_pairs": 4, "shard_size": 2})
+           example={"method": "attribution", "n_pairs": 2, "shard_size": 1})
 def patch_sweep(model: HookedModel, cfg: PatchSweepConfig, progress: Progress) -> PatchSweep:
     """Activation or attribution patching over many prompt pairs, sharded (one grid per pair, and the mean)."""
     pairs = sweep_pairs(model, cfg)
@@ -108,7 +108,7 @@ class CircuitSweepConfig(PairsSweepConfig):
 
 
 @operation("circuit-sweep", CircuitSweepConfig, Circuit, long=True, rtol=1e-3, atol=1e-4,
-           example={"n_pairs": 4, "shard_size": 2, "edges": 20})
+           example={"n_pairs": 2, "shard_size": 1, "edges": 20})
 def circuit_sweep_op(model: HookedModel, cfg: CircuitSweepConfig, progress: Progress) -> Circuit:
     """EAP or EAP-IG circuit discovery over many prompt pairs, sharded (the scores of one batch of all pairs)."""
     pairs = sweep_pairs(model, cfg)
