@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import transformers as T
 
 from tests.families.kinds import family_hf
@@ -36,4 +37,18 @@ def test_a_refused_model_says_so_when_wrapped():
     hf = family_hf("opt")
     hf.config.do_layer_norm_before = False
     with pytest.raises(UnsupportedModel, match="opt adapter does not support: do_layer_norm_before=False"):
+        HookedModel(hf, tokenizer=None)
+
+
+def test_gpt_oss_options_and_quantized_experts_are_refused():
+    assert family_for("gpt_oss").refuse(T.GptOssConfig()) == []
+    cfg = T.GptOssConfig(num_hidden_layers=2, layer_types=["sliding_attention", "chunked_attention"])
+    assert family_for("gpt_oss").refuse(cfg) == ["layer_types ['chunked_attention'] (only sliding_attention, "
+                                                 "full_attention)"]
+    hf = family_hf("gpt_oss")
+    for layer in hf.model.layers:  # what MXFP4 loading leaves without dequantize: packed uint8 blocks
+        ex = layer.mlp.experts
+        ex.gate_up_proj = torch.nn.Parameter(torch.zeros(ex.gate_up_proj.shape, dtype=torch.uint8),
+                                             requires_grad=False)
+    with pytest.raises(UnsupportedModel, match=r"gate_up_proj is torch.uint8, .*Mxfp4Config\(dequantize=True\)"):
         HookedModel(hf, tokenizer=None)

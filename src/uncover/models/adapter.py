@@ -221,6 +221,7 @@ class Adapter(ExpertsMixin):
             raise UnsupportedModel(
                 f"config says {self.cfg.n_layers} layers but {family.layers} has {len(self.layers)}"
             )
+        self.check_experts()
 
     # ---- modules -------------------------------------------------------------------------
     def block(self, layer: int) -> nn.Module:

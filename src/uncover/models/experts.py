@@ -24,7 +24,21 @@ class ExpertsMixin:
 
     family: Family
     cfg: ModelConfig
+    layers: Any
     mlp: Any  # the adapter's mlp(layer)
+
+    def check_experts(self) -> None:
+        """Refuse experts stored other than as floating-point fused tensors (gpt-oss's packed MXFP4 blocks)."""
+        if not self.cfg.n_experts or not len(self.layers):
+            return
+        w = getattr(self.experts_module(0), "gate_up_proj", None)
+        if w is None or not w.is_floating_point():
+            kind = "missing" if w is None else f"{w.dtype}"
+            raise UnsupportedModel(
+                f"{self.family.name}: the experts' gate_up_proj is {kind}, not a floating-point fused tensor "
+                "(quantized, e.g. MXFP4 blocks); load the model dequantized (gpt-oss: "
+                "quantization_config=Mxfp4Config(dequantize=True))"
+            )
 
     def no_single_mlp(self, what: str) -> UnsupportedModel:
         """The one-line refusal of techniques that assume one MLP per block, on a mixture-of-experts family."""
