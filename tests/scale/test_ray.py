@@ -158,3 +158,9 @@ def test_the_cli_runs_a_sweep_on_ray(engine, tiny_dir, tmp_path, one_thread):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["provenance"]["config"]["engine"] == "ray"
+
+
+def test_few_shards_are_spread_over_the_workers(engine, tiny_model, corpus_file, tmp_path, one_thread):
+    """Items go round robin: two shards run on two workers at once, not queued on the first one."""
+    m, _ = harvest_corpus(tiny_model, HOOKS, corpus_file, tmp_path / "two", engine=engine, **{**KW, "tokens": 40})
+    assert len(m.shards) == 2 and len({s["worker"] for s in m.shards}) == 2

@@ -125,7 +125,8 @@ class RayEngine:
         threads: torch threads per worker.
         address: a running cluster's address (``ray://host:10001`` or ``auto``); ``None`` starts a local Ray
             with ``workers * threads`` CPUs when none is running in this process.
-        in_flight: items queued per worker (2 keeps each busy while the driver records results).
+        in_flight: items queued per worker (2 keeps each busy while the driver records results; 1 for items of
+            minutes, so that no item waits behind another on one worker while a second worker idles at the end).
         gpus: GPUs per worker (Ray makes them visible to the actor; 0: the workers run on CPUs).
 
     >>> eng = RayEngine(ModelSpec.of(model), workers=2)  # doctest: +SKIP
@@ -217,9 +218,9 @@ class RayEngine:
             return True
 
         try:
-            for slot in range(len(self.actors)):
-                while load[slot] < self.in_flight and submit(slot):
-                    pass
+            for _ in range(self.in_flight):  # round robin: with few items, every worker gets one before any gets two
+                for slot in range(len(self.actors)):
+                    submit(slot)
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 index, item, slot = pending.pop(ref)
@@ -259,8 +260,8 @@ class RayEngine:
 
 
 def make_engine(name: str, model: HookedModel, *, workers: int = 2, threads: int = 1,
-                address: str | None = None) -> LocalEngine | RayEngine:
-    """The engine called ``name`` (``local`` or ``ray``) for ``model``.
+                address: str | None = None, in_flight: int = 2) -> LocalEngine | RayEngine:
+    """The engine called ``name`` (``local`` or ``ray``) for ``model`` (``in_flight``: see :class:`RayEngine`).
 
     >>> make_engine("spark", model)
     Traceback (most recent call last):
@@ -273,5 +274,5 @@ def make_engine(name: str, model: HookedModel, *, workers: int = 2, threads: int
         return LocalEngine(model)
     if name == "ray":
         _ray()
-        return RayEngine(ModelSpec.of(model), workers=workers, threads=threads, address=address)
+        return RayEngine(ModelSpec.of(model), workers=workers, threads=threads, address=address, in_flight=in_flight)
     raise UsageError(f"unknown engine {name!r}; valid: {', '.join(ENGINES)}")

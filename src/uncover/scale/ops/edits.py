@@ -137,7 +137,7 @@ class EditSweepConfig(Config):
            example={"facts": 1, "shard_size": 1, "layer": 4, "mom2_samples": 2000, "steps": 5})
 def edit_sweep_op(model: HookedModel, cfg: EditSweepConfig, progress: Progress) -> EditEval:
     """ROME over many generated counterfactuals (efficacy, paraphrase, neighbourhood), sharded."""
-    with open_engine(model, cfg) as eng:
+    with open_engine(model, cfg, in_flight=1) as eng:  # a shard of edits takes minutes: queue none
         run = edit_sweep(eng, generated_counterfacts(cfg.facts, seed=cfg.seed),
                          RomeEdit(cfg.layer, cfg.mom2_samples, config=RomeConfig(steps=cfg.steps)),
                          shard_size=cfg.shard_size, progress=progress)

@@ -43,15 +43,17 @@ def ray_address_param() -> Any:
 
 
 @contextmanager
-def open_engine(model: HookedModel, cfg: Any) -> Iterator[Engine]:
-    """The engine a config asks for (its ``engine``, ``workers``, ``threads``, ``ray_address``), closed after use.
+def open_engine(model: HookedModel, cfg: Any, *, in_flight: int = 2) -> Iterator[Engine]:
+    """The engine a config asks for (its ``engine``, ``workers``, ``threads``, ``ray_address``), closed after use
+    (``in_flight``: items queued per Ray worker; 1 when each item takes minutes).
 
     >>> from types import SimpleNamespace
     >>> with open_engine(model, SimpleNamespace(engine="local", workers=2, threads=1, ray_address=None)) as eng:
     ...     eng.name
     'local'
     """
-    eng = make_engine(cfg.engine, model, workers=cfg.workers, threads=cfg.threads, address=cfg.ray_address)
+    eng = make_engine(cfg.engine, model, workers=cfg.workers, threads=cfg.threads, address=cfg.ray_address,
+                      in_flight=in_flight)
     try:
         yield eng
     finally:
