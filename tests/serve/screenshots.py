@@ -1,8 +1,10 @@
 """Screenshots of the workbench on the embedded model for the docs (not a test).
 
 ``python -m tests.serve.screenshots [OUT_DIR]`` starts a live server, drives chromium headless through the
-prompt explorer, an activation-patching run and the features view (the quick SAE, with one latent steered),
-and saves ``workbench.png``, ``workbench-patch.png`` and ``workbench-features.png`` (default ``docs/img``).
+prompt explorer, an activation-patching run, the features view (the quick SAE, with one latent steered by the
+``sae steer`` operation) and an attribution graph with two nodes grouped into a supernode, and saves
+``workbench.png``, ``workbench-patch.png``, ``workbench-features.png`` and ``workbench-graph.png`` (default
+``docs/img``).
 """
 
 from __future__ import annotations
@@ -48,10 +50,25 @@ def main(out: Path) -> None:
                 page.wait_for_selector("#features-out .feature-token", timeout=600_000)
                 page.locator("#features-out .row button.latent").first.click()
                 page.select_option("#latent-detail select[name='mode']", "steer")
-                page.fill("#latent-detail input[name='value']", "40")
+                page.fill("#latent-detail input[name='scale']", "40")
                 page.click("#latent-detail button.latent-apply")
                 page.wait_for_selector("#latent-detail .latent-effect .side", timeout=300_000)
                 page.screenshot(path=str(out / "workbench-features.png"), full_page=True)
+                page.click("#tabs button[data-tab='circuits']")  # the graph operation's example: quick transcoders
+                graph = page.locator("form[data-op='graph']")
+                graph.locator("[name='node_threshold']").fill("0.98")
+                graph.locator("[name='max_feature_nodes']").fill("48")
+                graph.locator("button.run").click()
+                svg = "#graph-result svg.graph"
+                page.wait_for_selector(f"{svg} .graph-node", state="attached", timeout=600_000)
+                inner = page.locator(f"{svg} .graph-node.kind-feature")
+                if inner.count() < 2:
+                    inner = page.locator(f"{svg} .graph-node:not(.kind-embedding):not(.kind-logit)")
+                for i in range(2):
+                    inner.nth(i).dispatch_event("click")
+                page.fill("#graph-result input[name='supernode']", "grouped by hand")
+                page.click("#graph-result button.group")
+                page.locator("#graph-result").screenshot(path=str(out / "workbench-graph.png"))
                 ctx.close()
         finally:
             server.stop()

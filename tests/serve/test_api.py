@@ -350,6 +350,7 @@ def test_prompt_view_agrees_with_the_library(client, wmodel):
     assert [t[1] for t in v["top"]] == p.topk(5).indices.tolist()
     lens = uc.logit_lens(wmodel, prompt, positions=None, k=1)
     torch.testing.assert_close(torch.tensor(v["lens"]["probs"]), lens.top_probs[0, :, :, 0], atol=1e-4, rtol=0)
+    assert v["lens"]["tokens"] == [[pos[0] for pos in layer] for layer in lens.top_tokens[0]]
     pats = uc.attention_patterns(wmodel, prompt, layer=2)
     torch.testing.assert_close(torch.tensor(v["attention"][2]), pats.patterns, atol=1e-3, rtol=0)
     top2 = p.topk(2).indices.tolist()
@@ -362,3 +363,16 @@ def test_prompt_view_agrees_with_the_library(client, wmodel):
     assert client.post("/api/prompt", json={"prompt": prompt, "lens_positions": "x"}).status_code == 400
     chosen = client.post("/api/prompt", json={"prompt": prompt, "answer": "paris", "wrong": "rome"}).json()
     assert chosen["dla"]["answer"] == "paris" and chosen["dla"]["wrong"] == "rome"
+
+
+def test_prompt_view_runs_one_forward_pass_on_the_servers_threads(app, client, wmodel):
+    """Tokens, lens, attention and DLA share one forward; the worker uses the process's torch threads."""
+    calls = []
+    handle = wmodel.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        assert client.post("/api/prompt", json={"prompt": "the tower is in the city of"}).status_code == 200
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    assert app.state.server.worker.call(torch.get_num_threads) == torch.get_num_threads()
+
