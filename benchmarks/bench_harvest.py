@@ -7,10 +7,13 @@
 2. An edit-evaluation sweep: ROME over ``--facts`` generated counterfactuals on Ray, with each shard's time,
    facts and scores, and the efficacy / paraphrase (generalisation) / neighbourhood (specificity) totals.
 
-The two parts as separate commands (an idle machine: about 8 and 6 minutes on 2 cores):
+The two parts as separate commands (estimates for an idle 2-core machine, from CPU times measured under load):
 
-    python benchmarks/bench_harvest.py --skip-edits --tokens 65536
-    python benchmarks/bench_harvest.py --skip-harvest --facts 191 --shard-facts 24
+    python benchmarks/bench_harvest.py --skip-edits --tokens 65536              # about 5 to 8 minutes
+    python benchmarks/bench_harvest.py --skip-harvest --facts 191 --shard-facts 24 --steps 5   # about 10 minutes
+
+(``--steps 5`` is bench_editing's setting, a 3.2 s edit; ROME's default 25 steps, which stop early once the new
+object is likely, takes longer.) The shard folders are deleted at the end (``--keep`` keeps them).
 
 A quick check of both (a minute or two, plus Ray's start-up):
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -152,6 +156,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25, help="ROME's optimisation steps per edit")
     ap.add_argument("--skip-edits", action="store_true")
     ap.add_argument("--skip-harvest", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the shard folders (in a temporary folder)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Ray runs its workers at niceness 15; on a shared machine that starves them against the local engine's
@@ -177,15 +182,20 @@ def main() -> None:
             held.append((eng, time.perf_counter() - t0))
         return held[0]
 
+    tmp = Path(tempfile.mkdtemp(prefix="bench-harvest-"))
     try:
         if not args.skip_harvest:
-            bench_harvest(args, model, start_ray, Path(tempfile.mkdtemp(prefix="bench-harvest-")))
+            bench_harvest(args, model, start_ray, tmp)
         if not args.skip_edits:
             bench_edits(args, model, start_ray)
     finally:
         if held:
             held[0][0].close()
         ray.shutdown()
+        if args.keep:
+            print(f"shards kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
