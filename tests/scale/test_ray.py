@@ -164,3 +164,14 @@ def test_few_shards_are_spread_over_the_workers(engine, tiny_model, corpus_file,
     """Items go round robin: two shards run on two workers at once, not queued on the first one."""
     m, _ = harvest_corpus(tiny_model, HOOKS, corpus_file, tmp_path / "two", engine=engine, **{**KW, "tokens": 40})
     assert len(m.shards) == 2 and len({s["worker"] for s in m.shards}) == 2
+
+
+def test_an_edit_sweep_on_ray_equals_the_local_one(engine, tiny_model, tmp_path, one_thread):
+    from tests.scale.test_sweeps import FACTS
+    from uncover.editing.rome import RomeConfig
+    from uncover.scale.ops import RomeEdit, edit_sweep
+
+    edit = RomeEdit(1, 256, str(tmp_path), RomeConfig(steps=4, prefixes=1, prefix_tokens=3))
+    local = edit_sweep(LocalEngine(tiny_model), FACTS, edit, shard_size=2).value  # writes the key statistics once
+    remote = edit_sweep(engine, FACTS, edit, shard_size=2).value  # workers read them from the same folder
+    assert remote.rows == local.rows and remote.scores() == local.scores()

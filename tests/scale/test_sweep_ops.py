@@ -83,3 +83,19 @@ def test_contexts_sweep_operation_reads_a_corpus_file(tiny_model, corpus_file, o
     ref = top_activations(tiny_model, 2, [1, 2], tokens=blocks, k=3, batch_size=2, sample=0)
     assert torch.equal(r.tokens, blocks) and torch.equal(r.values, ref.values) and torch.equal(r.pos, ref.pos)
     assert r.units == ["L2N1", "L2N2"] and r.provenance.config["engine"] == "local"
+
+
+def test_contexts_sweep_from_the_command_line(tiny_dir, corpus_file, one_thread):
+    from typer.testing import CliRunner
+
+    from uncover.cli.main import build_app
+
+    args = ["contexts-sweep", "--model", str(tiny_dir), "--hook", "blocks.2.mlp.hook_post", "--units", "1,2", "--k",
+            "3", "--corpus", str(corpus_file), "--tokens", "160", "--block-len", "10", "--batch-size", "2",
+            "--shard-blocks", "4", "--json"]
+    res = CliRunner().invoke(build_app(), args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["provenance"]["config"]["units"] == [1, 2] and doc["provenance"]["config"]["engine"] == "local"
+    bad = CliRunner().invoke(build_app(), ["contexts-sweep", "--model", str(tiny_dir), "--shard-blocks", "12"])
+    assert isinstance(bad.exception, UsageError) and "multiple of batch_size" in str(bad.exception)  # before loading
