@@ -86,26 +86,44 @@ def bench_harvest(args: argparse.Namespace, model: Any, start_ray: Any, tmp: Pat
     ray_cpu = cpu_since(c0)
     same_1 = files(tmp / "ray") == files(tmp / f"local-{per_worker}")
     same_n = files(tmp / "ray") == files(tmp / f"local-{args.threads}")
-    rows.append((f"ray, {args.workers} workers x {per_worker} thread(s)", run["seconds"], run["tokens_per_second"],
-                 ray_cpu, f"{run['seconds'] / local_s - 1:+.1%}", f"{ray_cpu / local_cpu - 1:+.1%}"))
+    rows.append(
+        (
+            f"ray, {args.workers} workers x {per_worker} thread(s)",
+            run["seconds"],
+            run["tokens_per_second"],
+            ray_cpu,
+            f"{run['seconds'] / local_s - 1:+.1%}",
+            f"{ray_cpu / local_cpu - 1:+.1%}",
+        )
+    )
 
     n_shards = -(-(args.tokens // args.block_len) // args.shard_blocks)
-    print(f"## Harvest: {args.hook}, {args.tokens} tokens in blocks of {args.block_len}, {args.shard_blocks} "
-          f"blocks per shard ({n_shards} shards), batch 8 ({platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__})\n")
-    print(f"| engine | wall s | tokens/s (wall) | CPU s (all processes) | Ray vs local at {args.threads} threads: wall "
-          "| CPU |")
+    print(
+        f"## Harvest: {args.hook}, {args.tokens} tokens in blocks of {args.block_len}, {args.shard_blocks} "
+        f"blocks per shard ({n_shards} shards), batch 8 ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__})\n"
+    )
+    print(
+        f"| engine | wall s | tokens/s (wall) | CPU s (all processes) | Ray vs local at {args.threads} threads: wall "
+        "| CPU |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, sec, tps, cpu, over, over_cpu in rows:
         print(f"| {name} | {sec:.1f} | {tps:,.0f} | {cpu:.1f} | {over} | {over_cpu} |")
     per_cpu = next(r[3] for r in rows if r[0].startswith(f"local, {per_worker} "))
-    print(f"\n- Goal: Ray overhead <= 15% against the local engine at {args.threads} threads: wall "
-          f"{run['seconds'] / local_s - 1:+.1%}, CPU {ray_cpu / local_cpu - 1:+.1%}.")
-    print(f"- Ray's CPU seconds against the local engine at {per_worker} thread(s) per process (the workers' "
-          f"setting): {ray_cpu / per_cpu - 1:+.1%}.")
+    print(
+        f"\n- Goal: Ray overhead <= 15% against the local engine at {args.threads} threads: wall "
+        f"{run['seconds'] / local_s - 1:+.1%}, CPU {ray_cpu / local_cpu - 1:+.1%}."
+    )
+    print(
+        f"- Ray's CPU seconds against the local engine at {per_worker} thread(s) per process (the workers' "
+        f"setting): {ray_cpu / per_cpu - 1:+.1%}."
+    )
     print(f"- Ray start-up (start Ray, {args.workers} workers load the model): {startup:.1f} s, not counted above.")
-    print(f"- Shards bit-identical to the local engine's: {same_1} (local at {per_worker} thread(s) per process), "
-          f"{same_n} (local at {args.threads} threads).")
+    print(
+        f"- Shards bit-identical to the local engine's: {same_1} (local at {per_worker} thread(s) per process), "
+        f"{same_n} (local at {args.threads} threads)."
+    )
     print(f"- Load average at the end: {os.getloadavg()[0]:.1f}.\n")
 
 
@@ -123,22 +141,31 @@ def bench_edits(args: argparse.Namespace, model: Any, start_ray: Any) -> None:
     srun = edit_sweep(eng, facts, edit, shard_size=args.shard_facts)
     cpu = cpu_since(c0)
     ev = srun.value
-    print(f"## ROME sweep on Ray: {len(facts)} generated counterfactuals, layer {args.layer}, key statistics over "
-          f"{args.mom2_samples:,} tokens (cached), {args.steps} optimisation steps, {args.workers} workers x "
-          f"{eng.threads} thread(s), {args.shard_facts} facts per shard ({len(srun.partials)} shards)\n")
+    print(
+        f"## ROME sweep on Ray: {len(facts)} generated counterfactuals, layer {args.layer}, key statistics over "
+        f"{args.mom2_samples:,} tokens (cached), {args.steps} optimisation steps, {args.workers} workers x "
+        f"{eng.threads} thread(s), {args.shard_facts} facts per shard ({len(srun.partials)} shards)\n"
+    )
     print("| shard | facts | seconds | s / fact | efficacy | paraphrase | neighbourhood |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for i, (part, sec) in enumerate(zip(srun.partials, srun.seconds)):
         s = part.scores("after")
-        print(f"| {i} | {part.n_facts} | {sec:.1f} | {sec / part.n_facts:.1f} | {s['efficacy']:.0%} | "
-              f"{s['paraphrase']:.0%} | {s['neighbourhood']:.0%} |")
+        print(
+            f"| {i} | {part.n_facts} | {sec:.1f} | {sec / part.n_facts:.1f} | {s['efficacy']:.0%} | "
+            f"{s['paraphrase']:.0%} | {s['neighbourhood']:.0%} |"
+        )
     after, before = ev.scores("after"), ev.scores("before")
     busy, wall = sum(srun.seconds), srun.total_seconds
-    print(f"\n- Sweep: {wall:.1f} s wall for {ev.n_facts} facts ({60 * ev.n_facts / wall:.1f} facts/min); shards "
-          f"busy {busy:.1f} s in all ({busy / wall:.2f} workers busy on average); "
-          f"mean edit {sum(ev.edit_seconds) / len(ev.edit_seconds):.2f} s; CPU {cpu:.1f} s (all processes).")
-    print("- Scores after the edits (before): " + ", ".join(f"{m} {after[m]:.1%} ({before[m]:.1%})" for m in after)
-          + f". Load average at the end: {os.getloadavg()[0]:.1f}.\n")
+    print(
+        f"\n- Sweep: {wall:.1f} s wall for {ev.n_facts} facts ({60 * ev.n_facts / wall:.1f} facts/min); shards "
+        f"busy {busy:.1f} s in all ({busy / wall:.2f} workers busy on average); "
+        f"mean edit {sum(ev.edit_seconds) / len(ev.edit_seconds):.2f} s; CPU {cpu:.1f} s (all processes)."
+    )
+    print(
+        "- Scores after the edits (before): "
+        + ", ".join(f"{m} {after[m]:.1%} ({before[m]:.1%})" for m in after)
+        + f". Load average at the end: {os.getloadavg()[0]:.1f}.\n"
+    )
 
 
 def main() -> None:

@@ -9,8 +9,10 @@ import torch
 
 from tests.conftest import tiny_hf, word_level_tokenizer
 
-WORDS = ("the tower is in city of paris rome london big ben colosseum a movie was good bad it and to there then "
-         "when we you i be at on for with this that capital france italy england language french italian").split()
+WORDS = (
+    "the tower is in city of paris rome london big ben colosseum a movie was good bad it and to there then "
+    "when we you i be at on for with this that capital france italy england language french italian"
+).split()
 
 
 def word_tokenizer():

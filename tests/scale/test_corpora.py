@@ -28,8 +28,9 @@ def write_all(tmp_path) -> dict[str, object]:
     ds = tmp_path / "ds"
     datasets.Dataset.from_dict({"body": DOCS}).save_to_disk(str(ds))
     dd = tmp_path / "dd"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": DOCS}),
-                          "test": datasets.Dataset.from_dict({"body": DOCS[:2]})}).save_to_disk(str(dd))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"body": DOCS}), "test": datasets.Dataset.from_dict({"body": DOCS[:2]})}
+    ).save_to_disk(str(dd))
     return {"text": txt, "jsonl": jl, "parquet": pqf, "dataset": ds, "dict": dd}
 
 

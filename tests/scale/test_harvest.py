@@ -21,8 +21,9 @@ def files(out) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("shard_*.safetensors"))}
 
 
-def test_shards_hold_each_kept_position_of_each_block_as_run_with_cache_gives_it(tiny_model, corpus_file, tmp_path,
-                                                                                one_thread):
+def test_shards_hold_each_kept_position_of_each_block_as_run_with_cache_gives_it(
+    tiny_model, corpus_file, tmp_path, one_thread
+):
     m, run = harvest_corpus(tiny_model, HOOKS, corpus_file, tmp_path / "h", **KW)
     assert run["computed"] == [0, 1, 2, 3, 4, 5] and run["skipped"] == []
     assert [s["blocks"] for s in m.shards] == [3, 3, 3, 3, 3, 1] and m.status == "complete"
@@ -41,8 +42,9 @@ def test_shards_hold_each_kept_position_of_each_block_as_run_with_cache_gives_it
         assert rec["rows"] == len(tokens) * 9
 
 
-def test_a_stopped_job_resumes_from_the_manifest_without_recomputing_finished_shards(tiny_model, corpus_file,
-                                                                                    tmp_path, one_thread):
+def test_a_stopped_job_resumes_from_the_manifest_without_recomputing_finished_shards(
+    tiny_model, corpus_file, tmp_path, one_thread
+):
     harvest_corpus(tiny_model, HOOKS[:1], corpus_file, tmp_path / "full", **KW)
     prog = Progress(enabled=False)
     prog.listener = lambda event, data: prog.cancel() if event == "step" and data["n"] == 1 else None
@@ -63,8 +65,9 @@ def test_other_settings_or_a_foreign_folder_are_refused(tiny_model, corpus_file,
     harvest_corpus(tiny_model, HOOKS[:1], corpus_file, tmp_path / "h", **{**KW, "tokens": 30})
     with pytest.raises(UsageError, match=r"settings.block_len: 10 -> 5.*--overwrite"):
         harvest_corpus(tiny_model, HOOKS[:1], corpus_file, tmp_path / "h", **{**KW, "tokens": 30, "block_len": 5})
-    m, _ = harvest_corpus(tiny_model, HOOKS[:1], corpus_file, tmp_path / "h", overwrite=True,
-                          **{**KW, "tokens": 30, "block_len": 5})
+    m, _ = harvest_corpus(
+        tiny_model, HOOKS[:1], corpus_file, tmp_path / "h", overwrite=True, **{**KW, "tokens": 30, "block_len": 5}
+    )
     assert m.positions["block_len"] == 5
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -93,8 +96,9 @@ def test_readers_stream_rows_blocks_sae_batches_and_top_contexts(tiny_model, cor
     from uncover.sae import SAEConfig, TopKSAE, train_sae
     from uncover.sae.train import TrainConfig
 
-    res = train_sae(TopKSAE(SAEConfig(d_in=48, d_sae=64, architecture="topk", k=4)), src, TrainConfig(steps=5),
-                    progress=False)
+    res = train_sae(
+        TopKSAE(SAEConfig(d_in=48, d_sae=64, architecture="topk", k=4)), src, TrainConfig(steps=5), progress=False
+    )
     assert res.tokens == 5 * 9 and res.metrics[-1]["step"] == 4
     # top-activating contexts against a brute-force top-k over every kept position
     top = top_contexts(tiny_model, out, HOOKS[2], [3, 17], k=4, window=(2, 1))
@@ -107,7 +111,6 @@ def test_readers_stream_rows_blocks_sae_batches_and_top_contexts(tiny_model, cor
         ShardSource(out, "blocks.1.hook_resid_post", 9)
 
 
-
 def test_sae_train_operation_trains_on_a_harvest_directory(tiny_model, corpus_file, tmp_path, one_thread):
     """``uncover sae train --harvest DIR`` streams the harvest's shards: the same SAE as train_sae on ShardSource."""
     import uncover as uc
@@ -116,10 +119,25 @@ def test_sae_train_operation_trains_on_a_harvest_directory(tiny_model, corpus_fi
 
     out = tmp_path / "h"
     harvest_corpus(tiny_model, HOOKS[:1], corpus_file, out, **KW)
-    res = uc.run("sae train", tiny_model, out=tmp_path / "run", harvest=out, hook=HOOKS[0], steps=4, batch_size=8,
-                 expansion=2, k=4, checkpoint_every=0, progress=False)
-    ref = train_sae(TopKSAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4), seed=0),
-                    ShardSource(out, HOOKS[0], 8, 0), TrainConfig(steps=4, checkpoint_every=0), progress=False)
+    res = uc.run(
+        "sae train",
+        tiny_model,
+        out=tmp_path / "run",
+        harvest=out,
+        hook=HOOKS[0],
+        steps=4,
+        batch_size=8,
+        expansion=2,
+        k=4,
+        checkpoint_every=0,
+        progress=False,
+    )
+    ref = train_sae(
+        TopKSAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4), seed=0),
+        ShardSource(out, HOOKS[0], 8, 0),
+        TrainConfig(steps=4, checkpoint_every=0),
+        progress=False,
+    )
     assert torch.equal(res.sae.W_dec, ref.sae.W_dec) and res.tokens == 4 * 8
     with pytest.raises(UsageError, match="give one"):
         uc.run("sae train", tiny_model, out=tmp_path / "run2", harvest=out, corpus=corpus_file, progress=False)

@@ -57,7 +57,8 @@ def test_ray_shards_are_bit_identical_to_the_local_engines(engine, tiny_model, c
 
 
 def test_killed_workers_are_replaced_and_the_job_completes_with_nothing_lost_or_duplicated(
-        engine, tiny_model, corpus_file, tmp_path, one_thread):
+    engine, tiny_model, corpus_file, tmp_path, one_thread
+):
     harvest_corpus(tiny_model, HOOKS, corpus_file, tmp_path / "local", **KW)
     replaced, killed = engine.replaced, []
 
@@ -66,8 +67,15 @@ def test_killed_workers_are_replaced_and_the_job_completes_with_nothing_lost_or_
             killed.append(engine.pids[0])
             os.kill(engine.pids[0], signal.SIGKILL)
 
-    m, run = harvest_corpus(tiny_model, HOOKS, corpus_file, tmp_path / "ray", engine=engine,
-                            progress=Progress(enabled=False, listener=kill), **KW)
+    m, run = harvest_corpus(
+        tiny_model,
+        HOOKS,
+        corpus_file,
+        tmp_path / "ray",
+        engine=engine,
+        progress=Progress(enabled=False, listener=kill),
+        **KW,
+    )
     assert engine.replaced == replaced + 1 and killed[0] not in engine.pids
     assert sorted(run["computed"]) == list(range(10)) and len(run["computed"]) == 10  # each shard recorded once
     assert m.done == list(range(10)) and m.totals()["rows"] == 20 * 9
@@ -84,8 +92,10 @@ def test_a_sweep_on_ray_equals_the_local_sweep(engine, tiny_model, one_thread):
 
 def test_pair_and_corpus_sweeps_on_ray_equal_the_local_ones(engine, tiny_model, one_thread):
     settings = PatchSettings("resid_pre", "pos", method="attribution")
-    assert torch.equal(patching_sweep(engine, PAIRS, settings, shard_size=2).value,
-                       patching_sweep(LocalEngine(tiny_model), PAIRS, settings, shard_size=2).value)
+    assert torch.equal(
+        patching_sweep(engine, PAIRS, settings, shard_size=2).value,
+        patching_sweep(LocalEngine(tiny_model), PAIRS, settings, shard_size=2).value,
+    )
     for method in ("eap", "eap-ig"):
         remote = circuit_sweep(engine, tiny_model, MIXED, method=method, steps=2, shard_size=4)
         local = circuit_sweep(LocalEngine(tiny_model), tiny_model, MIXED, method=method, steps=2, shard_size=4)
@@ -116,8 +126,9 @@ def _resume_and_check(engine, tiny_model, corpus_file, tmp_path):
     assert [s["digest"] for s in m.shards] == [s["digest"] for s in Manifest.read(tmp_path / "local").shards]
 
 
-def test_a_ray_job_whose_shard_task_fails_resumes_from_the_manifest(engine, tiny_model, corpus_file, tmp_path,
-                                                                     one_thread):
+def test_a_ray_job_whose_shard_task_fails_resumes_from_the_manifest(
+    engine, tiny_model, corpus_file, tmp_path, one_thread
+):
     out = tmp_path / "ray"
 
     def block_shard_9(event, data):  # shard 9 is submitted only after 6 results: its file becomes unwritable
@@ -125,8 +136,15 @@ def test_a_ray_job_whose_shard_task_fails_resumes_from_the_manifest(engine, tiny
             (out / "shard_00009.safetensors").mkdir()
 
     with pytest.raises(IsADirectoryError):  # raised on a worker, re-raised on the driver
-        harvest_corpus(tiny_model, HOOKS, corpus_file, out, engine=engine,
-                       progress=Progress(enabled=False, listener=block_shard_9), **KW)
+        harvest_corpus(
+            tiny_model,
+            HOOKS,
+            corpus_file,
+            out,
+            engine=engine,
+            progress=Progress(enabled=False, listener=block_shard_9),
+            **KW,
+        )
     assert 9 not in Manifest.read(out).done
     (out / "shard_00009.safetensors").rmdir()
     _resume_and_check(engine, tiny_model, corpus_file, tmp_path)
@@ -150,11 +168,32 @@ def test_the_cli_runs_a_sweep_on_ray(engine, tiny_dir, tmp_path, one_thread):
     from uncover.cli.main import build_app
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer,
-                                         "wrong": p.wrong}) + "\n" for p in MIXED), encoding="utf-8")
-    res = CliRunner().invoke(build_app(), ["circuit-sweep", "--model", str(tiny_dir), "--pairs-file", str(pairs),
-                                           "--shard-size", "4", "--edges", "7", "--engine", "ray", "--workers", "1",
-                                           "--json"])
+    pairs.write_text(
+        "".join(
+            json.dumps({"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong}) + "\n"
+            for p in MIXED
+        ),
+        encoding="utf-8",
+    )
+    res = CliRunner().invoke(
+        build_app(),
+        [
+            "circuit-sweep",
+            "--model",
+            str(tiny_dir),
+            "--pairs-file",
+            str(pairs),
+            "--shard-size",
+            "4",
+            "--edges",
+            "7",
+            "--engine",
+            "ray",
+            "--workers",
+            "1",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["provenance"]["config"]["engine"] == "ray"

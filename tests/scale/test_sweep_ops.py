@@ -27,8 +27,13 @@ from uncover.scale.ops import (
 @pytest.fixture
 def pairs_file(tmp_path):
     p = tmp_path / "pairs.jsonl"
-    p.write_text("".join(json.dumps({"clean": q.clean, "corrupt": q.corrupt, "answer": q.answer, "wrong": q.wrong})
-                         + "\n" for q in MIXED), encoding="utf-8")
+    p.write_text(
+        "".join(
+            json.dumps({"clean": q.clean, "corrupt": q.corrupt, "answer": q.answer, "wrong": q.wrong}) + "\n"
+            for q in MIXED
+        ),
+        encoding="utf-8",
+    )
     return p
 
 
@@ -50,8 +55,16 @@ def test_configs_refuse_what_does_not_fit_in_one_line():
 
 
 def test_patch_sweep_operation_gives_the_sweeps_grids(tiny_model, pairs_file, tmp_path, one_thread):
-    r = uc.run("patch-sweep", tiny_model, pairs_file=pairs_file, n_pairs=5, hook="resid_pre", per="pos",
-               method="attribution", shard_size=2)
+    r = uc.run(
+        "patch-sweep",
+        tiny_model,
+        pairs_file=pairs_file,
+        n_pairs=5,
+        hook="resid_pre",
+        per="pos",
+        method="attribution",
+        shard_size=2,
+    )
     ref = patching_sweep(LocalEngine(tiny_model), PAIRS, PatchSettings("resid_pre", "pos", method="attribution"))
     assert isinstance(r, PatchSweep) and torch.equal(r.grids, ref.value) and len(r.pairs) == 5
     assert r.meta["engine"]["name"] == "local" and len(r.meta["shard_seconds"]) == 3
@@ -77,8 +90,18 @@ def test_contexts_sweep_operation_reads_a_corpus_file(tiny_model, corpus_file, o
     from uncover.neurons.top import top_activations
     from uncover.scale.corpora import Corpus, token_blocks
 
-    r = uc.run("contexts-sweep", tiny_model, hook="blocks.2.mlp.hook_post", units=[1, 2], k=3, corpus=corpus_file,
-               tokens=160, block_len=10, batch_size=2, shard_blocks=4)
+    r = uc.run(
+        "contexts-sweep",
+        tiny_model,
+        hook="blocks.2.mlp.hook_post",
+        units=[1, 2],
+        k=3,
+        corpus=corpus_file,
+        tokens=160,
+        block_len=10,
+        batch_size=2,
+        shard_blocks=4,
+    )
     blocks = torch.stack(list(token_blocks(tiny_model, Corpus.open(corpus_file), 10, 16)))
     ref = top_activations(tiny_model, 2, [1, 2], tokens=blocks, k=3, batch_size=2, sample=0)
     assert torch.equal(r.tokens, blocks) and torch.equal(r.values, ref.values) and torch.equal(r.pos, ref.pos)
@@ -90,9 +113,28 @@ def test_contexts_sweep_from_the_command_line(tiny_dir, corpus_file, one_thread)
 
     from uncover.cli.main import build_app
 
-    args = ["contexts-sweep", "--model", str(tiny_dir), "--hook", "blocks.2.mlp.hook_post", "--units", "1,2", "--k",
-            "3", "--corpus", str(corpus_file), "--tokens", "160", "--block-len", "10", "--batch-size", "2",
-            "--shard-blocks", "4", "--json"]
+    args = [
+        "contexts-sweep",
+        "--model",
+        str(tiny_dir),
+        "--hook",
+        "blocks.2.mlp.hook_post",
+        "--units",
+        "1,2",
+        "--k",
+        "3",
+        "--corpus",
+        str(corpus_file),
+        "--tokens",
+        "160",
+        "--block-len",
+        "10",
+        "--batch-size",
+        "2",
+        "--shard-blocks",
+        "4",
+        "--json",
+    ]
     res = CliRunner().invoke(build_app(), args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)

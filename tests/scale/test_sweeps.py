@@ -23,17 +23,39 @@ from uncover.scale.ops import (
 )
 from uncover.scale.sweep import shards_of, sweep
 
-PAIRS = [PromptPair("big ben is in the city of", "the colosseum is in the city of", " london", " rome"),
-         PromptPair("the colosseum is in the city of", "big ben is in the city of", " rome", " london"),
-         PromptPair("the tower is in the city of", "big ben is in the city of", " paris", " london"),
-         PromptPair("big ben is at the city of", "the tower is at the city of", " london", " paris"),
-         PromptPair("the tower was in the city of", "the colosseum was in the city of", " paris", " rome")]
-FACTS = [Counterfact("big ben", "{} is in the city of", " london", " paris", ("where is big ben it is in the city of",),
-                     ("the tower is in the city of",)),
-         Counterfact("the colosseum", "{} is in the city of", " rome", " london", ("the colosseum is at the city of",),
-                     ("big ben is in the city of",)),
-         Counterfact("the tower", "{} is in the city of", " paris", " rome", ("the tower is at the city of",),
-                     ("the colosseum is in the city of",))]
+PAIRS = [
+    PromptPair("big ben is in the city of", "the colosseum is in the city of", " london", " rome"),
+    PromptPair("the colosseum is in the city of", "big ben is in the city of", " rome", " london"),
+    PromptPair("the tower is in the city of", "big ben is in the city of", " paris", " london"),
+    PromptPair("big ben is at the city of", "the tower is at the city of", " london", " paris"),
+    PromptPair("the tower was in the city of", "the colosseum was in the city of", " paris", " rome"),
+]
+FACTS = [
+    Counterfact(
+        "big ben",
+        "{} is in the city of",
+        " london",
+        " paris",
+        ("where is big ben it is in the city of",),
+        ("the tower is in the city of",),
+    ),
+    Counterfact(
+        "the colosseum",
+        "{} is in the city of",
+        " rome",
+        " london",
+        ("the colosseum is at the city of",),
+        ("big ben is in the city of",),
+    ),
+    Counterfact(
+        "the tower",
+        "{} is in the city of",
+        " paris",
+        " rome",
+        ("the tower is at the city of",),
+        ("the colosseum is in the city of",),
+    ),
+]
 
 
 def test_shards_and_a_generic_sweep_keep_order():
@@ -52,19 +74,35 @@ def test_perplexity_sweep_equals_pruning_perplexity(tiny_model, one_thread):
     tokens = torch.randint(3, V, (7, 12), generator=torch.Generator().manual_seed(0))
     ref = perplexity(tiny_model, tokens)
     for size in (1, 3, 7):
-        assert perplexity_sweep(LocalEngine(tiny_model), tokens, shard_size=size).value == pytest.approx(ref,
-                                                                                                         rel=1e-12)
+        assert perplexity_sweep(LocalEngine(tiny_model), tokens, shard_size=size).value == pytest.approx(ref, rel=1e-12)
 
 
 def test_patching_sweep_equals_patching_each_pair(tiny_model, one_thread):
     from uncover.attribution.attribution_patching import attribution_patching
     from uncover.patching.activation import activation_patching
 
-    for settings in (PatchSettings(), PatchSettings("resid_pre", "pos"), PatchSettings(method="attribution"),
-                     PatchSettings("mlp_out", "pos", direction="noise", method="attribution")):
+    for settings in (
+        PatchSettings(),
+        PatchSettings("resid_pre", "pos"),
+        PatchSettings(method="attribution"),
+        PatchSettings("mlp_out", "pos", direction="noise", method="attribution"),
+    ):
         fn = attribution_patching if settings.method == "attribution" else activation_patching
-        ref = torch.stack([fn(tiny_model, p.clean, p.corrupt, p.answer, p.wrong, hook=settings.hook, per=settings.per,
-                              direction=settings.direction).grid for p in PAIRS])
+        ref = torch.stack(
+            [
+                fn(
+                    tiny_model,
+                    p.clean,
+                    p.corrupt,
+                    p.answer,
+                    p.wrong,
+                    hook=settings.hook,
+                    per=settings.per,
+                    direction=settings.direction,
+                ).grid
+                for p in PAIRS
+            ]
+        )
         run = patching_sweep(LocalEngine(tiny_model), PAIRS, settings, shard_size=2)
         assert torch.equal(run.value, ref) and len(run.partials) == 3
     # the two methods really differ (attribution is a first-order estimate), so the test tells them apart
@@ -74,8 +112,11 @@ def test_patching_sweep_equals_patching_each_pair(tiny_model, one_thread):
     with pytest.raises(UsageError, match="unknown patching method 'exact'; valid: activation, attribution"):
         PatchSettings(method="exact")
     with pytest.raises(UsageError, match="different shapes"):
-        patching_sweep(LocalEngine(tiny_model), [*PAIRS[:1], PromptPair("big ben is in", "the tower is in", " the",
-                                                                       " a")], PatchSettings("resid_pre", "pos"))
+        patching_sweep(
+            LocalEngine(tiny_model),
+            [*PAIRS[:1], PromptPair("big ben is in", "the tower is in", " the", " a")],
+            PatchSettings("resid_pre", "pos"),
+        )
 
 
 def test_edit_sweep_equals_one_evaluation_of_every_fact(tiny_model, tmp_path, one_thread):
@@ -91,8 +132,9 @@ def test_edit_sweep_equals_one_evaluation_of_every_fact(tiny_model, tmp_path, on
     got = run.value
     assert got.n_facts == 3 and len(got.rows) == len(ref.rows) and len(got.edit_seconds) == 3
     for a, b in zip(got.rows, ref.rows):
-        assert {k: v for k, v in a.items() if k not in ("logp_true", "logp_new")} == \
-            {k: v for k, v in b.items() if k not in ("logp_true", "logp_new")}
+        assert {k: v for k, v in a.items() if k not in ("logp_true", "logp_new")} == {
+            k: v for k, v in b.items() if k not in ("logp_true", "logp_new")
+        }
         assert a["logp_true"] == pytest.approx(b["logp_true"], abs=1e-5)
         assert a["logp_new"] == pytest.approx(b["logp_new"], abs=1e-5)
     assert got.scores() == ref.scores()
@@ -102,8 +144,11 @@ def test_generated_counterfacts_pair_each_fact_with_other_objects_of_its_kind():
     facts = generated_counterfacts()
     assert len(facts) == 191 and all(f.new != f.true for f in facts)
     cities = {f.true for f in facts if f.prompt == "{} is in the city of"}
-    assert all(f.new in cities | {g.true for g in facts if g.prompt == "The capital city of {} is"}
-               for f in facts if f.prompt == "{} is in the city of")
+    assert all(
+        f.new in cities | {g.true for g in facts if g.prompt == "The capital city of {} is"}
+        for f in facts
+        if f.prompt == "{} is in the city of"
+    )
     assert generated_counterfacts(5, seed=1) == generated_counterfacts(5, seed=1) != generated_counterfacts(5)
     with pytest.raises(UsageError, match="n must be in"):
         generated_counterfacts(10**6)
@@ -135,8 +180,18 @@ def test_circuit_sweep_equals_eap_on_one_batch_of_all_pairs(tiny_model, one_thre
     from uncover.circuits.eap import eap
     from uncover.circuits.prompts import Prompts
 
-    ref = eap(tiny_model, Prompts.build(tiny_model, [p.clean for p in MIXED], [p.corrupt for p in MIXED],
-                                        [p.answer for p in MIXED], [p.wrong for p in MIXED]), method=method, steps=3)
+    ref = eap(
+        tiny_model,
+        Prompts.build(
+            tiny_model,
+            [p.clean for p in MIXED],
+            [p.corrupt for p in MIXED],
+            [p.answer for p in MIXED],
+            [p.wrong for p in MIXED],
+        ),
+        method=method,
+        steps=3,
+    )
     tol = 1e-5 * float(ref.scores.abs().max())
     for size in (1, 4, 6):
         run = circuit_sweep(LocalEngine(tiny_model), tiny_model, MIXED, method=method, steps=3, shard_size=size)
@@ -167,16 +222,26 @@ def test_contexts_sweep_equals_top_activations_over_all_blocks(tiny_model, one_t
     ref = top_activations(tiny_model, hook, tokens=blocks, k=5, batch_size=4, window=(3, 1), sample=0)
     every = torch.cat(list(hook_values(tiny_model, blocks, hook, batch_size=4))).flatten(0, 1)  # [positions, units]
     for size in (4, 8, 24):  # whole batches: each activation computed in the same batch as in one process
-        got = contexts_sweep(LocalEngine(tiny_model), tiny_model, hook, blocks, k=5, batch_size=4, window=(3, 1),
-                             shard_blocks=size, sample=16).value
+        got = contexts_sweep(
+            LocalEngine(tiny_model),
+            tiny_model,
+            hook,
+            blocks,
+            k=5,
+            batch_size=4,
+            window=(3, 1),
+            shard_blocks=size,
+            sample=16,
+        ).value
         for f in ("values", "block", "pos", "windows", "density"):
             assert torch.equal(getattr(got, f), getattr(ref, f)), (size, f)
         assert torch.allclose(got.mean, ref.mean, rtol=1e-6) and got.units == ref.units and got.units[0] == "L1N0"
         # the sample: 16 rows of the activations at 16 distinct positions
         match = (got.sample[:, None, :] == every[None]).all(-1)
         assert got.sample.shape == (16, every.shape[1]) and bool(match.any(1).all())
-    some = contexts_sweep(LocalEngine(tiny_model), tiny_model, hook, blocks, [3, 0, 7], k=2, batch_size=4,
-                          shard_blocks=8).value
+    some = contexts_sweep(
+        LocalEngine(tiny_model), tiny_model, hook, blocks, [3, 0, 7], k=2, batch_size=4, shard_blocks=8
+    ).value
     assert torch.equal(some.values, ref.values[[3, 0, 7], :2]) and some.units == ["L1N3", "L1N0", "L1N7"]
     with pytest.raises(Exception, match=r"unit\(s\) \[99\] out of range"):
         contexts_sweep(LocalEngine(tiny_model), tiny_model, hook, blocks, [99], shard_blocks=8)

@@ -19,6 +19,20 @@ from uncover.scale.manifest import Manifest
 from uncover.scale.reader import ShardReader, ShardSource, top_contexts
 from uncover.scale.shards import ShardTask, compute_shard, read_shard
 
-__all__ = ["ENGINES", "Corpus", "LocalEngine", "Manifest", "ModelSpec", "RayEngine", "ShardReader", "ShardSource",
-           "ShardTask", "compute_shard", "harvest_corpus", "make_engine", "read_shard", "token_blocks",
-           "top_contexts"]
+__all__ = [
+    "ENGINES",
+    "Corpus",
+    "LocalEngine",
+    "Manifest",
+    "ModelSpec",
+    "RayEngine",
+    "ShardReader",
+    "ShardSource",
+    "ShardTask",
+    "compute_shard",
+    "harvest_corpus",
+    "make_engine",
+    "read_shard",
+    "token_blocks",
+    "top_contexts",
+]

@@ -65,9 +65,11 @@ class Corpus:
             corpus._dataset()  # refuses folders that are no saved dataset, unknown splits and columns now
             return corpus
         if path.suffix.lower() not in SUFFIXES:
-            raise UsageError(f"corpus {path}: unknown format {path.suffix!r}; valid: a "
-                             f"{', '.join(list(SUFFIXES)[:-1])} or {list(SUFFIXES)[-1]} file, a folder saved by "
-                             "datasets' save_to_disk, or none for the embedded corpus")
+            raise UsageError(
+                f"corpus {path}: unknown format {path.suffix!r}; valid: a "
+                f"{', '.join(list(SUFFIXES)[:-1])} or {list(SUFFIXES)[-1]} file, a folder saved by "
+                "datasets' save_to_disk, or none for the embedded corpus"
+            )
         if not path.is_file():
             raise UsageError(f"corpus {path}: no such file")
         return cls(path, field, split)
@@ -81,14 +83,24 @@ class Corpus:
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records: source, kind, field, split and fingerprint."""
-        return {"source": None if self.source is None else str(self.source), "kind": self.kind,
-                "field": self.field, "split": self.split, "fingerprint": self.fingerprint()}
+        return {
+            "source": None if self.source is None else str(self.source),
+            "kind": self.kind,
+            "field": self.field,
+            "split": self.split,
+            "fingerprint": self.fingerprint(),
+        }
 
     # ---- reading ------------------------------------------------------------------------------------
     def texts(self) -> Iterator[str]:
         """The documents, streamed in order (empty ones skipped)."""
-        reader = {"embedded": self._embedded, "text": self._text, "jsonl": self._jsonl, "parquet": self._parquet,
-                  "dataset": self._saved}[self.kind]
+        reader = {
+            "embedded": self._embedded,
+            "text": self._text,
+            "jsonl": self._jsonl,
+            "parquet": self._parquet,
+            "dataset": self._saved,
+        }[self.kind]
         for doc in reader():
             if not isinstance(doc, str):
                 raise UsageError(f"corpus {self.source}: field {self.field!r} holds {type(doc).__name__}, not text")
@@ -107,8 +119,9 @@ class Corpus:
             with self.source.open(encoding="utf-8") as f:  # type: ignore[union-attr]
                 yield from enumerate(f, 1)
         except UnicodeDecodeError as e:
-            raise UsageError(f"corpus {self.source} is not UTF-8 text (byte {e.start}: {e.reason}); "
-                             "is it a binary file?") from None
+            raise UsageError(
+                f"corpus {self.source} is not UTF-8 text (byte {e.start}: {e.reason}); is it a binary file?"
+            ) from None
 
     def _text(self) -> Iterator[str]:
         para: list[str] = []
@@ -128,12 +141,14 @@ class Corpus:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UsageError(f"corpus {self.source}, line {i}: not valid JSON ({e.msg}); each line must be "
-                                 "one JSON object") from None
+                raise UsageError(
+                    f"corpus {self.source}, line {i}: not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(row, dict) or self.field not in row:
                 keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
-                raise UsageError(f"corpus {self.source}, line {i}: no field {self.field!r} (found: {keys}); "
-                                 "choose one with --field")
+                raise UsageError(
+                    f"corpus {self.source}, line {i}: no field {self.field!r} (found: {keys}); choose one with --field"
+                )
             yield row[self.field]
 
     def _parquet(self) -> Iterator[str]:
@@ -149,8 +164,9 @@ class Corpus:
             raise UsageError(f"corpus {self.source}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
         names = f.schema_arrow.names
         if self.field not in names:
-            raise UsageError(f"corpus {self.source}: no column {self.field!r}; valid: {', '.join(names)} "
-                             "(choose one with --field)")
+            raise UsageError(
+                f"corpus {self.source}: no column {self.field!r}; valid: {', '.join(names)} (choose one with --field)"
+            )
         try:
             for batch in f.iter_batches(columns=[self.field], batch_size=1024):
                 yield from batch.column(0).to_pylist()
@@ -161,8 +177,9 @@ class Corpus:
         try:
             import datasets
         except ImportError:
-            raise UsageError("reading a saved dataset needs the datasets package: pip install uncover[corpora]"
-                             ) from None
+            raise UsageError(
+                "reading a saved dataset needs the datasets package: pip install uncover[corpora]"
+            ) from None
         try:
             ds = datasets.load_from_disk(str(self.source))
         except FileNotFoundError as e:
@@ -176,8 +193,10 @@ class Corpus:
         elif self.split is not None:
             raise UsageError(f"corpus {self.source}: a single dataset has no splits; drop the split {self.split!r}")
         if self.field not in ds.column_names:
-            raise UsageError(f"corpus {self.source}: no column {self.field!r}; valid: {', '.join(ds.column_names)} "
-                             "(choose one with --field)")
+            raise UsageError(
+                f"corpus {self.source}: no column {self.field!r}; valid: {', '.join(ds.column_names)} "
+                "(choose one with --field)"
+            )
         return ds
 
     def _saved(self) -> Iterator[str]:
@@ -216,8 +235,9 @@ def _tokenizer(model: Any) -> Any:
     return tok
 
 
-def token_blocks(model: Any, corpus: Corpus, block_len: int, max_blocks: int | None = None,
-                 docs_per_call: int = 64) -> Iterator[torch.Tensor]:
+def token_blocks(
+    model: Any, corpus: Corpus, block_len: int, max_blocks: int | None = None, docs_per_call: int = 64
+) -> Iterator[torch.Tensor]:
     """Consecutive token blocks ``[block_len]`` (int64) of the whole corpus, streamed.
 
     Documents are tokenised without special tokens (``docs_per_call`` at a time), each followed by the

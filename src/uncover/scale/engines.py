@@ -53,10 +53,16 @@ class ModelSpec:
         from uncover.models.load import EMBEDDED_NAME
 
         if getattr(model, "source", None) is None and model.name != EMBEDDED_NAME:
-            raise UsageError(f"model {model.name!r} was built in memory, so Ray workers cannot load it; save it "
-                             "(model.model.save_pretrained(DIR) and its tokenizer) and load it with uncover.load(DIR)")
-        return cls(getattr(model, "source", None), str(model.dtype).removeprefix("torch."),
-                   weights_fingerprint(model.model), model.name)
+            raise UsageError(
+                f"model {model.name!r} was built in memory, so Ray workers cannot load it; save it "
+                "(model.model.save_pretrained(DIR) and its tokenizer) and load it with uncover.load(DIR)"
+            )
+        return cls(
+            getattr(model, "source", None),
+            str(model.dtype).removeprefix("torch."),
+            weights_fingerprint(model.model),
+            model.name,
+        )
 
 
 class LocalEngine:
@@ -75,8 +81,15 @@ class LocalEngine:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "threads": torch.get_num_threads()}
 
-    def map(self, fn: MapFn, items: Iterable[Any], *, progress: Progress | None = None, total: int | None = None,
-            desc: str = "") -> Iterator[tuple[int, Any]]:
+    def map(
+        self,
+        fn: MapFn,
+        items: Iterable[Any],
+        *,
+        progress: Progress | None = None,
+        total: int | None = None,
+        desc: str = "",
+    ) -> Iterator[tuple[int, Any]]:
         """``(index, fn(model, item))`` for each item, in order."""
         prog = progress if progress is not None else Progress.silent()
         results = ((i, fn(self.model, item)) for i, item in enumerate(items))
@@ -97,9 +110,11 @@ class _Worker:
         self.model = load(spec.source, dtype=spec.dtype)  # on the GPU Ray gave this actor, if any
         got = weights_fingerprint(self.model.model)
         if got != spec.fingerprint:
-            raise UncoverError(f"worker loaded {spec.source or 'the embedded model'} with weights fingerprint {got}, "
-                               f"not the driver's {spec.fingerprint}: the weights on disk differ from the model in "
-                               "memory (edited?); save the model and harvest from the saved copy")
+            raise UncoverError(
+                f"worker loaded {spec.source or 'the embedded model'} with weights fingerprint {got}, "
+                f"not the driver's {spec.fingerprint}: the weights on disk differ from the model in "
+                "memory (edited?); save the model and harvest from the saved copy"
+            )
 
     def pid(self) -> int:
         return os.getpid()
@@ -136,13 +151,20 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, spec: ModelSpec, workers: int = 2, threads: int = 1, address: str | None = None,
-                 in_flight: int = 2, gpus: float = 0.0):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        workers: int = 2,
+        threads: int = 1,
+        address: str | None = None,
+        in_flight: int = 2,
+        gpus: float = 0.0,
+    ):
         if workers < 1 or threads < 1 or in_flight < 1:
-            raise UsageError(f"the ray engine needs workers, threads and in_flight >= 1, got {workers}, {threads}, "
-                             f"{in_flight}")
-        self.spec, self.workers, self.threads, self.address, self.in_flight = spec, workers, threads, address, \
-            in_flight
+            raise UsageError(
+                f"the ray engine needs workers, threads and in_flight >= 1, got {workers}, {threads}, {in_flight}"
+            )
+        self.spec, self.workers, self.threads, self.address, self.in_flight = spec, workers, threads, address, in_flight
         self.gpus = gpus
         self.actors: list[Any] = []
         self.pids: list[int] = []
@@ -150,8 +172,14 @@ class RayEngine:
         self._started_ray = False
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "workers": self.workers, "threads": self.threads, "gpus": self.gpus,
-                "address": self.address, "replaced": self.replaced}
+        return {
+            "name": self.name,
+            "workers": self.workers,
+            "threads": self.threads,
+            "gpus": self.gpus,
+            "address": self.address,
+            "replaced": self.replaced,
+        }
 
     def _new_actor(self) -> Any:
         ray = _ray()
@@ -194,8 +222,15 @@ class RayEngine:
         self.pids[slot] = self._get(self.actors[slot].pid.remote())
         self.replaced += 1
 
-    def map(self, fn: MapFn, items: Iterable[Any], *, progress: Progress | None = None, total: int | None = None,
-            desc: str = "") -> Iterator[tuple[int, Any]]:
+    def map(
+        self,
+        fn: MapFn,
+        items: Iterable[Any],
+        *,
+        progress: Progress | None = None,
+        total: int | None = None,
+        desc: str = "",
+    ) -> Iterator[tuple[int, Any]]:
         """``(index, fn(model, item))`` as tasks finish (any order); a dead worker's items are run again."""
         prog = progress if progress is not None else Progress.silent()
         yield from prog.bar(self._map(fn, items), total=total, desc=desc)
@@ -259,8 +294,9 @@ class RayEngine:
             self._started_ray = False
 
 
-def make_engine(name: str, model: HookedModel, *, workers: int = 2, threads: int = 1,
-                address: str | None = None, in_flight: int = 2) -> LocalEngine | RayEngine:
+def make_engine(
+    name: str, model: HookedModel, *, workers: int = 2, threads: int = 1, address: str | None = None, in_flight: int = 2
+) -> LocalEngine | RayEngine:
     """The engine called ``name`` (``local`` or ``ray``) for ``model`` (``in_flight``: see :class:`RayEngine`).
 
     >>> make_engine("spark", model)

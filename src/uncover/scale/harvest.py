@@ -33,9 +33,15 @@ def _identity(model: HookedModel) -> dict[str, Any]:
     from uncover.core.fingerprint import weights_fingerprint
 
     c = model.cfg
-    return {"name": model.name, "source": getattr(model, "source", None), "family": c.family,
-            "n_layers": c.n_layers, "d_model": c.d_model, "dtype": str(model.dtype).removeprefix("torch."),
-            "fingerprint": weights_fingerprint(model.model)}
+    return {
+        "name": model.name,
+        "source": getattr(model, "source", None),
+        "family": c.family,
+        "n_layers": c.n_layers,
+        "d_model": c.d_model,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "fingerprint": weights_fingerprint(model.model),
+    }
 
 
 def _features(model: HookedModel, hooks: Sequence[str]) -> dict[str, list[int]]:
@@ -49,8 +55,9 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x))
 
 
-def plan(model: HookedModel, corpus: Corpus, manifest: Manifest, out: Path, batch_size: int,
-         skipped: list[int]) -> Iterator[ShardTask]:
+def plan(
+    model: HookedModel, corpus: Corpus, manifest: Manifest, out: Path, batch_size: int, skipped: list[int]
+) -> Iterator[ShardTask]:
     """The tasks of the shards still to do (the corpus is streamed; done shards are checked and skipped)."""
     s = manifest.settings
     max_blocks = None if s["tokens"] is None else s["tokens"] // s["block_len"]
@@ -62,8 +69,10 @@ def plan(model: HookedModel, corpus: Corpus, manifest: Manifest, out: Path, batc
         old = manifest.shards[index] if index < len(manifest.shards) else None
         if old is not None and old["status"] == "done":
             if old.get("tokens_digest") != tokens_digest(b):
-                raise UsageError(f"{out}: shard {index} was harvested from other tokens than the corpus gives now; "
-                                 "harvest into a new folder (or --overwrite)")
+                raise UsageError(
+                    f"{out}: shard {index} was harvested from other tokens than the corpus gives now; "
+                    "harvest into a new folder (or --overwrite)"
+                )
             if (out / old["file"]).is_file():
                 skipped.append(index)
                 return None
@@ -82,8 +91,10 @@ def plan(model: HookedModel, corpus: Corpus, manifest: Manifest, out: Path, batc
             yield t
         index += 1
     if index == 0:
-        raise UsageError(f"corpus {corpus.source or 'embedded'} holds fewer tokens than one block of "
-                         f"{s['block_len']}; use a smaller --block-len or more text")
+        raise UsageError(
+            f"corpus {corpus.source or 'embedded'} holds fewer tokens than one block of "
+            f"{s['block_len']}; use a smaller --block-len or more text"
+        )
 
 
 def harvest_corpus(
@@ -133,11 +144,20 @@ def harvest_corpus(
             raise UsageError(f"{name} must be >= 1, got {v}")
     names = check_hooks(model, list(hooks))
     corpus = corpus if isinstance(corpus, Corpus) else Corpus.open(corpus)
-    fresh = Manifest(_identity(model), corpus.describe(), names, _features(model, names), dtype,
-                     {"block_len": block_len, "skip_first": skip_first, "rows_per_block": block_len - skip_first,
-                      "layout": "row r: block r // rows_per_block, position skip_first + r % rows_per_block"},
-                     {"tokens": tokens, "block_len": block_len, "shard_blocks": shard_blocks,
-                      "skip_first": skip_first})
+    fresh = Manifest(
+        _identity(model),
+        corpus.describe(),
+        names,
+        _features(model, names),
+        dtype,
+        {
+            "block_len": block_len,
+            "skip_first": skip_first,
+            "rows_per_block": block_len - skip_first,
+            "layout": "row r: block r // rows_per_block, position skip_first + r % rows_per_block",
+        },
+        {"tokens": tokens, "block_len": block_len, "shard_blocks": shard_blocks, "skip_first": skip_first},
+    )
     fresh = Manifest(**{**fresh.__dict__, **_jsonable({k: getattr(fresh, k) for k in fresh.identity()})})
     if overwrite and (out / NAME).is_file():  # only a harvest's own files: never a folder of other things
         for f in [*out.glob("shard_*.safetensors"), *out.glob(".shard_*.tmp"), out / NAME]:
@@ -147,14 +167,19 @@ def harvest_corpus(
         manifest = Manifest.read(out)
         diff = differences(manifest.identity(), fresh.identity())
         if diff:
-            raise UsageError(f"{out} holds a harvest with other settings ({'; '.join(diff)}); "
-                             "use a new --out, or --overwrite to replace it")
+            raise UsageError(
+                f"{out} holds a harvest with other settings ({'; '.join(diff)}); "
+                "use a new --out, or --overwrite to replace it"
+            )
     elif any(out.iterdir()):
         raise UsageError(f"{out} is not empty and holds no {NAME}; give an empty or new folder")
     else:
         manifest = fresh
-    eng = engine if not isinstance(engine, str) else make_engine(engine, model, workers=workers, threads=threads,
-                                                                 address=ray_address)
+    eng = (
+        engine
+        if not isinstance(engine, str)
+        else make_engine(engine, model, workers=workers, threads=threads, address=ray_address)
+    )
     manifest.engine = eng.describe()
     manifest.status = "running"
     manifest.write(out)
@@ -176,5 +201,9 @@ def harvest_corpus(
     manifest.write(out)
     seconds = time.perf_counter() - t0
     done_tokens = sum(int(manifest.shards[i]["tokens"]) for i in computed)
-    return manifest, {"computed": sorted(computed), "skipped": sorted(skipped), "seconds": seconds,
-                      "tokens_per_second": done_tokens / seconds if seconds else 0.0}
+    return manifest, {
+        "computed": sorted(computed),
+        "skipped": sorted(skipped),
+        "seconds": seconds,
+        "tokens_per_second": done_tokens / seconds if seconds else 0.0,
+    }

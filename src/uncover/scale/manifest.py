@@ -74,9 +74,12 @@ class Manifest:
         return {k: getattr(self, k) for k in IDENTITY}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "version": self.version, **{k: v for k, v in asdict(self).items()
-                                                                   if k not in ("format", "version")},
-                "totals": self.totals()}
+        return {
+            "format": self.format,
+            "version": self.version,
+            **{k: v for k, v in asdict(self).items() if k not in ("format", "version")},
+            "totals": self.totals(),
+        }
 
     def write(self, out: str | Path) -> Path:
         """Write ``out/manifest.json`` atomically."""
@@ -102,8 +105,10 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise UncoverError(f"{path}: not an uncover harvest manifest (format {data.get('format')!r})")
         if int(data.get("version", 0)) > VERSION:
-            raise UncoverError(f"{path}: manifest version {data['version']} is newer than this uncover "
-                               f"(reads {VERSION}); upgrade uncover")
+            raise UncoverError(
+                f"{path}: manifest version {data['version']} is newer than this uncover "
+                f"(reads {VERSION}); upgrade uncover"
+            )
         data.pop("totals", None)
         return cls(**data)
 

@@ -41,9 +41,11 @@ class ShardReader:
         self.path = Path(path)
         self.manifest = Manifest.read(self.path)
         if complete and self.manifest.status != "complete":
-            raise UsageError(f"{self.path}: the harvest is not complete ({len(self.manifest.done)} of "
-                             f"{len(self.manifest.shards)} shards done); run it again to resume, or read with "
-                             "complete=False")
+            raise UsageError(
+                f"{self.path}: the harvest is not complete ({len(self.manifest.done)} of "
+                f"{len(self.manifest.shards)} shards done); run it again to resume, or read with "
+                "complete=False"
+            )
         self.records = [s for s in self.manifest.shards if s["status"] == "done"]
 
     @property
@@ -61,8 +63,9 @@ class ShardReader:
     def n_rows(self) -> int:
         return sum(int(s["rows"]) for s in self.records)
 
-    def shards(self, hooks: list[str] | None = None) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor],
-                                                                      torch.Tensor]]:
+    def shards(
+        self, hooks: list[str] | None = None
+    ) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]]:
         """``(record, hook -> [rows, features], tokens [blocks, block_len])`` per done shard, in order."""
         hooks = [self._hook(h) for h in hooks] if hooks is not None else None
         for rec in self.records:
@@ -92,8 +95,14 @@ class ShardReader:
             yield torch.cat([v.new_zeros(len(tokens), skip, v.shape[-1]), v], 1), tokens
 
 
-def top_contexts(model: HookedModel, path: str | Path, hook: str, units: list[int] | None = None, k: int = 10,
-                 window: tuple[int, int] = (8, 2)) -> TopActivations:
+def top_contexts(
+    model: HookedModel,
+    path: str | Path,
+    hook: str,
+    units: list[int] | None = None,
+    k: int = 10,
+    window: tuple[int, int] = (8, 2),
+) -> TopActivations:
     """Top-activating contexts of ``units`` (feature indices; default all) at ``hook``, streamed over the shards.
 
     Positions that were not harvested (``skip_first``) never count.
@@ -130,8 +139,15 @@ def top_contexts(model: HookedModel, path: str | Path, hook: str, units: list[in
         all_tokens.append(tokens)
     if not all_tokens:
         raise UncoverError(f"{path}: no done shards")
-    top = TopActivations.from_stream(model, stream, hook, [str(u) for u in idx], torch.cat(all_tokens),
-                                     positive / max(count, 1), (total / max(count, 1)).float())
+    top = TopActivations.from_stream(
+        model,
+        stream,
+        hook,
+        [str(u) for u in idx],
+        torch.cat(all_tokens),
+        positive / max(count, 1),
+        (total / max(count, 1)).float(),
+    )
     top.windows = torch.nan_to_num(top.windows, neginf=0.0)
     return top
 

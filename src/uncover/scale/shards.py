@@ -64,8 +64,10 @@ position; harvest hook_z, hook_result, residual, attention or MLP outputs instea
     names = model.select_names(hooks)
     for n in names:
         if n != "logits" and HookName.parse(n).leaf in _NOT_PER_POSITION:
-            raise UsageError(f"{n} has one value per pair of positions, not per position; harvest hook_z, "
-                             "hook_result, residual, attention or MLP outputs instead")
+            raise UsageError(
+                f"{n} has one value per pair of positions, not per position; harvest hook_z, "
+                "hook_result, residual, attention or MLP outputs instead"
+            )
     return names
 
 
@@ -157,14 +159,26 @@ def compute_shard(model: HookedModel, task: ShardTask) -> dict[str, Any]:
     tensors = {f"acts.{h}": v.contiguous() for h, v in values.items()}
     tensors["tokens"] = task.blocks.to(torch.int64).contiguous()
     # one metadata key: safetensors orders several keys differently from one write to the next
-    meta = {"uncover": json.dumps({"format": FORMAT, "index": task.index, "hooks": list(task.hooks),
-                                   "skip_first": task.skip_first}, sort_keys=True)}
+    meta = {
+        "uncover": json.dumps(
+            {"format": FORMAT, "index": task.index, "hooks": list(task.hooks), "skip_first": task.skip_first},
+            sort_keys=True,
+        )
+    }
     _write_atomic(path, tensors, meta)
     rows = len(next(iter(values.values())))
-    return {"index": task.index, "file": path.name, "status": "done", "blocks": int(task.blocks.shape[0]),
-            "tokens": int(task.blocks.numel()), "rows": rows, "tokens_digest": tokens_digest(task.blocks),
-            "digest": file_digest(path), "seconds": round(time.perf_counter() - t0, 4),
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {
+        "index": task.index,
+        "file": path.name,
+        "status": "done",
+        "blocks": int(task.blocks.shape[0]),
+        "tokens": int(task.blocks.numel()),
+        "rows": rows,
+        "tokens_digest": tokens_digest(task.blocks),
+        "digest": file_digest(path),
+        "seconds": round(time.perf_counter() - t0, 4),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 def read_shard(path: str | Path, hooks: list[str] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

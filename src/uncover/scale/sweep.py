@@ -65,8 +65,16 @@ def shards_of(items: Sequence[T], shard_size: int) -> list[list[T]]:
     return [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
 
 
-def sweep(engine: Any, part: Callable[[Any, list[T]], R], items: Sequence[T], reduce: Callable[[list[R]], Any], *,
-          shard_size: int = 16, progress: bool | Progress = False, desc: str = "sweep") -> SweepRun:
+def sweep(
+    engine: Any,
+    part: Callable[[Any, list[T]], R],
+    items: Sequence[T],
+    reduce: Callable[[list[R]], Any],
+    *,
+    shard_size: int = 16,
+    progress: bool | Progress = False,
+    desc: str = "sweep",
+) -> SweepRun:
     """Map ``part`` over shards of ``items`` on ``engine`` and ``reduce`` the partials (in shard order).
 
     >>> from uncover.scale.engines import LocalEngine
@@ -83,5 +91,6 @@ def sweep(engine: Any, part: Callable[[Any, list[T]], R], items: Sequence[T], re
     for index, out in engine.map(_Timed(part), shards, progress=prog, total=len(shards), desc=desc):
         got[index] = out
     partials = [got[i][0] for i in range(len(shards))]
-    return SweepRun(reduce(partials), partials, [got[i][1] for i in range(len(shards))], time.perf_counter() - t0,
-                    engine.describe())
+    return SweepRun(
+        reduce(partials), partials, [got[i][1] for i in range(len(shards))], time.perf_counter() - t0, engine.describe()
+    )

@@ -62,8 +62,15 @@ def perplexity_sweep(engine: Engine, tokens: torch.Tensor, *, shard_size: int = 
     >>> abs(run.value - perplexity(model, blocks)) < 1e-6 * run.value
     True
     """
-    return sweep(engine, perplexity_part, list(tokens), perplexity_reduce, shard_size=shard_size, progress=progress,
-                 desc="perplexity")
+    return sweep(
+        engine,
+        perplexity_part,
+        list(tokens),
+        perplexity_reduce,
+        shard_size=shard_size,
+        progress=progress,
+        desc="perplexity",
+    )
 
 
 # ---- top-activating contexts over a corpus ---------------------------------------------------------
@@ -88,12 +95,12 @@ class ContextsPart:
             if self.units is not None:
                 bad = [u for u in self.units if not 0 <= u < acts.shape[-1]]
                 if bad:
-                    raise UncoverError(f"unit(s) {bad} out of range; {self.hook} has {acts.shape[-1]} "
-                                       f"(0..{acts.shape[-1] - 1})")
+                    raise UncoverError(
+                        f"unit(s) {bad} out of range; {self.hook} has {acts.shape[-1]} (0..{acts.shape[-1] - 1})"
+                    )
                 acts = acts[..., list(self.units)]
             if stream is None:
-                stream = StreamingTopK(self.k, acts.shape[-1], self.window, self.sample,
-                                       self.seed * 1_000_003 + start)
+                stream = StreamingTopK(self.k, acts.shape[-1], self.window, self.sample, self.seed * 1_000_003 + start)
             stream.update(acts)
         assert stream is not None
         stream.index += start * blocks.shape[1]  # positions numbered over the whole corpus
@@ -142,10 +149,21 @@ def unit_labels(hook: str, units: list[int]) -> list[str]:
     return [neuron_label(name.layer, u) if name.point == "mlp.hook_post" else f"u{u}" for u in units]
 
 
-def contexts_sweep(engine: Engine, model: HookedModel, hook: str, tokens: torch.Tensor,
-                   units: list[int] | None = None, *, k: int = 10, window: tuple[int, int] = (12, 4),
-                   batch_size: int = 8, shard_blocks: int = 64, sample: int = 1024, seed: int = 0,
-                   progress: Any = False) -> SweepRun:
+def contexts_sweep(
+    engine: Engine,
+    model: HookedModel,
+    hook: str,
+    tokens: torch.Tensor,
+    units: list[int] | None = None,
+    *,
+    k: int = 10,
+    window: tuple[int, int] = (12, 4),
+    batch_size: int = 8,
+    shard_blocks: int = 64,
+    sample: int = 1024,
+    seed: int = 0,
+    progress: Any = False,
+) -> SweepRun:
     """Top-activating contexts of ``units`` at ``hook`` over ``tokens`` ``[n_blocks, pos]``, as a map over shards
     of ``shard_blocks`` blocks (``value``: a :class:`TopActivations`). ``model`` names the tokens (the driver's).
 
@@ -163,8 +181,9 @@ def contexts_sweep(engine: Engine, model: HookedModel, hook: str, tokens: torch.
     if k < 1 or shard_blocks < 1 or batch_size < 1:
         raise UsageError(f"k, shard_blocks and batch_size must be >= 1, got {k}, {shard_blocks}, {batch_size}")
     part = ContextsPart(hook, None if units is None else tuple(units), k, tuple(window), batch_size, sample, seed)
-    run = sweep(engine, part, list(enumerate(tokens)), merge_topk, shard_size=shard_blocks, progress=progress,
-                desc="contexts")
+    run = sweep(
+        engine, part, list(enumerate(tokens)), merge_topk, shard_size=shard_blocks, progress=progress, desc="contexts"
+    )
     stream = run.value
     labels = unit_labels(hook, list(units) if units is not None else list(range(stream.values.shape[1])))
     run.value = TopActivations.from_stream(model, stream, hook, labels, tokens)
@@ -175,12 +194,15 @@ def contexts_sweep(engine: Engine, model: HookedModel, hook: str, tokens: torch.
 class ContextsSweepConfig(Config):
     """Top-activating contexts of units at a hook over a whole corpus, as a sweep over shards of token blocks."""
 
-    hook: str = param("blocks.10.mlp.hook_post", help="Hook name (blocks.L.mlp.hook_post: MLP neurons)",
-                      unit="hook")
+    hook: str = param("blocks.10.mlp.hook_post", help="Hook name (blocks.L.mlp.hook_post: MLP neurons)", unit="hook")
     units: list[int] | None = param(None, help="Unit indices at the hook, comma-separated (default: all)", ge=0)
     k: int = param(10, help="Contexts kept per unit", ge=1)
-    corpus: Path | None = param(None, help="Corpus: .txt/.md, .jsonl, .parquet, or a folder saved by datasets' "
-                                           "save_to_disk (default: the embedded corpus)", path="in_any")
+    corpus: Path | None = param(
+        None,
+        help="Corpus: .txt/.md, .jsonl, .parquet, or a folder saved by datasets' "
+        "save_to_disk (default: the embedded corpus)",
+        path="in_any",
+    )
     field: str = param("text", help="JSON field, Parquet or dataset column holding the text", nonempty=True)
     tokens: int | None = param(None, help="Corpus tokens to read (default: the whole corpus)", ge=1)
     block_len: int = param(64, help="Tokens per block (context length)", ge=2)
@@ -194,17 +216,32 @@ class ContextsSweepConfig(Config):
     def validate(self) -> None:
         super().validate()
         if self.shard_blocks % self.batch_size:
-            raise UsageError(f"ContextsSweepConfig: shard_blocks (--shard-blocks) must be a multiple of batch_size "
-                             f"(--batch-size) {self.batch_size}, so that shards hold whole batches; got "
-                             f"{self.shard_blocks}")
+            raise UsageError(
+                f"ContextsSweepConfig: shard_blocks (--shard-blocks) must be a multiple of batch_size "
+                f"(--batch-size) {self.batch_size}, so that shards hold whole batches; got "
+                f"{self.shard_blocks}"
+            )
         if self.tokens is not None and self.tokens < self.block_len:
-            raise UsageError(f"ContextsSweepConfig: tokens (--tokens) must be at least one block of {self.block_len}, "
-                             f"got {self.tokens}")
+            raise UsageError(
+                f"ContextsSweepConfig: tokens (--tokens) must be at least one block of {self.block_len}, "
+                f"got {self.tokens}"
+            )
 
 
-@operation("contexts-sweep", ContextsSweepConfig, TopActivations, long=True,
-           example={"hook": "blocks.10.mlp.hook_post", "units": [5, 7], "k": 4, "tokens": 1024, "block_len": 64,
-                    "shard_blocks": 8})
+@operation(
+    "contexts-sweep",
+    ContextsSweepConfig,
+    TopActivations,
+    long=True,
+    example={
+        "hook": "blocks.10.mlp.hook_post",
+        "units": [5, 7],
+        "k": 4,
+        "tokens": 1024,
+        "block_len": 64,
+        "shard_blocks": 8,
+    },
+)
 def contexts_sweep_op(model: HookedModel, cfg: ContextsSweepConfig, progress: Progress) -> TopActivations:
     """Top-activating contexts over a corpus, sharded (the same contexts as ``neurons`` over the same blocks)."""
     from uncover.scale.corpora import Corpus, token_blocks
@@ -212,9 +249,19 @@ def contexts_sweep_op(model: HookedModel, cfg: ContextsSweepConfig, progress: Pr
     max_blocks = None if cfg.tokens is None else cfg.tokens // cfg.block_len
     blocks = list(token_blocks(model, Corpus.open(cfg.corpus, cfg.field), cfg.block_len, max_blocks))
     if not blocks:
-        raise UsageError(f"the corpus holds fewer tokens than one block of {cfg.block_len}; use a smaller "
-                         "--block-len or more text")
+        raise UsageError(
+            f"the corpus holds fewer tokens than one block of {cfg.block_len}; use a smaller --block-len or more text"
+        )
     with open_engine(model, cfg) as eng:
-        run = contexts_sweep(eng, model, cfg.hook, torch.stack(blocks), cfg.units, k=cfg.k, batch_size=cfg.batch_size,
-                             shard_blocks=cfg.shard_blocks, progress=progress)
+        run = contexts_sweep(
+            eng,
+            model,
+            cfg.hook,
+            torch.stack(blocks),
+            cfg.units,
+            k=cfg.k,
+            batch_size=cfg.batch_size,
+            shard_blocks=cfg.shard_blocks,
+            progress=progress,
+        )
     return run.value

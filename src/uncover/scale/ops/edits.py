@@ -38,8 +38,17 @@ class RomeEdit:
     def __call__(self, model: HookedModel, fact: Counterfact) -> Any:
         from uncover.editing.rome import rome
 
-        return rome(model, fact.prompt, fact.subject, fact.new, layer=self.layer, mom2_samples=self.mom2_samples,
-                    cache=self.cache, config=self.config, progress=False)
+        return rome(
+            model,
+            fact.prompt,
+            fact.subject,
+            fact.new,
+            layer=self.layer,
+            mom2_samples=self.mom2_samples,
+            cache=self.cache,
+            config=self.config,
+            progress=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -65,12 +74,25 @@ def concat_evals(parts: list[EditEval]) -> EditEval:
     (2, 3.0, [0.5, 0.7])
     """
     first = parts[0]
-    return EditEval(first.method, [r for p in parts for r in p.rows], dict(first.options),
-                    sum(p.seconds for p in parts), [s for p in parts for s in p.edit_seconds])
+    return EditEval(
+        first.method,
+        [r for p in parts for r in p.rows],
+        dict(first.options),
+        sum(p.seconds for p in parts),
+        [s for p in parts for s in p.edit_seconds],
+    )
 
 
-def edit_sweep(engine: Engine, facts: list[Counterfact], edit: Any = None, *, method: str = "rome",
-               gen_tokens: int = 0, shard_size: int = 8, progress: Any = False) -> SweepRun:
+def edit_sweep(
+    engine: Engine,
+    facts: list[Counterfact],
+    edit: Any = None,
+    *,
+    method: str = "rome",
+    gen_tokens: int = 0,
+    shard_size: int = 8,
+    progress: Any = False,
+) -> SweepRun:
     """An edit evaluation over many facts (``value``: the :class:`EditEval` of all of them).
 
     ``edit``: ``edit_fn(model, fact)`` (default :class:`RomeEdit`), a module-level callable for Ray.
@@ -79,14 +101,26 @@ def edit_sweep(engine: Engine, facts: list[Counterfact], edit: Any = None, *, me
     >>> run.value.scores()["efficacy"]  # doctest: +SKIP
     1.0
     """
-    return sweep(engine, EditPart(edit or RomeEdit(), method, gen_tokens), list(facts), concat_evals,
-                 shard_size=shard_size, progress=progress, desc=f"{method} sweep")
+    return sweep(
+        engine,
+        EditPart(edit or RomeEdit(), method, gen_tokens),
+        list(facts),
+        concat_evals,
+        shard_size=shard_size,
+        progress=progress,
+        desc=f"{method} sweep",
+    )
 
 
 #: relation templates whose objects are interchangeable (a city for a city, a country for a country)
-_OBJECT_KINDS = {"{} is in the city of": "city", "The capital city of {} is": "city",
-                 "{} is located in the country of": "country", "{} are located in the country of": "country",
-                 "{} is a car company from the country of": "country", "The official language of {} is": "language"}
+_OBJECT_KINDS = {
+    "{} is in the city of": "city",
+    "The capital city of {} is": "city",
+    "{} is located in the country of": "country",
+    "{} are located in the country of": "country",
+    "{} is a car company from the country of": "country",
+    "The official language of {} is": "language",
+}
 
 
 def generated_counterfacts(n: int | None = None, *, seed: int = 0) -> list[Counterfact]:
@@ -133,14 +167,25 @@ class EditSweepConfig(Config):
     seed: int = param(0, help="Which generated counterfactuals (a seeded draw)")
 
 
-@operation("edit-sweep", EditSweepConfig, EditEval, long=True, rtol=1e-3, atol=1e-4,
-           example={"facts": 1, "shard_size": 1, "layer": 4, "mom2_samples": 2000, "steps": 5})
+@operation(
+    "edit-sweep",
+    EditSweepConfig,
+    EditEval,
+    long=True,
+    rtol=1e-3,
+    atol=1e-4,
+    example={"facts": 1, "shard_size": 1, "layer": 4, "mom2_samples": 2000, "steps": 5},
+)
 def edit_sweep_op(model: HookedModel, cfg: EditSweepConfig, progress: Progress) -> EditEval:
     """ROME over many generated counterfactuals (efficacy, paraphrase, neighbourhood), sharded."""
     with open_engine(model, cfg, in_flight=1) as eng:  # a shard of edits takes minutes: queue none
-        run = edit_sweep(eng, generated_counterfacts(cfg.facts, seed=cfg.seed),
-                         RomeEdit(cfg.layer, cfg.mom2_samples, config=RomeConfig(steps=cfg.steps)),
-                         shard_size=cfg.shard_size, progress=progress)
+        run = edit_sweep(
+            eng,
+            generated_counterfacts(cfg.facts, seed=cfg.seed),
+            RomeEdit(cfg.layer, cfg.mom2_samples, config=RomeConfig(steps=cfg.steps)),
+            shard_size=cfg.shard_size,
+            progress=progress,
+        )
     ev = run.value
     ev.options = {**ev.options, "engine": run.engine, "shard_seconds": [round(s, 4) for s in run.seconds]}
     return ev

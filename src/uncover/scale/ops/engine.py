@@ -38,8 +38,9 @@ def threads_param() -> Any:
 
 def ray_address_param() -> Any:
     """The ``--ray-address`` field (a running cluster)."""
-    return param(None, help="Ray engine: a running cluster (ray://host:10001 or auto); default: start a local Ray",
-                 nonempty=True)
+    return param(
+        None, help="Ray engine: a running cluster (ray://host:10001 or auto); default: start a local Ray", nonempty=True
+    )
 
 
 @contextmanager
@@ -52,8 +53,9 @@ def open_engine(model: HookedModel, cfg: Any, *, in_flight: int = 2) -> Iterator
     ...     eng.name
     'local'
     """
-    eng = make_engine(cfg.engine, model, workers=cfg.workers, threads=cfg.threads, address=cfg.ray_address,
-                      in_flight=in_flight)
+    eng = make_engine(
+        cfg.engine, model, workers=cfg.workers, threads=cfg.threads, address=cfg.ray_address, in_flight=in_flight
+    )
     try:
         yield eng
     finally:

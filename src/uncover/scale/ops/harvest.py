@@ -31,11 +31,19 @@ def _split(text: str) -> list[str]:
 class HarvestConfig(Config):
     """Harvest activations at hooks over a corpus into safetensors shards with a manifest."""
 
-    hooks: list[str] = param(help="Hook names, comma-separated (blocks.6.hook_resid_post,blocks.6.hook_mlp_out)",
-                             unit="hook", min_items=1, parse=_split)
+    hooks: list[str] = param(
+        help="Hook names, comma-separated (blocks.6.hook_resid_post,blocks.6.hook_mlp_out)",
+        unit="hook",
+        min_items=1,
+        parse=_split,
+    )
     out: Path = param(help="Folder for the shards and manifest.json (an unfinished one resumes)", path="out_dir")
-    corpus: Path | None = param(None, help="Corpus: .txt/.md (paragraphs), .jsonl, .parquet, or a folder saved by "
-                                           "datasets' save_to_disk (default: the embedded corpus)", path="in_any")
+    corpus: Path | None = param(
+        None,
+        help="Corpus: .txt/.md (paragraphs), .jsonl, .parquet, or a folder saved by "
+        "datasets' save_to_disk (default: the embedded corpus)",
+        path="in_any",
+    )
     field: str = param("text", help="JSON field, Parquet or dataset column holding the text", nonempty=True)
     tokens: int | None = param(None, help="Corpus tokens to read (default: the whole corpus)", ge=1)
     block_len: int = param(128, help="Tokens per block (context length)", ge=2)
@@ -76,9 +84,11 @@ class HarvestResult(Result):
 
     def summary(self) -> str:
         t = self.manifest["totals"]
-        return (f"{t['shards']} shard(s), {t['tokens']} tokens, {t['rows']} rows per hook in {self.out} "
-                f"({len(self.computed)} computed, {len(self.skipped)} already done; "
-                f"{self.tokens_per_second:,.0f} tokens/s on the {self.manifest['engine'].get('name')} engine)")
+        return (
+            f"{t['shards']} shard(s), {t['tokens']} tokens, {t['rows']} rows per hook in {self.out} "
+            f"({len(self.computed)} computed, {len(self.skipped)} already done; "
+            f"{self.tokens_per_second:,.0f} tokens/s on the {self.manifest['engine'].get('name')} engine)"
+        )
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -95,18 +105,42 @@ class HarvestResult(Result):
         return fig
 
 
-@operation("harvest", HarvestConfig, HarvestResult, deterministic=False, long=True,
-           example={"hooks": ["blocks.3.hook_resid_post"], "out": "shards", "tokens": 256, "block_len": 32,
-                    "shard_blocks": 4})
+@operation(
+    "harvest",
+    HarvestConfig,
+    HarvestResult,
+    deterministic=False,
+    long=True,
+    example={"hooks": ["blocks.3.hook_resid_post"], "out": "shards", "tokens": 256, "block_len": 32, "shard_blocks": 4},
+)
 def harvest(model: HookedModel, cfg: HarvestConfig, progress: Progress) -> HarvestResult:
     """Harvest activations at hooks over a corpus into shards with a manifest (local or Ray engine)."""
     from uncover.scale.corpora import Corpus
 
     manifest, run = harvest_corpus(
-        model, cfg.hooks, Corpus.open(cfg.corpus, cfg.field), cfg.out, tokens=cfg.tokens, block_len=cfg.block_len,
-        shard_blocks=cfg.shard_blocks, batch_size=cfg.batch_size, skip_first=cfg.skip_first, dtype=cfg.store_dtype,
-        engine=cfg.engine, workers=cfg.workers, threads=cfg.threads, ray_address=cfg.ray_address,
-        overwrite=cfg.overwrite, progress=progress)
+        model,
+        cfg.hooks,
+        Corpus.open(cfg.corpus, cfg.field),
+        cfg.out,
+        tokens=cfg.tokens,
+        block_len=cfg.block_len,
+        shard_blocks=cfg.shard_blocks,
+        batch_size=cfg.batch_size,
+        skip_first=cfg.skip_first,
+        dtype=cfg.store_dtype,
+        engine=cfg.engine,
+        workers=cfg.workers,
+        threads=cfg.threads,
+        ray_address=cfg.ray_address,
+        overwrite=cfg.overwrite,
+        progress=progress,
+    )
     progress.message(f"wrote {cfg.out.resolve() / 'manifest.json'}")
-    return HarvestResult(str(cfg.out.resolve()), manifest.to_dict(), run["computed"], run["skipped"],
-                         round(run["seconds"], 4), round(run["tokens_per_second"], 2))
+    return HarvestResult(
+        str(cfg.out.resolve()),
+        manifest.to_dict(),
+        run["computed"],
+        run["skipped"],
+        round(run["seconds"], 4),
+        round(run["tokens_per_second"], 2),
+    )

@@ -31,8 +31,9 @@ class PairsSweepConfig(Config):
     """Many prompt pairs (a task's or a file's), swept in shards on an engine."""
 
     task: Task = param("ioi", help="The task whose pairs are swept (those the model gets right)")
-    pairs_file: Path | None = param(None, help="A JSONL file of pairs (clean, corrupt, answer, wrong) instead of "
-                                               "--task", path="in")
+    pairs_file: Path | None = param(
+        None, help="A JSONL file of pairs (clean, corrupt, answer, wrong) instead of --task", path="in"
+    )
     n_pairs: int = param(32, flag="--pairs", help="Number of pairs (at most)", ge=1)
     shard_size: int = param(8, help="Pairs per shard (one task each)", ge=1)
     engine: Literal["local", "ray"] = engine_param()
@@ -56,11 +57,18 @@ def sweep_pairs(model: HookedModel, cfg: PairsSweepConfig, chunk: int = 32) -> l
         pairs = facts_for(model).pairs
     else:
         made = TASKS[cfg.task](2 * cfg.n_pairs).pairs
-        pairs = [p for i in range(0, len(made), chunk) for p in Task(cfg.task, made[i : i + chunk])
-                 .filter_correct(model).pairs if len(model.to_tokens(p.clean)[0]) == len(model.to_tokens(p.corrupt)[0])]
+        pairs = [
+            p
+            for i in range(0, len(made), chunk)
+            for p in Task(cfg.task, made[i : i + chunk]).filter_correct(model).pairs
+            if len(model.to_tokens(p.clean)[0]) == len(model.to_tokens(p.corrupt)[0])
+        ]
     if not pairs:
-        raise UsageError(f"no pairs to sweep: the model gets no {cfg.task} pair right" if cfg.pairs_file is None
-                         else f"{cfg.pairs_file} holds no pairs")
+        raise UsageError(
+            f"no pairs to sweep: the model gets no {cfg.task} pair right"
+            if cfg.pairs_file is None
+            else f"{cfg.pairs_file} holds no pairs"
+        )
     return pairs[: cfg.n_pairs]
 
 
@@ -68,12 +76,16 @@ def sweep_pairs(model: HookedModel, cfg: PairsSweepConfig, chunk: int = 32) -> l
 class PatchSweepConfig(PairsSweepConfig):
     """Activation or attribution patching of many prompt pairs, one grid per pair."""
 
-    method: Literal["activation", "attribution"] = param("activation", help="Exact activation patching, or its "
-                                                         "attribution-patching estimate (one backward pass per pair)")
+    method: Literal["activation", "attribution"] = param(
+        "activation",
+        help="Exact activation patching, or its attribution-patching estimate (one backward pass per pair)",
+    )
     hook: Literal["resid_pre", "attn_out", "mlp_out", "z"] = param("z", help="Patched activation")
     per: Literal["pos", "head", "head_pos"] = param(
-        "head", help="Grid: per position (resid_pre, attn_out, mlp_out; pairs of one length), per head or per head & "
-                     "position (z)")
+        "head",
+        help="Grid: per position (resid_pre, attn_out, mlp_out; pairs of one length), per head or per head & "
+        "position (z)",
+    )
     metric: Metric = param("logit_diff", help="Metric at the last position")
     direction: Literal["denoise", "noise"] = param("denoise", help="denoise: clean into corrupt; noise: the reverse")
 
@@ -81,12 +93,20 @@ class PatchSweepConfig(PairsSweepConfig):
         super().validate()
         if (self.hook == "z") == (self.per == "pos"):
             valid = "head, head_pos" if self.hook == "z" else "pos"
-            raise UsageError(f"PatchSweepConfig: per (--per) {self.per!r} does not fit hook (--hook) {self.hook!r}; "
-                             f"valid: {valid}")
+            raise UsageError(
+                f"PatchSweepConfig: per (--per) {self.per!r} does not fit hook (--hook) {self.hook!r}; valid: {valid}"
+            )
 
 
-@operation("patch-sweep", PatchSweepConfig, PatchSweep, long=True, rtol=1e-4, atol=1e-5,
-           example={"method": "attribution", "n_pairs": 2, "shard_size": 1})
+@operation(
+    "patch-sweep",
+    PatchSweepConfig,
+    PatchSweep,
+    long=True,
+    rtol=1e-4,
+    atol=1e-5,
+    example={"method": "attribution", "n_pairs": 2, "shard_size": 1},
+)
 def patch_sweep(model: HookedModel, cfg: PatchSweepConfig, progress: Progress) -> PatchSweep:
     """Activation or attribution patching over many prompt pairs, sharded (one grid per pair, and the mean)."""
     pairs = sweep_pairs(model, cfg)
@@ -107,15 +127,30 @@ class CircuitSweepConfig(PairsSweepConfig):
     edges: int = param(200, help="Keep the N edges with the largest |score|", ge=0)
 
 
-@operation("circuit-sweep", CircuitSweepConfig, Circuit, long=True, rtol=1e-3, atol=1e-4,
-           example={"n_pairs": 2, "shard_size": 1, "edges": 20})
+@operation(
+    "circuit-sweep",
+    CircuitSweepConfig,
+    Circuit,
+    long=True,
+    rtol=1e-3,
+    atol=1e-4,
+    example={"n_pairs": 2, "shard_size": 1, "edges": 20},
+)
 def circuit_sweep_op(model: HookedModel, cfg: CircuitSweepConfig, progress: Progress) -> Circuit:
     """EAP or EAP-IG circuit discovery over many prompt pairs, sharded (the scores of one batch of all pairs)."""
     pairs = sweep_pairs(model, cfg)
     progress.message(f"{cfg.method} on {len(pairs)} pairs on the {cfg.engine} engine ...")
     with open_engine(model, cfg) as eng:
-        run = circuit_sweep(eng, model, pairs, method=cfg.method, metric=cfg.metric, steps=cfg.steps,
-                            shard_size=cfg.shard_size, progress=progress)
+        run = circuit_sweep(
+            eng,
+            model,
+            pairs,
+            method=cfg.method,
+            metric=cfg.metric,
+            steps=cfg.steps,
+            shard_size=cfg.shard_size,
+            progress=progress,
+        )
     c = run.value
     c.meta["task"] = cfg.task if cfg.pairs_file is None else str(cfg.pairs_file)
     return c.top(cfg.edges)

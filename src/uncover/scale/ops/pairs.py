@@ -60,8 +60,20 @@ class PatchSettings:
         else:
             from uncover.patching.activation import activation_patching as patch
 
-        return [patch(model, p.clean, p.corrupt, p.answer, p.wrong, hook=self.hook, per=self.per, metric=self.metric,
-                      direction=self.direction) for p in pairs]
+        return [
+            patch(
+                model,
+                p.clean,
+                p.corrupt,
+                p.answer,
+                p.wrong,
+                hook=self.hook,
+                per=self.per,
+                metric=self.metric,
+                direction=self.direction,
+            )
+            for p in pairs
+        ]
 
 
 def stack_grids(parts: list[list[PatchResult]]) -> torch.Tensor:
@@ -73,13 +85,21 @@ def stack_grids(parts: list[list[PatchResult]]) -> torch.Tensor:
     """
     grids = [r.grid for p in parts for r in p]
     if len({tuple(g.shape) for g in grids}) > 1:
-        raise UsageError("the pairs' grids have different shapes (prompts of different lengths); patch per head "
-                         "(hook z, per head) or give pairs of one length")
+        raise UsageError(
+            "the pairs' grids have different shapes (prompts of different lengths); patch per head "
+            "(hook z, per head) or give pairs of one length"
+        )
     return torch.stack(grids)
 
 
-def patching_sweep(engine: Engine, pairs: list[PromptPair], settings: PatchSettings | None = None, *,
-                   shard_size: int = 4, progress: Any = False) -> SweepRun:
+def patching_sweep(
+    engine: Engine,
+    pairs: list[PromptPair],
+    settings: PatchSettings | None = None,
+    *,
+    shard_size: int = 4,
+    progress: Any = False,
+) -> SweepRun:
     """Activation or attribution patching over many prompt pairs (``value``: ``[pairs, ...]`` grids; ``partials``:
     each shard's :class:`PatchResult` list).
 
@@ -90,8 +110,15 @@ def patching_sweep(engine: Engine, pairs: list[PromptPair], settings: PatchSetti
     >>> run.value.shape  # [pairs, layer, head]
     torch.Size([2, 30, 9])
     """
-    return sweep(engine, settings or PatchSettings(), list(pairs), stack_grids, shard_size=shard_size,
-                 progress=progress, desc="patching")
+    return sweep(
+        engine,
+        settings or PatchSettings(),
+        list(pairs),
+        stack_grids,
+        shard_size=shard_size,
+        progress=progress,
+        desc="patching",
+    )
 
 
 @dataclass
@@ -126,30 +153,53 @@ class PatchSweep(Result):
         """The result of a :func:`patching_sweep` run over ``pairs``."""
         rs = [r for p in run.partials for r in p]
         first = rs[0]
-        return cls(settings.method, first.hook, first.per, first.metric, first.direction, first.normalised,
-                   run.value, torch.tensor([r.clean_value for r in rs]), torch.tensor([r.corrupt_value for r in rs]),
-                   [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong} for p in pairs],
-                   first.str_tokens, {"engine": run.engine, "shard_seconds": [round(s, 4) for s in run.seconds]})
+        return cls(
+            settings.method,
+            first.hook,
+            first.per,
+            first.metric,
+            first.direction,
+            first.normalised,
+            run.value,
+            torch.tensor([r.clean_value for r in rs]),
+            torch.tensor([r.corrupt_value for r in rs]),
+            [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong} for p in pairs],
+            first.str_tokens,
+            {"engine": run.engine, "shard_seconds": [round(s, 4) for s in run.seconds]},
+        )
 
     def mean_result(self) -> PatchResult:
         """The mean grid over pairs as one :class:`PatchResult` (its table and heatmap)."""
-        return PatchResult(self.hook, self.per, self.grids.mean(0), self.str_tokens,
-                           float(self.clean_values.mean()), float(self.corrupt_values.mean()), self.metric,
-                           self.direction, self.normalised, 0)
+        return PatchResult(
+            self.hook,
+            self.per,
+            self.grids.mean(0),
+            self.str_tokens,
+            float(self.clean_values.mean()),
+            float(self.corrupt_values.mean()),
+            self.metric,
+            self.direction,
+            self.normalised,
+            0,
+        )
 
     @property
     def title(self) -> str:
-        return (f"{self.method.capitalize()} patching ({self.direction}) of {self.hook} per "
-                f"{self.per.replace('_', ' & ')}, mean of {len(self.grids)} pairs")
+        return (
+            f"{self.method.capitalize()} patching ({self.direction}) of {self.hook} per "
+            f"{self.per.replace('_', ' & ')}, mean of {len(self.grids)} pairs"
+        )
 
     def summary(self) -> str:
         mean, std = self.grids.mean(0).flatten(), self.grids.std(0, correction=0).flatten()
         top = mean.abs().argsort(descending=True)[:5]
         m = self.mean_result()
         unit = "recovery" if self.normalised else self.metric
-        return (f"{self.title}\n{self.metric}: clean {float(self.clean_values.mean()):.3f}, corrupt "
-                f"{float(self.corrupt_values.mean()):.3f} (means); largest mean {unit}: "
-                + ", ".join(f"{m._cell(int(i))} {float(mean[i]):+.3f} ± {float(std[i]):.3f}" for i in top))
+        return (
+            f"{self.title}\n{self.metric}: clean {float(self.clean_values.mean()):.3f}, corrupt "
+            f"{float(self.corrupt_values.mean()):.3f} (means); largest mean {unit}: "
+            + ", ".join(f"{m._cell(int(i))} {float(mean[i]):+.3f} ± {float(std[i]):.3f}" for i in top)
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per site: the mean over pairs (``value``) and its standard deviation (``std``)."""
@@ -175,8 +225,13 @@ class EapPart:
         from uncover.circuits.eap import eap
         from uncover.circuits.prompts import Prompts
 
-        prompts = Prompts.build(model, [p.clean for p in pairs], [p.corrupt for p in pairs],
-                                [p.answer for p in pairs], [p.wrong for p in pairs])
+        prompts = Prompts.build(
+            model,
+            [p.clean for p in pairs],
+            [p.corrupt for p in pairs],
+            [p.answer for p in pairs],
+            [p.wrong for p in pairs],
+        )
         return eap(model, prompts, method=self.method, metric=self.metric, steps=self.steps).scores, prompts.n
 
 
@@ -190,8 +245,17 @@ def mean_scores(parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     return (total / sum(n for _, n in parts)).float()
 
 
-def circuit_sweep(engine: Engine, model: HookedModel, pairs: list[PromptPair], *, method: str = "eap",
-                  metric: str = "logit_diff", steps: int = 5, shard_size: int = 8, progress: Any = False) -> SweepRun:
+def circuit_sweep(
+    engine: Engine,
+    model: HookedModel,
+    pairs: list[PromptPair],
+    *,
+    method: str = "eap",
+    metric: str = "logit_diff",
+    steps: int = 5,
+    shard_size: int = 8,
+    progress: Any = False,
+) -> SweepRun:
     """EAP or EAP-IG edge scores over many prompt pairs, sharded (``value``: a :class:`Circuit` keeping every
     edge; prune it with ``top`` or ``threshold``). ``model`` gives the graph (the driver's).
 
@@ -212,14 +276,28 @@ def circuit_sweep(engine: Engine, model: HookedModel, pairs: list[PromptPair], *
     from uncover.circuits.graph import Graph
 
     if method not in EAP_METHODS:
-        raise UsageError(f"unknown method {method!r} for a sweep; valid: {', '.join(EAP_METHODS)} (ACDC prunes "
-                         "against all prompts at once and does not split into shards)")
+        raise UsageError(
+            f"unknown method {method!r} for a sweep; valid: {', '.join(EAP_METHODS)} (ACDC prunes "
+            "against all prompts at once and does not split into shards)"
+        )
     if metric not in EAP_METRICS:
         raise UsageError(f"EAP needs a metric with a gradient; valid: {', '.join(EAP_METRICS)}")
-    run = sweep(engine, EapPart(method, metric, steps), list(pairs), mean_scores, shard_size=shard_size,
-                progress=progress, desc=method)
+    run = sweep(
+        engine,
+        EapPart(method, metric, steps),
+        list(pairs),
+        mean_scores,
+        shard_size=shard_size,
+        progress=progress,
+        desc=method,
+    )
     graph = Graph.from_model(model)
-    info = {"model": model.name, "prompts": len(pairs), **({"steps": steps} if method == "eap-ig" else {}),
-            "engine": run.engine, "shard_seconds": [round(s, 4) for s in run.seconds]}
+    info = {
+        "model": model.name,
+        "prompts": len(pairs),
+        **({"steps": steps} if method == "eap-ig" else {}),
+        "engine": run.engine,
+        "shard_seconds": [round(s, 4) for s in run.seconds],
+    }
     run.value = Circuit(graph, run.value * graph.valid, graph.valid.clone(), method, metric, info)
     return run
