@@ -17,7 +17,7 @@ import torch
 
 from uncover.core.errors import UsageError
 from uncover.core.names import act_name
-from uncover.serve.common import dist
+from uncover.serve.common import dist, token_strs
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -64,7 +64,7 @@ def patch_cell(model: HookedModel, config: Any, result: Any, index: list[int], k
     n_pos = base.shape[1]
     if result.per == "pos":
         iv = Replace(name, positions=(index[1],), source=source)
-        label = f"L{layer} {result.hook} @ {model._strs([int(base[0, index[1]])])[0]!r} (pos {index[1]})"
+        label = f"L{layer} {result.hook} @ {token_strs(model, [int(base[0, index[1]])])[0]!r} (pos {index[1]})"
     elif result.per == "head":
         iv = Replace(name, heads=(index[1],), positions=tuple(range(result.first_diff, n_pos)), source=source)
         label = f"L{layer}H{index[1]} z"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,6 +51,15 @@ def token_id(model: HookedModel, tok: str | int | None, fallback: int) -> int:
     return model.to_single_token(tok)
 
 
+def token_strs(model: HookedModel, ids: list[int]) -> list[str]:
+    """Each token id as its text (the model's public ``to_str_tokens`` of a 1-D tensor).
+
+    >>> token_strs(model, model.to_tokens("The Eiffel")[0].tolist())
+    ['The', ' E', 'iffel']
+    """
+    return model.to_str_tokens(torch.tensor(ids, dtype=torch.long))
+
+
 def dist(logits: torch.Tensor, model: HookedModel, k: int, ids: list[int]) -> dict[str, Any]:
     """Top-k ``[token, id, prob]`` and the probabilities of ``ids`` under ``logits`` ``[d_vocab]``.
 
@@ -62,7 +70,7 @@ def dist(logits: torch.Tensor, model: HookedModel, k: int, ids: list[int]) -> di
     p = torch.softmax(logits.float(), -1)
     tp, ti = p.topk(k)
     return {
-        "top": [[model._strs([int(i)])[0], int(i), round(float(v), 5)] for v, i in zip(tp, ti)],
+        "top": [[token_strs(model, [int(i)])[0], int(i), round(float(v), 5)] for v, i in zip(tp, ti)],
         "tracked": [round(float(p[i]), 5) for i in ids],
     }
 
@@ -75,8 +83,3 @@ def prompt_ids(model: HookedModel, prompt: Any, view: str = "features") -> torch
     if len(ids) > MAX_TOKENS:
         raise UsageError(f"prompt is {len(ids)} tokens; the {view} view takes at most {MAX_TOKENS}")
     return ids
-
-
-def finite(x: float) -> float | None:
-    """``x``, or ``None`` when it is NaN or infinite (JSON has neither)."""
-    return x if math.isfinite(x) else None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from uncover.core.errors import UsageError
-from uncover.serve.common import prompt_ids
+from uncover.serve.common import prompt_ids, token_strs
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -65,7 +65,7 @@ def features_view(model: HookedModel, sae: Any, prompt: str, k: int = 5) -> dict
     off = 1 if f.shape[0] > 1 else 0
     top = [[int(j), round(float(best[j]), 4), int(where[j]) + off] for j in order if float(best[j]) > 0]
     return {
-        "tokens": model._strs(ids.tolist()),
+        "tokens": token_strs(model, ids.tolist()),
         "ids": ids.tolist(),
         "hook": hook,
         "d_sae": sae.cfg.d_sae,

@@ -19,7 +19,7 @@ import torch
 
 from uncover.core.errors import UsageError
 from uncover.core.names import act_name
-from uncover.serve.common import MAX_TOKENS, dist, rounded, token_id
+from uncover.serve.common import MAX_TOKENS, dist, rounded, token_id, token_strs
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -115,11 +115,11 @@ def prompt_view(
         dla = direct_logit_attribution(model, ids[None], a_id, w_id, cache=cache)
     flat = lens_ids.flatten().tolist()
     unique = sorted(set(flat))
-    text = dict(zip(unique, model._strs(unique)))  # one decode per distinct token
+    text = dict(zip(unique, token_strs(model, unique)))  # one decode per distinct token
     vocab = [text[i] for i in flat]
     width = len(positions)
     return {
-        "tokens": model._strs(ids.tolist()),
+        "tokens": token_strs(model, ids.tolist()),
         "ids": ids.tolist(),
         "top": nxt["top"],
         "lens": {
@@ -130,8 +130,8 @@ def prompt_view(
         },
         "attention": rounded(att, 3),
         "dla": {
-            "answer": model._strs([a_id])[0],
-            "wrong": model._strs([w_id])[0],
+            "answer": token_strs(model, [a_id])[0],
+            "wrong": token_strs(model, [w_id])[0],
             "answer_id": a_id,
             "wrong_id": w_id,
             "labels": dla.labels,
