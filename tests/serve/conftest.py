@@ -13,8 +13,10 @@ import torch
 from tests.conftest import tiny, word_level_tokenizer
 
 TOKEN = "test-token-123"
-WORDS = ("the tower is in city of paris rome london big ben colosseum a movie was good bad it and to "
-         "there then when we you i be at on for with this that mary john gave drink store went").split()
+WORDS = (
+    "the tower is in city of paris rome london big ben colosseum a movie was good bad it and to "
+    "there then when we you i be at on for with this that mary john gave drink store went"
+).split()
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -86,8 +88,9 @@ class LiveServer:
 
         self.port = free_port()
         self.app = create_app(model, results, token=TOKEN)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         end = time.time() + 20

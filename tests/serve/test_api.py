@@ -23,9 +23,17 @@ def test_every_api_route_needs_the_token(app):
     from fastapi.testclient import TestClient
 
     c = TestClient(app, base_url="http://127.0.0.1:8765")
-    for method, path in [("get", "/api/model"), ("get", "/api/operations"), ("get", "/api/jobs"),
-                         ("post", "/api/jobs"), ("post", "/api/prompt"), ("get", "/api/files"),
-                         ("get", "/api/files/x"), ("post", "/api/compare"), ("post", "/api/open")]:
+    for method, path in [
+        ("get", "/api/model"),
+        ("get", "/api/operations"),
+        ("get", "/api/jobs"),
+        ("post", "/api/jobs"),
+        ("post", "/api/prompt"),
+        ("get", "/api/files"),
+        ("get", "/api/files/x"),
+        ("post", "/api/compare"),
+        ("post", "/api/open"),
+    ]:
         r = getattr(c, method)(path)
         assert r.status_code == 401, path
         assert "token" in r.json()["error"]
@@ -48,8 +56,9 @@ def test_unknown_host_and_foreign_origin_are_refused(client):
 
 
 def test_bodies_and_texts_are_bounded(client):
-    r = client.post("/api/prompt", content=b'{"prompt": "' + b"a" * 300_000 + b'"}',
-                    headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/api/prompt", content=b'{"prompt": "' + b"a" * 300_000 + b'"}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413 and "too large" in r.json()["error"]
     r = client.post("/api/prompt", json={"prompt": "the " * 1500})
     assert r.status_code == 400 and "at most" in r.json()["error"]
@@ -88,8 +97,9 @@ def test_no_traceback_in_a_crash(app):
 
     srv = app.state.server
     broken = srv.model.model.config  # a prompt view that crashes inside the worker
-    c = TestClient(app, base_url="http://127.0.0.1:8765", headers={"X-Uncover-Token": TOKEN},
-                   raise_server_exceptions=False)
+    c = TestClient(
+        app, base_url="http://127.0.0.1:8765", headers={"X-Uncover-Token": TOKEN}, raise_server_exceptions=False
+    )
     original = srv.model.tokenize
     srv.model.tokenize = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom\nTraceback (most recent"))
     try:
@@ -101,8 +111,9 @@ def test_no_traceback_in_a_crash(app):
 
 
 # ---- files: nothing outside the results folder -----------------------------------------------------
-@pytest.mark.parametrize("name", ["../secret.txt", "..%2Fsecret.txt", "%2Fetc%2Fpasswd", "a/../../secret.txt",
-                                  "..\\secret.txt"])
+@pytest.mark.parametrize(
+    "name", ["../secret.txt", "..%2Fsecret.txt", "%2Fetc%2Fpasswd", "a/../../secret.txt", "..\\secret.txt"]
+)
 def test_no_traversal_out_of_the_results_folder(client, app, name):
     root = app.state.server.results
     (root.parent / "secret.txt").write_text("TOP-SECRET-CONTENT")
@@ -196,8 +207,10 @@ def test_a_patch_cell_is_that_single_patch(client, wmodel):
     cell = client.post(f"/api/jobs/{j['id']}/cell", json={"index": [1, 4]}).json()
     # reference: run the corrupt prompt with the clean resid_pre of layer 1 at position 4
     _, cache = wmodel.run_with_cache(PATCH["clean"], names=["blocks.1.hook_resid_pre"])
-    with torch.no_grad(), wmodel.intervene([Replace("blocks.1.hook_resid_pre", positions=(4,),
-                                                    source=cache["blocks.1.hook_resid_pre"])]):
+    with (
+        torch.no_grad(),
+        wmodel.intervene([Replace("blocks.1.hook_resid_pre", positions=(4,), source=cache["blocks.1.hook_resid_pre"])]),
+    ):
         p = torch.softmax(wmodel(PATCH["corrupt"])[0, -1], -1)
     a, w = wmodel.to_single_token("paris"), wmodel.to_single_token("rome")
     assert cell["patched"]["tracked"] == pytest.approx([float(p[a]), float(p[w])], abs=1e-4)
@@ -212,8 +225,9 @@ def test_a_patch_cell_is_that_single_patch(client, wmodel):
 
 
 def test_cancel_a_running_training_job(client):
-    j = client.post("/api/jobs", json={"op": "grok", "config": {"p": 7, "steps": 100000, "eval_every": 50,
-                                                                  "threads": 1}}).json()
+    j = client.post(
+        "/api/jobs", json={"op": "grok", "config": {"p": 7, "steps": 100000, "eval_every": 50, "threads": 1}}
+    ).json()
     end = time.time() + 30
     while client.get(f"/api/jobs/{j['id']}").json()["status"] == "queued" and time.time() < end:
         time.sleep(0.02)
@@ -223,8 +237,9 @@ def test_cancel_a_running_training_job(client):
     assert j["status"] == "cancelled" and j["files"] == {}
     assert client.get(f"/api/jobs/{j['id']}/result").status_code == 409
     # the worker goes on
-    assert wait(client, client.post("/api/jobs", json={"op": "patch", "config": PATCH}).json()["id"])["status"] \
-        == "done"
+    assert (
+        wait(client, client.post("/api/jobs", json={"op": "patch", "config": PATCH}).json()["id"])["status"] == "done"
+    )
 
 
 def test_cancel_a_queued_job_and_the_queue_runs_one_at_a_time(client):
@@ -263,11 +278,18 @@ def test_a_failing_job_leaves_server_and_model_intact(client, wmodel, monkeypatc
     monkeypatch.undo()
     assert weights_fingerprint(wmodel.model) == before
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in wmodel.model.modules()) == n_hooks
-    assert wait(client, client.post("/api/jobs", json={"op": "patch", "config": PATCH}).json()["id"])["status"] \
-        == "done"
+    assert (
+        wait(client, client.post("/api/jobs", json={"op": "patch", "config": PATCH}).json()["id"])["status"] == "done"
+    )
     # a weight edit that fails (no subject-specific neuron in a random model) changes nothing
-    cfg = {"prompt": "the tower is in the city of", "subject": "the tower", "target": " london", "method": "kn",
-           "layer": 1, "gen_tokens": 0}
+    cfg = {
+        "prompt": "the tower is in the city of",
+        "subject": "the tower",
+        "target": " london",
+        "method": "kn",
+        "layer": 1,
+        "gen_tokens": 0,
+    }
     j = wait(client, client.post("/api/jobs", json={"op": "edit", "config": cfg}).json()["id"])
     assert j["status"] == "failed" and "knowledge neurons" in j["error"] and "Traceback" not in j["error"]
     assert weights_fingerprint(wmodel.model) == before and client.get("/api/model").json()["applied"] == []
@@ -275,8 +297,15 @@ def test_a_failing_job_leaves_server_and_model_intact(client, wmodel, monkeypatc
 
 def test_edit_then_revert_is_bit_identical(client, wmodel):
     before = client.get("/api/model").json()["fingerprint"]
-    cfg = {"prompt": "the tower is in the city of", "subject": "the tower", "target": " london",
-           "method": "rome", "layer": 1, "mom2_samples": 300, "gen_tokens": 0}
+    cfg = {
+        "prompt": "the tower is in the city of",
+        "subject": "the tower",
+        "target": " london",
+        "method": "rome",
+        "layer": 1,
+        "mom2_samples": 300,
+        "gen_tokens": 0,
+    }
     j = wait(client, client.post("/api/jobs", json={"op": "edit", "config": cfg}).json()["id"])
     assert j["status"] == "done", j["error"]
     edited = client.get("/api/model").json()
@@ -328,14 +357,25 @@ def test_circuit_and_steering_views(client, wmodel):
     assert [e[:2] for e in view["edges"]] == [list(e[:2]) for e in ref.top(10).edges()]
     scores = [abs(e[2]) for e in view["edges"]]
     assert scores == sorted(scores, reverse=True)
-    cfg = {"prompts": ["the tower is"], "positive": "good", "negative": "bad", "layer": 1, "scale": 5.0,
-           "max_new_tokens": 3}
+    cfg = {
+        "prompts": ["the tower is"],
+        "positive": "good",
+        "negative": "bad",
+        "layer": 1,
+        "scale": 5.0,
+        "max_new_tokens": 3,
+    }
     j = wait(client, client.post("/api/jobs", json={"op": "steer", "config": cfg}).json()["id"])
     view = client.get(f"/api/jobs/{j['id']}/result").json()["view"]
     ref = uc.run("steer", wmodel, **cfg)
     assert {k: view[k] for k in ("prompts", "plain", "steered", "kl", "score_plain", "score_steered")} == {
-        "prompts": ref.prompts, "plain": ref.plain, "steered": ref.steered, "kl": ref.kl,
-        "score_plain": ref.score_plain, "score_steered": ref.score_steered}
+        "prompts": ref.prompts,
+        "plain": ref.plain,
+        "steered": ref.steered,
+        "kl": ref.kl,
+        "score_plain": ref.score_plain,
+        "score_steered": ref.score_steered,
+    }
     assert view["kl"] > 0 and view["neutral_tokens"] == ref.neutral_tokens > 0
 
 
@@ -375,4 +415,3 @@ def test_prompt_view_runs_one_forward_pass_on_the_servers_threads(app, client, w
         handle.remove()
     assert len(calls) == 1
     assert app.state.server.worker.call(torch.get_num_threads) == torch.get_num_threads()
-

@@ -20,8 +20,9 @@ def saved_sae(app, wmodel):
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        sae = TopKSAE(SAEConfig(d_in=wmodel.cfg.d_model, d_sae=48, architecture="topk", k=4,
-                                hook_name="blocks.1.hook_resid_post"))
+        sae = TopKSAE(
+            SAEConfig(d_in=wmodel.cfg.d_model, d_sae=48, architecture="topk", k=4, hook_name="blocks.1.hook_resid_post")
+        )
     sae.save(app.state.server.results / "mysae")
     return sae
 
@@ -41,14 +42,18 @@ def test_features_per_token_are_the_sae_code_at_its_hook(client, wmodel, saved_s
             assert a == pytest.approx(float(f[pos, i]), abs=1e-3)
     best = f[1:].max(0).values
     assert v["top"][0][1] == pytest.approx(float(best.max()), abs=1e-3)
-    for bad, msg in (({"path": "../x"}, "outside the results folder"), ({"path": "nosae"}, "SAE"),
-                     ({"path": "mysae", "k": 0}, "k must be")):
+    for bad, msg in (
+        ({"path": "../x"}, "outside the results folder"),
+        ({"path": "nosae"}, "SAE"),
+        ({"path": "mysae", "k": 0}, "k must be"),
+    ):
         r = client.post("/api/features", json={"prompt": PROMPT, **bad})
         assert r.status_code == 400 and msg in r.json()["error"]
 
 
 def test_steering_a_latent_is_the_sae_steer_operation_and_moves_the_activation_by_its_decoder_row(
-        client, wmodel, saved_sae):
+    client, wmodel, saved_sae
+):
     v = client.post("/api/features", json={"prompt": PROMPT, "path": "mysae"}).json()
     latent, _, _ = v["top"][0]
     hook = "blocks.1.hook_resid_post"
@@ -56,8 +61,11 @@ def test_steering_a_latent_is_the_sae_steer_operation_and_moves_the_activation_b
     with torch.no_grad():
         f = saved_sae.encode(cache[hook][0])[:, latent]  # [pos]
     for mode, scale, delta in (("ablate", 0.0, -f), ("steer", 7.5, torch.full_like(f, 7.5))):
-        job = _job(client, "sae steer", {"prompt": PROMPT, "path": "mysae", "latent": latent, "mode": mode,
-                                         "scale": scale, "max_new_tokens": 2})
+        job = _job(
+            client,
+            "sae steer",
+            {"prompt": PROMPT, "path": "mysae", "latent": latent, "mode": mode, "scale": scale, "max_new_tokens": 2},
+        )
         res = client.get(f"/api/jobs/{job}/result").json()
         e = res["view"]
 
@@ -111,15 +119,23 @@ def test_cells_of_path_patching_attribution_patching_and_causal_tracing(client, 
     assert view["type"] == "patch" and view["per"] == "pos"
     c = client.post(f"/api/jobs/{jid}/cell", json={"index": [1, 4]}).json()
     _, cache = wmodel.run_with_cache(PAIR["clean"], names=["blocks.1.hook_resid_pre"])
-    with torch.no_grad(), wmodel.intervene([Replace("blocks.1.hook_resid_pre", positions=(4,),
-                                                    source=cache["blocks.1.hook_resid_pre"])]):
+    with (
+        torch.no_grad(),
+        wmodel.intervene([Replace("blocks.1.hook_resid_pre", positions=(4,), source=cache["blocks.1.hook_resid_pre"])]),
+    ):
         p = torch.softmax(wmodel(PAIR["corrupt"])[0, -1], -1)
     a, w = wmodel.to_single_token("paris"), wmodel.to_single_token("rome")
     assert c["patched"]["tracked"] == pytest.approx([float(p[a]), float(p[w])], abs=1e-4)
     assert c["value"] == pytest.approx(view["grid"][1][4], abs=1e-3)
     # causal tracing: restoring one cell under the trace's own noise gives the grid's indirect effect
-    cfg = {"prompt": "the tower is in the city of", "subject": "the tower", "answer": "paris", "kind": "all",
-           "samples": 3, "window": 2}
+    cfg = {
+        "prompt": "the tower is in the city of",
+        "subject": "the tower",
+        "answer": "paris",
+        "kind": "all",
+        "samples": 3,
+        "window": 2,
+    }
     jid = _job(client, "trace", cfg)
     view = client.get(f"/api/jobs/{jid}/result").json()["view"]
     assert view["type"] == "trace" and set(view["grids"]) == {"hidden", "mlp", "attn"}
@@ -139,23 +155,32 @@ def test_an_edits_paraphrases_and_neighbours_before_and_after(client, wmodel):
 
     def logps() -> list[list[float]]:  # reference: log p(object | prompt) from the last position's logits
         with torch.no_grad():
-            return [[float(torch.log_softmax(wmodel(p)[0, -1].float(), -1)[o]) for o in objects]
-                    for p in ["the tower is in the city of", *paras, *neigh]]
+            return [
+                [float(torch.log_softmax(wmodel(p)[0, -1].float(), -1)[o]) for o in objects]
+                for p in ["the tower is in the city of", *paras, *neigh]
+            ]
 
     want_before = logps()
-    cfg = {"prompt": "the tower is in the city of", "subject": "the tower", "target": " london", "method": "rome",
-           "layer": 1, "mom2_samples": 300, "gen_tokens": 0}
+    cfg = {
+        "prompt": "the tower is in the city of",
+        "subject": "the tower",
+        "target": " london",
+        "method": "rome",
+        "layer": 1,
+        "mom2_samples": 300,
+        "gen_tokens": 0,
+    }
     jid = _job(client, "edit", cfg)
     edited = client.get("/api/model").json()["fingerprint"]
     want_after = logps()
-    g = client.post(f"/api/jobs/{jid}/generalisation", json={"paraphrases": paras, "neighbours": neigh,
-                                                              "true": "paris"}).json()
+    g = client.post(
+        f"/api/jobs/{jid}/generalisation", json={"paraphrases": paras, "neighbours": neigh, "true": "paris"}
+    ).json()
     assert client.get("/api/model").json()["fingerprint"] == edited  # the edit is back on, bit for bit
     assert g["true"] == "paris" and g["new"] == " london" and len(g["rows"]) == 2 * 5
     for stage, want in (("before", want_before), ("after", want_after)):
         rows = [r for r in g["rows"] if r["stage"] == stage]
-        assert [r["metric"] for r in rows] == ["efficacy", "paraphrase", "paraphrase", "neighbourhood",
-                                               "neighbourhood"]
+        assert [r["metric"] for r in rows] == ["efficacy", "paraphrase", "paraphrase", "neighbourhood", "neighbourhood"]
         got = [v for r in rows for v in (r["logp_true"], r["logp_new"])]
         assert got == pytest.approx([v for pair in want for v in pair], abs=1e-4)
         for r in rows:

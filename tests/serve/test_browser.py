@@ -14,8 +14,15 @@ from tests.serve.conftest import ARTIFACTS, LiveServer, word_model
 from uncover.ops.provenance import weights_fingerprint
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (CI installs chromium)")
 
@@ -40,8 +47,9 @@ def browser_context(tmp_path_factory):
 
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True, args=ARGS,
-                                                    viewport={"width": 1400, "height": 1000})
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=ARGS, viewport={"width": 1400, "height": 1000}
+        )
         try:
             yield ctx
         finally:
@@ -92,8 +100,11 @@ def test_type_a_prompt_and_see_the_lens(page):
 
 def test_run_a_patch_and_click_a_cell(page):
     page.click("#tabs button[data-tab='patching']")
-    fill(page, "patch", {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris",
-                         "wrong": "rome"})
+    fill(
+        page,
+        "patch",
+        {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris", "wrong": "rome"},
+    )
     page.click("form[data-op='patch'] button.run")
     page.wait_for_selector("#patching-result td.cell", timeout=30_000)
     assert page.locator("#patching-result td.cell").count() == 3 * 5
@@ -111,10 +122,21 @@ def test_click_cells_of_path_attribution_patching_and_causal_tracing(page):
     page.click("#tabs button[data-tab='operations']")
     pair = {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris", "wrong": "rome"}
     for op, values, cell, label in (
-            ("path", {**pair, "receivers": "logits", "receiver_positions": "-1"}, "1,2", "L1H2 → logits"),
-            ("attribute", pair, "2,4", "L2 resid_pre"),
-            ("trace", {"prompt": "the tower is in the city of", "subject": "the tower", "answer": "paris",
-                       "kind": "hidden", "samples": 2}, "1,3", "hidden state restored at L1")):
+        ("path", {**pair, "receivers": "logits", "receiver_positions": "-1"}, "1,2", "L1H2 → logits"),
+        ("attribute", pair, "2,4", "L2 resid_pre"),
+        (
+            "trace",
+            {
+                "prompt": "the tower is in the city of",
+                "subject": "the tower",
+                "answer": "paris",
+                "kind": "hidden",
+                "samples": 2,
+            },
+            "1,3",
+            "hidden state restored at L1",
+        ),
+    ):
         page.select_option("#op-select", op)
         fill(page, op, values)
         page.click(f"form[data-op='{op}'] button.run")
@@ -128,8 +150,17 @@ def test_click_cells_of_path_attribution_patching_and_causal_tracing(page):
 
 def test_circuit_graph_with_an_edge_slider(page):
     page.click("#tabs button[data-tab='circuits']")
-    fill(page, "circuit", {"clean": "the tower is in paris", "corrupt": "the tower is in rome", "answer": "paris",
-                           "wrong": "rome", "edges": 12})
+    fill(
+        page,
+        "circuit",
+        {
+            "clean": "the tower is in paris",
+            "corrupt": "the tower is in rome",
+            "answer": "paris",
+            "wrong": "rome",
+            "edges": 12,
+        },
+    )
     page.click("form[data-op='circuit'] button.run")
     page.wait_for_selector("#circuits-result svg.circuit line", state="attached", timeout=30_000)
     assert page.locator("#circuits-result svg.circuit line").count() == 12
@@ -144,9 +175,20 @@ def test_attribution_graph_pruning_sliders_and_a_supernode_grouped_by_hand(page,
 
     transcoder_set(live.app.state.server.model).save(live.app.state.server.results / "tset")
     page.click("#tabs button[data-tab='circuits']")
-    fill(page, "graph", {"prompt": "the tower is in", "target": "paris", "transcoders": "tset",
-                         "max_feature_nodes": 24, "batch_size": 8, "node_threshold": 0.99, "edge_threshold": 0.99,
-                         "quick_layers": ""})
+    fill(
+        page,
+        "graph",
+        {
+            "prompt": "the tower is in",
+            "target": "paris",
+            "transcoders": "tset",
+            "max_feature_nodes": 24,
+            "batch_size": 8,
+            "node_threshold": 0.99,
+            "edge_threshold": 0.99,
+            "quick_layers": "",
+        },
+    )
     page.click("form[data-op='graph'] button.run")
     svg = "#graph-result svg.graph"
     page.wait_for_selector(f"{svg} .graph-node", state="attached", timeout=60_000)
@@ -167,8 +209,9 @@ def test_attribution_graph_pruning_sliders_and_a_supernode_grouped_by_hand(page,
     shot(page, "graph")
     before = page.inner_text("#graph-result .graph-count")
     page.fill("#graph-result input[name='node_threshold']", "0.3")  # pruned again by the server
-    page.wait_for_function("t => document.querySelector('#graph-result .graph-count').textContent !== t", arg=before,
-                           timeout=20_000)
+    page.wait_for_function(
+        "t => document.querySelector('#graph-result .graph-count').textContent !== t", arg=before, timeout=20_000
+    )
     assert page.locator(f"{svg} .graph-node").count() < n_nodes
     page.click("#graph-result .supernode-list button.ungroup")
     assert page.locator(f"{svg} .supernode").count() == 0
@@ -177,8 +220,11 @@ def test_attribution_graph_pruning_sliders_and_a_supernode_grouped_by_hand(page,
 
 def test_steering_side_by_side_with_a_scale_slider(page):
     page.click("#tabs button[data-tab='steering']")
-    fill(page, "steer", {"prompts": "the tower is", "positive": "good", "negative": "bad", "layer": 1,
-                         "max_new_tokens": 3})
+    fill(
+        page,
+        "steer",
+        {"prompts": "the tower is", "positive": "good", "negative": "bad", "layer": 1, "max_new_tokens": 3},
+    )
     page.fill("#steer-scale", "8")  # releasing the slider runs the operation with that scale
     page.wait_for_selector("#steering-result h4", timeout=30_000)
     assert page.input_value("form[data-op='steer'] [name='scale']") == "8"
@@ -200,8 +246,9 @@ def test_features_of_a_prompt_a_latent_dashboard_and_its_ablation(page, live):
     model = live.app.state.server.model
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        sae = TopKSAE(SAEConfig(d_in=model.cfg.d_model, d_sae=48, architecture="topk", k=4,
-                                hook_name="blocks.1.hook_resid_post"))
+        sae = TopKSAE(
+            SAEConfig(d_in=model.cfg.d_model, d_sae=48, architecture="topk", k=4, hook_name="blocks.1.hook_resid_post")
+        )
     sae.save(live.app.state.server.results / "runs" / "mysae")
     page.click("#tabs button[data-tab='features']")
     page.wait_for_selector("#features-sae option[value='runs/mysae']", state="attached", timeout=10_000)
@@ -230,8 +277,19 @@ def test_apply_and_revert_an_edit(page, live):
     before = weights_fingerprint(model.model)
     assert page.inner_text("#fingerprint") == before
     page.click("#tabs button[data-tab='editing']")
-    fill(page, "edit", {"prompt": "the tower is in the city of", "subject": "the tower", "target": " london",
-                        "method": "rome", "layer": 1, "mom2_samples": 300, "gen_tokens": 0})
+    fill(
+        page,
+        "edit",
+        {
+            "prompt": "the tower is in the city of",
+            "subject": "the tower",
+            "target": " london",
+            "method": "rome",
+            "layer": 1,
+            "mom2_samples": 300,
+            "gen_tokens": 0,
+        },
+    )
     page.click("form[data-op='edit'] button.run")
     page.wait_for_selector("#editing-result button.revert", timeout=60_000)
     edited = weights_fingerprint(model.model)

@@ -16,6 +16,7 @@ def started(monkeypatch, wmodel):
 
     calls: dict = {}
     monkeypatch.setattr(hooked, "load", lambda name=None, **kw: calls.setdefault("load", (name, kw)) and wmodel)
+
     def fake_run(app, **kw):
         calls.update(app=app, **kw)
         calls.get("during", lambda a: None)(app)  # what a client sees while the server runs

@@ -27,4 +27,4 @@ def test_prompt_view_of_a_fact_on_the_embedded_model(real, tmp_path, one_thread)
     assert sum(d["contributions"]) == pytest.approx(d["logit_diff"], abs=1e-2)
     rows = v["attention"][5][0]
     assert all(abs(sum(r) - 1) < 1e-2 for r in rows)  # each query's pattern sums to one
-    assert all(x == 0 for i, r in enumerate(rows) for x in r[i + 1:])  # causal
+    assert all(x == 0 for i, r in enumerate(rows) for x in r[i + 1 :])  # causal
