@@ -5,16 +5,27 @@
 residual), ``stack_head_results`` (each head's write to the residual stream) and
 ``apply_ln_to_stack`` (the final norm's scale applied to a stack, as TransformerLens
 does, so that components add up to the pre-unembed activations).
+
+Some cached values are *derived* ones that the model never computes itself (``hook_resid_mid``
+as ``resid_pre + attn_out``, attention scores and patterns under fused attention kernels,
+per-head ``hook_result``). :class:`Recorder`, which collects a ``run_with_cache`` call, can take
+them as a :class:`Lazy` recipe instead of a tensor: the value is computed, with the very
+operations the hooks would have run, when it is first read. Every hook on those names must be
+one of the recorder's own (a hook that could write them gets the eager value), and a recipe is
+only taken when the tensors it keeps alive are no bigger than the values it replaces, so a cache
+never holds more memory than before. Why: keeping hundreds of fresh tensors alive is what caching
+every hook costs (each call faults its cache into new pages), and the side computation of
+attention patterns was a third of that cost (BENCHMARKS.md, "Caching every hook").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from uncover.core.errors import UnknownHookName, did_you_mean
+from uncover.core.errors import UncoverError, UnknownHookName, did_you_mean
 from uncover.core.names import act_name, head_label
 
 if TYPE_CHECKING:
@@ -40,8 +51,109 @@ def norm_scale(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
     return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place modification counter (``None`` for inference-mode tensors, which have none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+class Lazy:
+    """A recipe for cached values not computed yet: ``compute()`` gives ``{name: tensor}``.
+
+    ``inputs`` are the tensors the recipe reads (kept alive until it runs). Their in-place
+    modification counters are recorded, so a recipe whose inputs were changed in place (a cached
+    tensor edited before its derived values were read) refuses instead of computing a wrong value.
+    One recipe can give several names (a layer's scores and pattern), computed together once.
+    """
+
+    def __init__(self, compute: Callable[[], dict[str, torch.Tensor]], inputs: Sequence[torch.Tensor],
+                 device: torch.device | str | None = None):
+        self.compute = compute
+        self.inputs = tuple(inputs)
+        self.versions = tuple(_version(t) for t in self.inputs)
+        self.device = device
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        for t, v in zip(self.inputs, self.versions):
+            if v is not None and _version(t) != v:
+                raise UncoverError(
+                    "a cached value was modified in place before the values derived from it were read; read "
+                    "them first (or change a .clone() of the cached value)"
+                )
+        out = self.compute()
+        return out if self.device is None else {n: v.to(self.device) for n, v in out.items()}
+
+
+class Recorder:
+    """Collects the values of one ``run_with_cache`` call: tensors, or :class:`Lazy` recipes.
+
+    ``saver(name)`` is the hook function that stores ``name``; the hook engine, where it would
+    compute a value only to show it to hooks, offers the recipe instead (:meth:`defer`) when every
+    hook there is a saver of this recorder.
+    """
+
+    def __init__(self, device: torch.device | str | None = None):
+        self.store: dict[str, torch.Tensor] = {}
+        self.pending: dict[str, Lazy] = {}
+        self.device = device
+        self._held: set[tuple[str, int]] = set()
+        """Storages the cache keeps alive (stored values and recipe inputs)."""
+
+    def saver(self, name: str) -> Callable[[torch.Tensor, Any], None]:
+        """The hook function storing ``name`` (detached, moved to ``device`` if one was given)."""
+        return _Saver(self, name)
+
+    def put(self, name: str, v: torch.Tensor) -> None:
+        v = v.detach()
+        if self.device is not None:
+            v = v.to(self.device)
+        self.store[name] = v
+        self.pending.pop(name, None)
+        self._held.add(_storage_key(v))
+
+    def defer(self, names: Sequence[str], compute: Callable[[], dict[str, torch.Tensor]],
+              inputs: Sequence[torch.Tensor], nbytes: int) -> bool:
+        """Take ``names`` as a recipe reading ``inputs``, if that keeps no more memory alive than ``nbytes``
+        (what the eager values would take). Returns whether it did; if not, the hooks get the values."""
+        new: dict[tuple[str, int], int] = {}
+        for t in inputs:
+            if self.device is not None and t.device != torch.device(self.device):
+                return False  # the cache was asked to live elsewhere: don't keep tensors here
+            key = _storage_key(t)
+            if key not in self._held:
+                new[key] = t.untyped_storage().nbytes()
+        if sum(new.values()) > nbytes:
+            return False
+        lazy = Lazy(compute, inputs)
+        for n in names:
+            self.pending[n] = lazy
+        self._held.update(new)
+        return True
+
+
+class _Saver:
+    """A hook function that stores its value in a :class:`Recorder` (and can take recipes instead)."""
+
+    def __init__(self, recorder: Recorder, name: str):
+        self.defers_to = recorder
+        self.name = name
+
+    def __call__(self, v: torch.Tensor, hp: Any) -> None:
+        self.defers_to.put(self.name, v)
+
+
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Mapping from hook name to tensor, plus the batch it came from.
+
+    Derived values (``hook_result``, and under ``names=None`` ``hook_resid_mid``, scores and
+    patterns) may be held as recipes and computed on first access; ``in``, ``len``, iteration
+    (in forward order) and ``cache[name]`` treat them like any other name.
 
     >>> logits, cache = model.run_with_cache("Hi there")
     >>> resid, labels = cache.accumulated_resid()
@@ -52,34 +164,37 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         store: dict[str, torch.Tensor],
         model: HookedModel,
         batch: Batch,
-        pending: dict[str, torch.Tensor] | None = None,
+        pending: dict[str, Lazy] | None = None,
     ):
         self.store = store
         self.model = model
         self.batch = batch
         self.pending = pending or {}
-        """``hook_result`` names not computed yet, mapped to the cached ``hook_z`` they come from."""
+        """Names not computed yet, mapped to the :class:`Lazy` recipe that gives them."""
+        rank = {n: i for i, n in enumerate(model.hook_names())}
+        self._order = sorted([*store, *self.pending], key=lambda n: rank.get(n, len(rank)))
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
             return self.store[name]
         except KeyError:
-            if name in self.pending:
-                z = self.pending.pop(name)  # [batch, pos, head, d_head]
-                layer = int(name.split(".")[1])
-                w_o = self.model.W_O(layer)
-                self.store[name] = torch.einsum("bphd,hdm->bphm", z, w_o.to(device=z.device, dtype=z.dtype))
+            lazy = self.pending.get(name)
+            if lazy is not None:
+                for n, v in lazy().items():
+                    if self.pending.get(n) is lazy:  # a recipe fills every name it gives that is still pending
+                        self.store[n] = v
+                        del self.pending[n]
                 return self.store[name]
             if name in self.model.hook_names():
                 raise UnknownHookName(f"{name!r} was not cached; pass it in names= to run_with_cache") from None
-            valid = list(self.store) or self.model.hook_names()
+            valid = list(self) or self.model.hook_names()
             raise UnknownHookName(did_you_mean(name, valid, "hook name")) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self.store or name in self.pending
 
     def __iter__(self) -> Iterator[str]:
-        return iter([*self.store, *self.pending])
+        return iter(self._order)
 
     def __len__(self) -> int:
         return len(self.store) + len(self.pending)

@@ -203,7 +203,8 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
         t0 = t
         result: torch.Tensor | None = None
         rest = None  # recomputes the rest of a tuple output from a written first element (re-routing)
-        for _, site, fn, hp in entries:
+        for entry in entries:
+            _, site, fn, hp = entry
             if site.kind == "out":
                 v = site.extract(t)
                 new = fn(v, hp)
@@ -212,7 +213,10 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
                     rest = site.rest or rest
             elif site.kind == "mid":
                 pre = _here(state.stash[hp.layer], t)
-                mid = pre + site.extract(t)  # (Granite's residual multiplier is in extract/insert)
+                attn = site.extract(t)  # (Granite's residual multiplier is in extract/insert)
+                if _defer([entry], _adder(hp.name, pre, attn), [pre, attn], pre.nbytes):
+                    continue
+                mid = pre + attn
                 new = fn(mid, hp)
                 if _changed(new, mid):
                     t = site.insert(t, _here(new, mid) - pre)
@@ -249,7 +253,43 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
     return hook
 
 
+def _defer(entries: list, compute: Callable[[], dict[str, torch.Tensor]], inputs: list[torch.Tensor],
+           nbytes: int) -> bool:
+    """Offer a value that would be computed only to be shown to ``entries`` as a recipe instead.
+
+    Taken only when every hook there is a saver of one ``cache.Recorder`` (so none can write the
+    value) and the recorder agrees (what the recipe keeps alive is no bigger than ``nbytes``, the
+    eager values). ``compute()`` must run the same operations as the eager path: values are bit-identical.
+    """
+    owners = {id(o): o for o in (getattr(e[2], "defers_to", None) for e in entries)}
+    if len(owners) != 1 or None in owners.values():
+        return False
+    (owner,) = owners.values()
+    return bool(owner.defer([e[3].name for e in entries], compute, inputs, nbytes))
+
+
+def _adder(name: str, pre: torch.Tensor, attn: torch.Tensor) -> Callable[[], dict[str, torch.Tensor]]:
+    """``resid_mid`` as a recipe: the same addition as the eager path."""
+    return lambda: {name: pre + attn}
+
+
 def _attn_callable(entries: list) -> Callable:
+    def defer(scores: Callable[[], torch.Tensor], sinks: torch.Tensor | None, inputs: list[torch.Tensor]) -> bool:
+        """Scores and pattern as one recipe from the attention's inputs (``inputs[:2]``: post-rotary q and k)."""
+        names = [(site.order, hp.name) for _, site, _, hp in entries]  # now: entries change when hooks detach
+        q, k = inputs[0], inputs[1]  # [batch, head, q, d_head], [batch, kv_head, k, d_head]
+        nbytes = len(names) * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.element_size()
+
+        def compute() -> dict[str, torch.Tensor]:
+            s = scores()  # [batch, head, q, k]
+            out = {n: s for o, n in names if o == 0}
+            if any(o == 1 for o, _ in names):
+                p = attention.pattern_from_scores(s, sinks)
+                out.update({n: p for o, n in names if o == 1})
+            return out
+
+        return _defer(list(entries), compute, inputs, nbytes)
+
     def run(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
         changed = False
         for _, site, fn, hp in entries:
@@ -265,4 +305,5 @@ def _attn_callable(entries: list) -> Callable:
                     pattern, changed = site.insert(pattern, _here(new, pattern)), True
         return pattern, changed
 
+    run.defer = defer  # type: ignore[attr-defined]
     return run

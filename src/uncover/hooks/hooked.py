@@ -19,7 +19,7 @@ from torch import nn
 from uncover.core.errors import TokenError, UncoverError
 from uncover.core.names import GLOBAL_POINTS, HookName, block_points, resid_name
 from uncover.hooks.apply import hooks_for
-from uncover.hooks.cache import ActivationCache
+from uncover.hooks.cache import ActivationCache, Lazy, Recorder
 from uncover.hooks.engine import Attachment, ForwardState, HookFn
 from uncover.hooks.interventions import Intervention
 from uncover.hooks.offload import OffloadedAdapter, execution_device, is_offloaded
@@ -215,35 +215,45 @@ class HookedModel(nn.Module):
         ``device``: where cached tensors go (default: stay where computed; under a ``device_map``,
         gathered on :attr:`device`, the embedding's device).
         ``attn.hook_result`` values are computed on first access from the cached ``hook_z`` and
-        ``W_O`` (as costly as another output projection, so only paid when used).
+        ``W_O`` (as costly as another output projection, so only paid when used). Other values that
+        uncover derives rather than reads (``hook_resid_mid``, attention scores and patterns) are also
+        kept as recipes when that holds no more memory than the values would (see
+        :class:`~uncover.hooks.cache.Recorder`); either way ``cache[name]`` is bit-identical.
         """
         batch = self.tokenize(inputs)
         if device is None and self.device_map is not None:
             device = self.device
-        store: dict[str, torch.Tensor] = {}
         wanted = self.select_names(names)
         lazy = [n for n in wanted if n.endswith(".attn.hook_result")]
         z_for = {n: n.replace(".attn.hook_result", ".attn.hook_z") for n in lazy}
         aux = sorted({z for z in z_for.values() if z not in wanted})
         wanted = [n for n in wanted if n not in z_for] + aux
-
-        def saver(name: str) -> HookFn:
-            def fn(v: torch.Tensor, hp: Any) -> None:
-                v = v.detach()
-                store[name] = v if device is None else v.to(device)
-
-            return fn
-
-        hooks = [(n, saver(n)) for n in wanted if n != "logits"]
+        rec = Recorder(device)
+        hooks = [(n, rec.saver(n)) for n in wanted if n != "logits"]
         with torch.no_grad(), self.hooks(hooks):
             logits = self.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
             ).logits
         if "logits" in wanted:
-            store["logits"] = logits if device is None else logits.to(device)
+            rec.put("logits", logits)
+        store, pending = rec.store, rec.pending
         hidden = {z: store.pop(z) for z in aux}
-        pending = {n: store.get(z, hidden.get(z)) for n, z in z_for.items()}
+        for n, z in z_for.items():
+            pending[n] = self._head_results(n, store.get(z, hidden.get(z)))
         return logits, ActivationCache(store, self, batch, pending=pending)
+
+    def _head_results(self, name: str, z: torch.Tensor) -> Lazy:
+        """``name`` (``blocks.{l}.attn.hook_result``) as a recipe from the cached ``z``.
+
+        ``z`` is ``[batch, pos, head, d_head]``; the value is ``[batch, pos, head, d_model]``.
+        """
+        layer = int(name.split(".")[1])
+
+        def compute() -> dict[str, torch.Tensor]:
+            w_o = self.W_O(layer)  # [head, d_head, d_model]
+            return {name: torch.einsum("bphd,hdm->bphm", z, w_o.to(device=z.device, dtype=z.dtype))}
+
+        return Lazy(compute, [z])
 
     def generate(self, inputs: str | Sequence[str], max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
         """Greedy (by default) continuation text; active hooks and interventions apply.
