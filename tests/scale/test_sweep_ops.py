@@ -54,6 +54,14 @@ def test_configs_refuse_what_does_not_fit_in_one_line():
         ContextsSweepConfig(tokens=10)
 
 
+def test_sweep_pairs_reads_a_file_and_refuses_unknown_tasks(tiny_model, pairs_file):
+    from uncover.scale.ops import sweep_pairs
+
+    assert sweep_pairs(tiny_model, n=4, pairs_file=pairs_file) == MIXED[:4]
+    with pytest.raises(UsageError, match="unknown task 'ioj'; valid: ioi, facts, greater_than"):
+        sweep_pairs(tiny_model, "ioj")
+
+
 def test_patch_sweep_operation_gives_the_sweeps_grids(tiny_model, pairs_file, tmp_path, one_thread):
     r = uc.run(
         "patch-sweep",

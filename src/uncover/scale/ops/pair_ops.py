@@ -42,34 +42,38 @@ class PairsSweepConfig(Config):
     ray_address: str | None = ray_address_param()
 
 
-def sweep_pairs(model: HookedModel, cfg: PairsSweepConfig, chunk: int = 32) -> list[PromptPair]:
-    """Up to ``n_pairs`` pairs: the file's (checked), or the task's that the model gets right (checked ``chunk``
-    at a time, so that thousands of prompts never make one batch).
+def sweep_pairs(
+    model: HookedModel, task: str = "ioi", n: int = 32, pairs_file: str | Path | None = None, *, chunk: int = 32
+) -> list[PromptPair]:
+    """Up to ``n`` pairs: a JSONL file's (checked: equal token counts, one-token answers), or those of ``task`` the
+    model gets right (made ``2 n``, checked ``chunk`` prompts at a time, so that thousands never make one batch).
 
-    >>> len(sweep_pairs(model, PairsSweepConfig(n_pairs=3)))
+    >>> len(sweep_pairs(model, "ioi", 3))
     3
     """
     from uncover.data.tasks import TASKS, Task, facts_for, from_jsonl
 
-    if cfg.pairs_file is not None:
-        pairs = from_jsonl(cfg.pairs_file).check(model).pairs
-    elif cfg.task == "facts":
+    if pairs_file is not None:
+        pairs = from_jsonl(pairs_file).check(model).pairs
+    elif task == "facts":
         pairs = facts_for(model).pairs
-    else:
-        made = TASKS[cfg.task](2 * cfg.n_pairs).pairs
+    elif task in TASKS:
+        made = TASKS[task](2 * n).pairs
         pairs = [
             p
             for i in range(0, len(made), chunk)
-            for p in Task(cfg.task, made[i : i + chunk]).filter_correct(model).pairs
+            for p in Task(task, made[i : i + chunk]).filter_correct(model).pairs
             if len(model.to_tokens(p.clean)[0]) == len(model.to_tokens(p.corrupt)[0])
         ]
+    else:
+        raise UsageError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     if not pairs:
         raise UsageError(
-            f"no pairs to sweep: the model gets no {cfg.task} pair right"
-            if cfg.pairs_file is None
-            else f"{cfg.pairs_file} holds no pairs"
+            f"no pairs to sweep: the model gets no {task} pair right"
+            if pairs_file is None
+            else f"{pairs_file} holds no pairs"
         )
-    return pairs[: cfg.n_pairs]
+    return pairs[:n]
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class PatchSweepConfig(PairsSweepConfig):
 )
 def patch_sweep(model: HookedModel, cfg: PatchSweepConfig, progress: Progress) -> PatchSweep:
     """Activation or attribution patching over many prompt pairs, sharded (one grid per pair, and the mean)."""
-    pairs = sweep_pairs(model, cfg)
+    pairs = sweep_pairs(model, cfg.task, cfg.n_pairs, cfg.pairs_file)
     settings = PatchSettings(cfg.hook, cfg.per, cfg.metric, cfg.direction, cfg.method)
     progress.message(f"{cfg.method} patching of {len(pairs)} pairs on the {cfg.engine} engine ...")
     with open_engine(model, cfg) as eng:
@@ -138,7 +142,7 @@ class CircuitSweepConfig(PairsSweepConfig):
 )
 def circuit_sweep_op(model: HookedModel, cfg: CircuitSweepConfig, progress: Progress) -> Circuit:
     """EAP or EAP-IG circuit discovery over many prompt pairs, sharded (the scores of one batch of all pairs)."""
-    pairs = sweep_pairs(model, cfg)
+    pairs = sweep_pairs(model, cfg.task, cfg.n_pairs, cfg.pairs_file)
     progress.message(f"{cfg.method} on {len(pairs)} pairs on the {cfg.engine} engine ...")
     with open_engine(model, cfg) as eng:
         run = circuit_sweep(
