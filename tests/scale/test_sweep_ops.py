@@ -114,6 +114,8 @@ def test_contexts_sweep_operation_reads_a_corpus_file(tiny_model, corpus_file, o
     ref = top_activations(tiny_model, 2, [1, 2], tokens=blocks, k=3, batch_size=2, sample=0)
     assert torch.equal(r.tokens, blocks) and torch.equal(r.values, ref.values) and torch.equal(r.pos, ref.pos)
     assert r.units == ["L2N1", "L2N2"] and r.provenance.config["engine"] == "local"
+    with pytest.raises(UsageError, match=r"units \(--units\) \[48\] out of range; blocks.2.mlp.hook_post has 48 "):
+        uc.run("contexts-sweep", tiny_model, hook="blocks.2.mlp.hook_post", units=[1, 48], tokens=160, block_len=10)
 
 
 def test_contexts_sweep_from_the_command_line(tiny_dir, corpus_file, one_thread):

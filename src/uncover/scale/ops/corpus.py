@@ -227,6 +227,21 @@ class ContextsSweepConfig(Config):
                 f"got {self.tokens}"
             )
 
+    def check_model(self, model: HookedModel) -> None:
+        """The unit indices against the hook's width (one forward pass of two tokens, stopped at the hook)."""
+        super().check_model(model)
+        if self.units:
+            from uncover.hooks.harvest import capture
+
+            _, got = capture(model, torch.zeros(1, 2, dtype=torch.long), [self.hook])
+            d = next(iter(got.values()))[0, 0].numel()
+            bad = [u for u in self.units if u >= d]
+            if bad:
+                raise UsageError(
+                    f"ContextsSweepConfig: units (--units) {bad} out of range; {self.hook} has {d} features "
+                    f"(0..{d - 1})"
+                )
+
 
 @operation(
     "contexts-sweep",
