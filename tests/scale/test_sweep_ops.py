@@ -151,3 +151,27 @@ def test_contexts_sweep_from_the_command_line(tiny_dir, corpus_file, one_thread)
     assert doc["provenance"]["config"]["units"] == [1, 2] and doc["provenance"]["config"]["engine"] == "local"
     bad = CliRunner().invoke(build_app(), ["contexts-sweep", "--model", str(tiny_dir), "--shard-blocks", "12"])
     assert isinstance(bad.exception, UsageError) and "multiple of batch_size" in str(bad.exception)  # before loading
+
+
+def test_perplexity_operation_equals_pruning_perplexity_over_the_corpus(tiny_model, corpus_file, tmp_path, one_thread):
+    import math
+
+    from uncover.pruning.evaluate import perplexity
+    from uncover.scale.corpora import Corpus, token_blocks
+    from uncover.scale.ops.perplexity import PerplexityConfig
+
+    r = uc.run("perplexity", tiny_model, corpus=corpus_file, tokens=160, block_len=10, shard_blocks=3)
+    blocks = torch.stack(list(token_blocks(tiny_model, Corpus.open(corpus_file), 10, 16)))
+    ref = perplexity(tiny_model, blocks)
+    assert r.blocks == 16 and r.tokens == 16 * 9 and len(r.shards) == 6  # 3 + 3 + 3 + 3 + 3 + 1 blocks
+    assert math.isclose(r.perplexity, ref, rel_tol=1e-9)
+    assert [s["blocks"] for s in r.shards] == [3, 3, 3, 3, 3, 1]
+    # each shard's perplexity is its own blocks' perplexity
+    assert math.isclose(r.shards[-1]["perplexity"], perplexity(tiny_model, blocks[15:]), rel_tol=1e-9)
+    assert len(r.to_frame()) == 6 and "Perplexity" in r.summary()
+    back = load_result(r.save(tmp_path / "ppl.json"))
+    assert back.perplexity == r.perplexity and back.shards == r.shards
+    with pytest.raises(UsageError, match="at least one block of 128"):
+        PerplexityConfig(tokens=100)
+    with pytest.raises(UsageError, match=r"shard_blocks \(--shard-blocks\) must be >= 1"):
+        PerplexityConfig(shard_blocks=0)

@@ -7,6 +7,8 @@ single-process result, on the local or the Ray engine (``--engine local|ray``).
 - :mod:`~uncover.scale.ops.pairs` and :mod:`~uncover.scale.ops.pair_ops`: activation and attribution patching
   over many prompt pairs (:func:`patching_sweep`, ``patch-sweep``) and EAP/EAP-IG circuit discovery over many
   prompts (:func:`circuit_sweep`, ``circuit-sweep``);
+- :mod:`~uncover.scale.ops.perplexity`: a model's perplexity over a corpus (``perplexity``; e.g. a pruned
+  model saved by ``prune --out``);
 - :mod:`~uncover.scale.ops.edits`: an edit evaluation over many facts (:func:`edit_sweep`, ``edit-sweep``).
 
 Every part is a module-level callable, so Ray workers import it by name; the engine options are declared once
@@ -44,11 +46,13 @@ from uncover.scale.ops.pairs import (
     patching_sweep,
     stack_grids,
 )
+from uncover.scale.ops.perplexity import CorpusPerplexity, PerplexityConfig
 
 __all__ = [
     "CircuitSweepConfig",
     "ContextsPart",
     "ContextsSweepConfig",
+    "CorpusPerplexity",
     "EapPart",
     "EditPart",
     "EditSweepConfig",
@@ -57,6 +61,7 @@ __all__ = [
     "PatchSettings",
     "PatchSweep",
     "PatchSweepConfig",
+    "PerplexityConfig",
     "RomeEdit",
     "circuit_sweep",
     "concat_evals",
