@@ -7,7 +7,10 @@ On the embedded SmolLM2-135M-Instruct, batch 8 × 64 tokens of English text, all
 * uncover ``run_with_cache`` of the residual-stream hooks (``hook_embed``,
   ``hook_resid_pre/mid/post``, ``hook_attn_out``, ``hook_mlp_out``): goal ≤ 1.05× the floor;
 * uncover ``run_with_cache`` of every hook, per-head ones included (``names=None``):
-  goal ≤ 1.15× the floor;
+  goal ≤ 1.10× the floor (issue 13; with the default allocator). Values uncover derives rather
+  than reads (``hook_result``, ``hook_resid_mid``, scores and patterns) may be held as recipes
+  computed on first access: the row counts them as ``N + M lazy``, and *cache MiB* includes the
+  tensors the recipes keep alive;
 * the same through TransformerLens (``TransformerBridge.run_with_cache``) and nnsight
   (a trace saving the same residual values; ``tracer.cache()`` of every module), when
   those libraries are installed (see ``setup_bench_env.sh``).
@@ -72,7 +75,7 @@ CONFIGS: tuple[Config, ...] = (
     Config("hf", "HF forward (floor, sdpa)"),
     Config("hf-eager", "HF forward, eager attention (reference)"),
     Config("uncover-resid", "uncover run_with_cache, residual hooks", 1.05),
-    Config("uncover-all", "uncover run_with_cache, every hook (names=None)", 1.15),
+    Config("uncover-all", "uncover run_with_cache, every hook (names=None)", 1.10),
     Config("tl-resid", "TransformerLens run_with_cache, residual hooks"),
     Config("tl-all", "TransformerLens run_with_cache, every hook"),
     Config("nnsight-resid", "nnsight trace saving the residual values"),
@@ -93,10 +96,21 @@ class Setup:
         return self.hf(input_ids=self.input_ids, attention_mask=self.attention_mask, use_cache=False).logits
 
 
-def cached_stats(obj: Any) -> tuple[int, float]:
-    """(number of cached tensors, MiB of their distinct storages) in a nested cache object."""
+def cached_stats(obj: Any) -> tuple[int | str, float]:
+    """(number of cached tensors, MiB of their distinct storages) in a nested cache object.
+
+    An uncover ``ActivationCache`` counts its stored tensors plus its recipes (``"N + M lazy"``), and
+    its MiB include the tensors the recipes keep alive.
+    """
     import torch
 
+    from uncover.hooks.cache import ActivationCache
+
+    if isinstance(obj, ActivationCache):
+        held = [*obj.store.values(), *(t for lazy in set(obj.pending.values()) for t in lazy.inputs)]
+        _, mb = cached_stats(held)
+        n = len(obj.store)
+        return (f"{n} + {len(obj.pending)} lazy" if obj.pending else n), mb
     seen: dict[int, int] = {}
     count = 0
     stack = [obj]
@@ -139,8 +153,7 @@ def build(key: str, s: Setup) -> Callable[[], tuple[Any, Any]]:
         names = is_resid if key == "uncover-resid" else None
 
         def run_uncover() -> tuple[Any, Any]:
-            logits, cache = s.hooked.run_with_cache(batch, names=names)
-            return logits, cache.store
+            return s.hooked.run_with_cache(batch, names=names)
 
         return run_uncover
     if key.startswith("tl"):

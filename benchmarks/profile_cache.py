@@ -1,23 +1,33 @@
-"""Where caching every hook spends its time: CPU-time ratios, cached bytes per hook point, torch.profiler.
+"""Where caching every hook spends its time: CPU time and page faults per call, cached bytes per hook point.
 
-One process, one torch thread, the embedded model, batch 8 × 64 tokens under ``torch.no_grad()``. The
-plain HF forward (floor), ``run_with_cache`` of every hook and of the residual hooks are called in turn
-for ``--rounds`` rounds; each is timed with the process's CPU time (user + system, so page faults count
-and waiting for a core on a loaded machine does not). Prints the median CPU time and its ratio to the
-floor, the cached MiB per hook point, and (``--profile``) torch.profiler's top operators.
+One process, one torch thread (``--threads``), the embedded model, batch 8 × 64 tokens under
+``torch.no_grad()``. The plain HF forward (floor), ``run_with_cache`` of every hook and of the residual
+hooks are called in turn for ``--rounds`` rounds; each call is measured with the process's CPU time
+(user + system, so page faults count and waiting for a core on a loaded machine does not) and its minor
+page faults (``ru_minflt``: each is one fresh 4 KiB page the call wrote). Prints the medians and their
+ratios to the floor, the MiB held per hook point (``lazy``: kept as a recipe, see ``hooks/cache.py``),
+and (``--profile``) torch.profiler's top operators.
 
-    python benchmarks/profile_cache.py [--rounds 5] [--profile]
+``--eager`` turns the recipes off (every derived value computed during the forward, as before issue 13's
+change), to compare the two in the same environment; ``--fresh-memory`` also times writing as many fresh
+bytes as the cache holds, outside any model, which is what the faults alone cost on this machine.
+
+    python benchmarks/profile_cache.py [--rounds 5] [--eager] [--fresh-memory] [--profile]
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/profile_cache.py   # torch's allocator on huge pages
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,54 +35,113 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import common  # noqa: E402
 
 
+def measure(fn: Callable[[], Any]) -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of one call; the result is dropped outside the measurement."""
+    gc.collect()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = time.process_time()
+    out = fn()
+    dt = time.process_time() - t
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    del out
+    return dt, faults
+
+
+def held_mib(cache: Any) -> dict[str, tuple[float, bool]]:
+    """MiB held per hook point (all layers summed) and whether that point is kept as a recipe.
+
+    A recipe's inputs that are not cached values themselves (attention's post-rotary q and k) are
+    listed as ``(recipe inputs)``.
+    """
+    import torch
+
+    out: dict[str, list] = {}
+    stored: set[int] = set()
+    for k, v in cache.store.items():
+        key = k.split(".", 2)[-1] if k.startswith("blocks.") else k
+        ptr = v.untyped_storage().data_ptr()
+        size = 0 if ptr in stored else v.untyped_storage().nbytes()  # resid_post[l] is resid_pre[l + 1]
+        stored.add(ptr)
+        out.setdefault(key, [0, False])[0] += size
+    extra: dict[int, int] = {}
+    for k, lazy in cache.pending.items():
+        key = k.split(".", 2)[-1] if k.startswith("blocks.") else k
+        out.setdefault(key, [0, True])[1] = True
+        for t in lazy.inputs:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in stored:
+                extra[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    if extra:
+        out["(recipe inputs)"] = [sum(extra.values()), False]
+    return {k: (v / 2**20, lazy) for k, (v, lazy) in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eager", action="store_true", help="no recipes: every derived value computed in the forward")
+    ap.add_argument("--fresh-memory", action="store_true",
+                    help="also time writing the cache's size in fresh tensors (the cost of the page faults)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators")
     args = ap.parse_args()
     import torch
 
     import uncover
+    from uncover.hooks.cache import Recorder
     from uncover.hooks.tokens import Batch
 
-    torch.set_num_threads(1)
+    if args.eager:  # a benchmark-only switch: the recorder refuses every recipe
+        Recorder.defer = lambda self, *a, **k: False  # type: ignore[method-assign]
+        Recorder.formula = lambda self, *a, **k: None  # type: ignore[method-assign]
+    torch.set_num_threads(args.threads)
     m = uncover.load()
     ids = common.make_input_ids(m.tokenizer, 8, 64)
     batch = Batch(ids, torch.ones_like(ids))
 
-    def floor():
+    def floor() -> Any:
         return m.model(input_ids=ids, attention_mask=batch.attention_mask, use_cache=False).logits
 
-    def every():
+    def every() -> Any:
         return m.run_with_cache(batch, names=None)
 
-    def resid():
+    def resid() -> Any:
         return m.run_with_cache(batch, names=lambda n: any(p in n for p in ("resid", "attn_out", "mlp_out", "embed")))
 
     with torch.no_grad():
         for f in (floor, every, floor, every):
             f()
         _, cache = every()
-        sizes: dict[str, int] = {}
-        for k, v in cache.store.items():
-            key = k.split(".", 2)[-1] if k.startswith("blocks.") else k
-            sizes[key] = sizes.get(key, 0) + v.numel() * v.element_size()
-        print(f"{len(cache.store)} tensors cached; MiB per hook point (all layers):")
-        for k, v in sorted(sizes.items(), key=lambda x: -x[1]):
-            print(f"  {k:32s} {v / 2**20:7.1f}")
+        sizes = held_mib(cache)
+        total = sum(v for v, _ in sizes.values())
+        print(f"{len(cache.store)} tensors cached + {len(cache.pending)} recipes, {total:.0f} MiB held; "
+              "MiB per hook point (all layers):")
+        for k, (v, lazy) in sorted(sizes.items(), key=lambda x: -x[1][0]):
+            print(f"  {k:32s} {v:7.1f}{'  lazy' if lazy else ''}")
+        shapes = [(t.numel(), t.dtype) for t in cache.store.values() if t.untyped_storage().nbytes() > 0]
         del cache
-        times: dict[str, list[float]] = {"floor": [], "every hook": [], "residual hooks": []}
+        calls: dict[str, Callable[[], Any]] = {"floor": floor, "every hook": every, "residual hooks": resid}
+        if args.fresh_memory:
+
+            def fresh() -> Any:
+                return [torch.empty(n, dtype=d).fill_(1) for n, d in shapes]
+
+            calls["fresh memory"] = fresh
+        cpu: dict[str, list[float]] = {k: [] for k in calls}
+        faults: dict[str, list[int]] = {k: [] for k in calls}
         for _ in range(args.rounds):
-            for k, f in (("floor", floor), ("every hook", every), ("floor", floor), ("residual hooks", resid)):
-                t = time.process_time()
-                out = f()
-                times[k].append(time.process_time() - t)
-                del out
-        base = statistics.median(times["floor"])
-        print(f"\nCPU time per call (median of {args.rounds} rounds; THP_MEM_ALLOC_ENABLE="
-              f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}):")
-        for k, v in times.items():
-            print(f"  {k:16s} {statistics.median(v) * 1e3:7.0f} ms  {statistics.median(v) / base:.3f}x the floor")
+            for k, f in calls.items():
+                dt, fl = measure(f)
+                cpu[k].append(dt)
+                faults[k].append(fl)
+        base = statistics.median(cpu["floor"])
+        base_f = statistics.median(faults["floor"])
+        thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
+        print(f"\nper call, median of {args.rounds} rounds ({args.threads} thread(s), recipes "
+              f"{'off' if args.eager else 'on'}, THP_MEM_ALLOC_ENABLE={thp}):")
+        for k in calls:
+            c, fl = statistics.median(cpu[k]), statistics.median(faults[k])
+            ratio = "" if k == "fresh memory" else f"  {c / base:.3f}x the floor"
+            print(f"  {k:16s} {c * 1e3:7.0f} ms CPU{ratio}  {fl:8.0f} minor faults ({fl - base_f:+.0f})")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

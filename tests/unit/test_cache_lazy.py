@@ -8,6 +8,7 @@ the value a plain hook function sees in the same forward pass, which is always c
 from __future__ import annotations
 
 import gc
+import types
 import weakref
 
 import pytest
@@ -54,17 +55,20 @@ def test_every_hook_cache_equals_eager_values_bit_for_bit(kind, one_thread):
     batch = _padded(m)
     names = [n for n in m.hook_names() if not n.endswith("attn.hook_result")]
     eager = _eager(m, batch, names)
-    _, cache = m.run_with_cache(batch)
-    deferred = set(cache.pending)
-    expect_lazy = [n for n in names if n.endswith(LAZY_POINTS) and not m.adapter.family.pattern_at]
-    if m.adapter.residual_multiplier == 1.0 and not m.cfg.n_experts:
-        assert set(expect_lazy) <= deferred, sorted(set(expect_lazy) - deferred)
-    assert list(cache) == m.hook_names()  # forward order, recipes included
-    assert len(cache) == len(m.hook_names())
-    for n in names:
-        assert n in cache
-        assert torch.equal(cache[n], eager[n]), n
-    assert not {n for n in cache.pending if not n.endswith("attn.hook_result")}
+    for call in range(2):  # the first call checks the neuron formula against the model, the second uses it
+        _, cache = m.run_with_cache(batch)
+        deferred = set(cache.pending)
+        expect_lazy = [n for n in names if n.endswith(LAZY_POINTS) and not m.adapter.family.pattern_at]
+        if m.adapter.residual_multiplier == 1.0 and not m.cfg.n_experts:
+            assert set(expect_lazy) <= deferred, sorted(set(expect_lazy) - deferred)
+        if call and not m.cfg.n_experts:  # every dense family: act(hook_pre) [* hook_pre_linear] holds exactly
+            assert {n for n in names if n.endswith("mlp.hook_post")} <= deferred
+        assert list(cache) == m.hook_names()  # forward order, recipes included
+        assert len(cache) == len(m.hook_names())
+        for n in names:
+            assert n in cache
+            assert torch.equal(cache[n], eager[n]), (call, n)
+        assert not {n for n in cache.pending if not n.endswith("attn.hook_result")}
 
 
 def test_recipe_is_taken_only_when_it_holds_no_more_memory(one_thread):
@@ -143,3 +147,32 @@ def test_recipes_are_exact_whatever_the_thread_count_at_access(real):
             assert torch.equal(cache[n], eager[n]), n
     finally:
         torch.set_num_threads(threads)
+
+
+def test_neuron_formula_is_used_only_where_it_reproduced_the_model(one_thread):
+    m = tiny("llama")
+    mlp = m.adapter.mlp(1)
+
+    def scaled(self, x):  # an MLP whose neurons are not act(gate) * up
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x) * 1.5)
+
+    mlp.forward = types.MethodType(scaled, mlp)
+    toks = tokens(2, 16)
+    eager = _eager(m, toks, m.hook_names())
+    for _ in range(2):
+        _, cache = m.run_with_cache(toks)
+        assert "blocks.0.mlp.hook_post" in cache.pending or _ == 0
+        assert "blocks.1.mlp.hook_post" in cache.store  # checked once, refused since
+        for layer in range(m.cfg.n_layers):
+            name = f"blocks.{layer}.mlp.hook_post"
+            assert torch.equal(cache[name], eager[name])
+
+
+def test_a_hook_on_the_neurons_keeps_them_eager(one_thread):
+    m = tiny("llama")
+    toks = tokens()
+    m.run_with_cache(toks)  # formula checked
+    with m.intervene([Zero("blocks.1.mlp.hook_post", positions=[0])]):
+        _, cache = m.run_with_cache(toks)
+    assert "blocks.1.mlp.hook_post" in cache.store and "blocks.0.mlp.hook_post" in cache.pending
+    assert bool((cache["blocks.1.mlp.hook_post"][:, 0] == 0).all())

@@ -104,18 +104,44 @@ class Recorder:
         self.device = device
         self._held: set[tuple[str, int]] = set()
         """Storages the cache keeps alive (stored values and recipe inputs)."""
+        self._formulas: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor], dict, object]] = {}
+
+    def formula(self, name: str, inputs: Sequence[str], fn: Callable[..., torch.Tensor], checked: dict,
+                key: object) -> None:
+        """Keep ``name`` as the recipe ``fn(*cached inputs)`` instead of its value, where that formula holds.
+
+        For a value the model computes itself from cached ones (``mlp.hook_post`` = ``act(hook_pre) *
+        hook_pre_linear``). ``checked[key]`` records whether ``fn`` reproduced the model's value bit for bit
+        the first time it was seen (``key`` names the modules involved); a formula that did not is not used.
+        Only for names no other hook can write in this call (the caller checks).
+        """
+        self._formulas[name] = (tuple(inputs), fn, checked, key)
 
     def saver(self, name: str) -> Callable[[torch.Tensor, Any], None]:
         """The hook function storing ``name`` (detached, moved to ``device`` if one was given)."""
         return _Saver(self, name)
 
     def put(self, name: str, v: torch.Tensor) -> None:
+        if name in self._formulas and self._by_formula(name, v.detach()):
+            return
         v = v.detach()
         if self.device is not None:
             v = v.to(self.device)
         self.store[name] = v
         self.pending.pop(name, None)
         self._held.add(_storage_key(v))
+
+    def _by_formula(self, name: str, v: torch.Tensor) -> bool:
+        inputs, fn, checked, key = self._formulas[name]
+        xs = [self.store.get(n) for n in inputs]
+        if self.device is not None or any(x is None for x in xs):
+            return False
+        if key not in checked:  # first sight of these modules: the formula must give exactly the model's value
+            checked[key] = bool(torch.equal(fn(*xs), v))
+        if not checked[key]:
+            return False
+        self.pending[name] = Lazy(lambda: {name: fn(*xs)}, xs)
+        return True
 
     def defer(self, names: Sequence[str], compute: Callable[[], dict[str, torch.Tensor]],
               inputs: Sequence[torch.Tensor], nbytes: int) -> bool:

@@ -55,6 +55,7 @@ class HookedModel(nn.Module):
         self.adapter = (OffloadedAdapter if is_offloaded(model) else Adapter)(model, family)
         self.state = self.adapter.forward_state = ForwardState()  # sites of flattened tensors read its batch
         self._sites: dict[str, Site] = {}
+        self._formulas_checked: dict = {}  # which cache formulas reproduced this model's values (cache.Recorder)
         self._names = self._all_names()
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -229,6 +230,10 @@ class HookedModel(nn.Module):
         aux = sorted({z for z in z_for.values() if z not in wanted})
         wanted = [n for n in wanted if n not in z_for] + aux
         rec = Recorder(device)
+        chosen = set(wanted)
+        for n in wanted:
+            if n.endswith(".mlp.hook_post"):
+                self._neuron_formula(rec, int(n.split(".")[1]), chosen)
         hooks = [(n, rec.saver(n)) for n in wanted if n != "logits"]
         with torch.no_grad(), self.hooks(hooks):
             logits = self.model(
@@ -241,6 +246,37 @@ class HookedModel(nn.Module):
         for n, z in z_for.items():
             pending[n] = self._head_results(n, store.get(z, hidden.get(z)))
         return logits, ActivationCache(store, self, batch, pending=pending)
+
+    def _neuron_formula(self, rec: Recorder, layer: int, chosen: set[str]) -> None:
+        """Let ``mlp.hook_post`` of ``layer`` be kept as ``act(hook_pre) [* hook_pre_linear]`` when both are cached.
+
+        ``act`` is the MLP's one parameterless non-linear child module; the recorder checks the formula
+        against the model's own value the first time (per MLP and activation module) and uses it only if it
+        was bit-identical. Not while any other hook could write the value (hooks on the down projection or
+        the activation, or global module hooks).
+        """
+        a, c = self.adapter, self.cfg
+        post = resid_name(layer, "mlp.hook_post")
+        needs = [resid_name(layer, p) for p in ("mlp.hook_pre", "mlp.hook_pre_linear")[: 1 + c.gated_mlp]]
+        if c.n_experts or not set(needs) <= chosen:
+            return
+        mlp, down = a.mlp(layer), a.mlp_part(layer, a.family.mlp_out)
+        acts = [m for m in mlp.children()
+                if not isinstance(m, (nn.Linear, nn.Dropout)) and next(m.parameters(), None) is None]
+        if len(acts) != 1 or down is None:
+            return
+        act = acts[0]
+        everywhere = nn.modules.module  # hooks registered for every module
+        if (down._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks
+                or getattr(everywhere, "_global_forward_hooks", None)
+                or getattr(everywhere, "_global_forward_pre_hooks", None)):
+            return
+
+        def gated(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_mlp] each
+            return act.forward(gate) * up
+
+        key = ("mlp.hook_post", layer, id(mlp), id(act), type(act))
+        rec.formula(post, needs, gated if c.gated_mlp else act.forward, self._formulas_checked, key)
 
     def _head_results(self, name: str, z: torch.Tensor) -> Lazy:
         """``name`` (``blocks.{l}.attn.hook_result``) as a recipe from the cached ``z``.
