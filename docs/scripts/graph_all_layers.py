@@ -2,14 +2,15 @@
 
 1. Trains (once; then cached by :func:`uncover.transcoders.quick_transcoders` under a file lock)
    per-layer TopK skip transcoders on all 30 MLPs of SmolLM2-135M-Instruct: ``ALL_LAYERS`` below
-   (4 x d_model = 2304 features, k = 32, 16,128 training tokens, 300 steps of 256 tokens per layer).
+   (2 x d_model = 1152 features, k = 32, 16,128 training tokens, 300 steps of 256 tokens per layer).
 2. Evaluates them on 16 held-out blocks of 64 tokens (variance explained, error-node size, CE with all
    30 MLPs replaced at once).
 3. Builds the graph of ``--prompt`` -> ``--target``: node counts, the error nodes' share of the
    influence, the kept features with the highest influence and their top contexts on held-out text.
 4. Checks the graph against the real model (:func:`uncover.graphs.validate.feature_effects`): the
-   ``--n-check`` features with the largest direct effect on the target are removed (scale -1) and
-   doubled (scale +1) in the real model; Pearson r of the measured and predicted target changes.
+   ``--n-check`` features with the largest direct effect on the target are removed (scale -1),
+   doubled (scale +1) and nudged by a tenth of their output (scale -0.1: the regime where a linear
+   account can hold) in the real model; Pearson r of the measured and predicted target changes.
 
     python docs/scripts/graph_all_layers.py [--train-only] [--threads 1]
     python docs/scripts/graph_all_layers.py --prompt "The capital of France is" --target " Paris"
@@ -29,7 +30,7 @@ import uncover
 from uncover.transcoders.quick import QuickTranscoderSpec, cache_path, quick_transcoders
 
 #: the all-layer set of docs/graphs.md (a cache key: changing a field trains a new set)
-ALL_LAYERS = QuickTranscoderSpec(layers=None, expansion=4, k=32, skip=True, n_blocks=256, block_len=64, steps=300,
+ALL_LAYERS = QuickTranscoderSpec(layers=None, expansion=2, k=32, skip=True, n_blocks=256, block_len=64, steps=300,
                                  batch_size=256, lr=2e-3, seed=0)
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--target", default=" Paris")
     p.add_argument("--max-feature-nodes", type=int, default=256)
     p.add_argument("--n-check", type=int, default=20, help="features checked against the real model")
+    p.add_argument("--scales", default="-1,1,-0.1", help="multiples of a feature's output added in the checks")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--json", default=None, help="also write the graph in circuit-tracer's schema here")
@@ -59,6 +61,7 @@ def main() -> None:
     from uncover.graphs.validate import agreement, feature_effects
     from uncover.neurons.top import top_activations
     from uncover.transcoders import evaluate_transcoders, mlp_in
+    from uncover.transcoders.data import harvest_pairs
 
     heldout = token_blocks(model, block_len=64, split="heldout")
     t0 = time.perf_counter()
@@ -90,14 +93,19 @@ def main() -> None:
         la, idx = f["layer"], f["feature"]
         w = tset.W_enc(la)[:, idx].detach()
         r = top_activations(model, mlp_in(la), direction=w, tokens=heldout[:64], k=4, window=(6, 1))
-        b = float(tset.b_enc(la)[idx])
-        print(f"--- {f['label']}: encoder reading > -b_enc on {float((r.sample[:, 0] + b > 0).float().mean()):.1%} "
-              f"of a uniform sample of {heldout[:64].numel()} held-out tokens")
+        b = float(tset.b_enc(la)[idx].detach())
+        x, _ = harvest_pairs(model, [la], heldout[:32])
+        with torch.no_grad():
+            density = float((tset.encode(la, x[:, 0])[:, idx] > 0).float().mean())
+        print(f"--- {f['label']}: active (in the top k) on {density:.1%} of {len(x)} held-out tokens; top contexts "
+              "by encoder pre-activation over 64 held-out blocks")
         for rank in range(4):
             toks, _, m = r.context(0, rank)
             ctx = "".join(toks[:m]) + "[[" + toks[m] + "]]" + "".join(toks[m + 1:])
             print(f"  {float(r.values[0, rank]) + b:5.2f}  {ctx!r}")
-    for scale, name in ((-1.0, "removed"), (1.0, "doubled")):
+    names = {-1.0: "removed", 1.0: "doubled"}
+    for scale in (float(v) for v in args.scales.split(",")):
+        name = names.get(scale, "steered")
         df = feature_effects(model, tset, g, n=args.n_check, scale=scale)
         same = float(((df["predicted_total"] > 0) == (df["measured"] > 0)).mean())
         print(f"features {name} (scale {scale:+g}): Pearson r direct {agreement(df, 'predicted_direct'):.3f}, "

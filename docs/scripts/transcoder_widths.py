@@ -9,7 +9,7 @@ output's variance explained, the error-node size, the dead-feature share, and ne
 cross-entropy with that one MLP replaced (and zero-ablated: CE recovered). One JSON line per
 configuration goes to ``--out`` as it finishes, so a partial run keeps what it measured.
 
-    python docs/scripts/transcoder_widths.py [--layer 15] [--steps 400] [--threads 1]
+    python docs/scripts/transcoder_widths.py [--layer 15] [--steps 250] [--threads 1]
 
 Runtime on the shared 2-core machine: see ``docs/transcoders.md``.
 """
@@ -34,9 +34,9 @@ def main() -> None:
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--expansions", default="4,8,16")
     p.add_argument("--ks", default="16,32,64")
-    p.add_argument("--blocks", type=int, default=384, help="training blocks of 64 tokens")
-    p.add_argument("--eval-blocks", type=int, default=32, help="held-out blocks of 64 tokens")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--blocks", type=int, default=256, help="training blocks of 64 tokens")
+    p.add_argument("--eval-blocks", type=int, default=16, help="held-out blocks of 64 tokens")
+    p.add_argument("--steps", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1)
