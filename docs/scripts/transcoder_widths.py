@@ -7,9 +7,10 @@ dropped) with the same optimiser settings, then scored by
 :func:`uncover.transcoders.evaluate_transcoders` on held-out blocks: the fraction of the MLP
 output's variance explained, the error-node size, the dead-feature share, and next-token
 cross-entropy with that one MLP replaced (and zero-ablated: CE recovered). One JSON line per
-configuration goes to ``--out`` as it finishes, so a partial run keeps what it measured.
+configuration is printed (and appended to ``--out``) as it finishes, so a partial run keeps what it
+measured.
 
-    python docs/scripts/transcoder_widths.py [--layer 15] [--steps 250] [--threads 1]
+    python docs/scripts/transcoder_widths.py [--layer 15] [--steps 250] [--threads 1] [--out rows.jsonl]
 
 Runtime on the shared 2-core machine: see ``docs/transcoders.md``.
 """
@@ -40,7 +41,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="transcoder_widths.jsonl")
+    p.add_argument("--out", default=None, help="also append each row as a JSON line to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = uncover.load()
@@ -65,8 +66,9 @@ def main() -> None:
                    "train_fve_last": run.metrics[-1]["fve_out"], "train_cpu_s": round(c_train, 1),
                    "eval_tokens": ev.tokens, "train_tokens": len(pairs[0]), "steps": args.steps}
             print(json.dumps(row), flush=True)
-            with open(args.out, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
+            if args.out:
+                with open(args.out, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
