@@ -1,18 +1,20 @@
 """Where caching every hook spends its time: CPU time and page faults per call, cached bytes per hook point.
 
 One process, one torch thread (``--threads``), the embedded model, batch 8 × 64 tokens under
-``torch.no_grad()``. The plain HF forward (floor), ``run_with_cache`` of every hook and of the residual
-hooks are called in turn for ``--rounds`` rounds; each call is measured with the process's CPU time
-(user + system, so page faults count and waiting for a core on a loaded machine does not) and its minor
-page faults (``ru_minflt``: each is one fresh 4 KiB page the call wrote). Prints the medians and their
-ratios to the floor, the MiB held per hook point (``lazy``: kept as a recipe, see ``hooks/cache.py``),
-and (``--profile``) torch.profiler's top operators.
+``torch.no_grad()``. The plain HF forward (floor) and one configuration (``--config``: ``every`` hook,
+the ``resid``ual hooks, or ``fresh``: writing as many fresh bytes as every-hook caching stores besides
+the logits, in tensors of the same sizes, outside any model) are called alternately for ``--rounds`` rounds, as
+``bench_cache.py`` does (a process per configuration: how glibc reuses freed memory depends on what
+ran before, so configurations are not mixed). Each call is measured with the process's CPU time
+(user + system, so page faults count and waiting for a core on a loaded machine does not) and its
+minor page faults (``ru_minflt``: each is one fresh 4 KiB page the call wrote). Prints the medians
+and their ratios to the floor, the MiB held per hook point (``lazy``: kept as a recipe, see
+``hooks/cache.py``), and (``--profile``) torch.profiler's top operators.
 
 ``--eager`` turns the recipes off (every derived value computed during the forward, as before issue 13's
-change), to compare the two in the same environment; ``--fresh-memory`` also times writing as many fresh
-bytes as the cache holds, outside any model, which is what the faults alone cost on this machine.
+change), to compare the two in the same environment.
 
-    python benchmarks/profile_cache.py [--rounds 5] [--eager] [--fresh-memory] [--profile]
+    python benchmarks/profile_cache.py [--config every|resid|fresh] [--rounds 5] [--eager] [--profile]
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/profile_cache.py   # torch's allocator on huge pages
 """
 
@@ -80,8 +82,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eager", action="store_true", help="no recipes: every derived value computed in the forward")
-    ap.add_argument("--fresh-memory", action="store_true",
-                    help="also time writing the cache's size in fresh tensors (the cost of the page faults)")
+    ap.add_argument("--config", choices=("every", "resid", "fresh"), default="every",
+                    help="what to time against the floor (default: every hook)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators")
     args = ap.parse_args()
     import torch
@@ -117,15 +119,16 @@ def main() -> None:
               "MiB per hook point (all layers):")
         for k, (v, lazy) in sorted(sizes.items(), key=lambda x: -x[1][0]):
             print(f"  {k:32s} {v:7.1f}{'  lazy' if lazy else ''}")
-        shapes = [(t.numel(), t.dtype) for t in cache.store.values() if t.untyped_storage().nbytes() > 0]
+        distinct = {t.untyped_storage().data_ptr(): t for k, t in cache.store.items() if k != "logits"}
+        shapes = [(t.untyped_storage().nbytes() // t.element_size(), t.dtype) for t in distinct.values()]
         del cache
-        calls: dict[str, Callable[[], Any]] = {"floor": floor, "every hook": every, "residual hooks": resid}
-        if args.fresh_memory:
 
-            def fresh() -> Any:
-                return [torch.empty(n, dtype=d).fill_(1) for n, d in shapes]
+        def fresh() -> Any:
+            return [torch.empty(n, dtype=d).fill_(1) for n, d in shapes]
 
-            calls["fresh memory"] = fresh
+        label, fn = {"every": ("every hook", every), "resid": ("residual hooks", resid),
+                     "fresh": ("fresh memory", fresh)}[args.config]
+        calls: dict[str, Callable[[], Any]] = {"floor": floor, label: fn}
         cpu: dict[str, list[float]] = {k: [] for k in calls}
         faults: dict[str, list[int]] = {k: [] for k in calls}
         for _ in range(args.rounds):
@@ -140,8 +143,8 @@ def main() -> None:
               f"{'off' if args.eager else 'on'}, THP_MEM_ALLOC_ENABLE={thp}):")
         for k in calls:
             c, fl = statistics.median(cpu[k]), statistics.median(faults[k])
-            ratio = "" if k == "fresh memory" else f"  {c / base:.3f}x the floor"
-            print(f"  {k:16s} {c * 1e3:7.0f} ms CPU{ratio}  {fl:8.0f} minor faults ({fl - base_f:+.0f})")
+            print(f"  {k:16s} {c * 1e3:7.0f} ms CPU  {c / base:.3f}x the floor  {fl:8.0f} minor faults "
+                  f"({fl - base_f:+.0f})")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

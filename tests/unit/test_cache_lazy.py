@@ -1,8 +1,9 @@
 """ActivationCache recipes: derived values computed on first access are bit-identical to eager ones.
 
-``run_with_cache`` keeps ``hook_resid_mid`` (``resid_pre + attn_out``) and attention scores and
-patterns as recipes when that holds no more memory (``hooks/cache.py``). Each test compares against
-the value a plain hook function sees in the same forward pass, which is always computed eagerly.
+``run_with_cache`` keeps ``hook_resid_mid`` (``resid_pre + attn_out``), attention scores and patterns
+(from the post-rotary q and k) and ``mlp.hook_post`` (``act(hook_pre) [* hook_pre_linear]``, once checked
+against the model) as recipes when that holds no more memory (``hooks/cache.py``). Each test compares
+against the value a plain hook function sees in the same forward pass, which is always computed eagerly.
 """
 
 from __future__ import annotations
