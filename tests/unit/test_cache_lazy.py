@@ -177,3 +177,15 @@ def test_a_hook_on_the_neurons_keeps_them_eager(one_thread):
         _, cache = m.run_with_cache(toks)
     assert "blocks.1.mlp.hook_post" in cache.store and "blocks.0.mlp.hook_post" in cache.pending
     assert bool((cache["blocks.1.mlp.hook_post"][:, 0] == 0).all())
+
+
+def test_recipes_work_under_inference_mode(one_thread):
+    """Inference tensors have no in-place counter: recipes still compute (without that check)."""
+    m = tiny("llama-gqa")
+    toks = tokens(2, 16)
+    eager = _eager(m, toks, m.hook_names())
+    with torch.inference_mode():
+        _, cache = m.run_with_cache(toks)
+        assert cache.pending
+        for n, v in eager.items():
+            assert torch.equal(cache[n], v), n
