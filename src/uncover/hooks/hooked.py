@@ -218,8 +218,10 @@ class HookedModel(nn.Module):
         ``attn.hook_result`` values are computed on first access from the cached ``hook_z`` and
         ``W_O`` (as costly as another output projection, so only paid when used). Other values that
         uncover derives rather than reads (``hook_resid_mid``, attention scores and patterns) are also
-        kept as recipes when that holds no more memory than the values would (see
-        :class:`~uncover.hooks.cache.Recorder`); either way ``cache[name]`` is bit-identical.
+        kept as recipes when that holds no more memory than the values would, and so is
+        ``mlp.hook_post`` when ``hook_pre`` (and ``hook_pre_linear``) are cached and its formula was
+        checked against the model (see :class:`~uncover.hooks.cache.Recorder`); either way
+        ``cache[name]`` is bit-identical, and hooks that could write these names always see eager values.
         """
         batch = self.tokenize(inputs)
         if device is None and self.device_map is not None:
