@@ -124,6 +124,29 @@ class AttributionGraph(Result):
         """Indices of the nodes (of the pruned graph by default)."""
         return self.node_mask.nonzero().flatten().tolist() if pruned else list(range(len(self.adjacency)))
 
+    def pruned_masks(self, node_threshold: float, edge_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(node_mask [n], edge_mask [n, n])`` of this graph pruned at other shares of the influence: the rule and
+        logit weights :func:`~uncover.graphs.attribute.attribution_graph` prunes with, rerun on the stored adjacency
+        (the graph's own masks at the thresholds it was built with).
+
+        >>> import uncover as uc
+        >>> g = uc.run("graph", model, prompt="The capital of France is", target=" Paris", quick_layers=[3],
+        ...            quick_steps=10, max_feature_nodes=16)
+        >>> nodes, edges = g.pruned_masks(g.node_threshold, g.edge_threshold)
+        >>> torch.equal(nodes, g.node_mask), int(g.pruned_masks(0.5, 0.5)[0].sum()) <= int(nodes.sum())
+        (True, True)
+        """
+        from uncover.graphs.prune import prune
+
+        if (node_threshold, edge_threshold) == (self.node_threshold, self.edge_threshold):
+            return self.node_mask, self.edge_mask
+        n, n_t = len(self.adjacency), len(self.targets)
+        weights = torch.zeros(n)
+        weights[n - n_t :] = torch.tensor(self.target_probs)  # the logit nodes, weighed by their probability
+        nodes, edges, _ = prune(self.adjacency, weights, self.n_features, self.n_pos + n_t, node_threshold,
+                                edge_threshold)
+        return nodes, edges
+
     def edges(self, pruned: bool = True) -> list[tuple[int, int, float]]:
         """``(source, target, weight)`` of the edges (of the pruned graph by default), strongest first."""
         mask = self.edge_mask if pruned else self.adjacency != 0

@@ -1,8 +1,8 @@
 """The attribution graph (the ``graph`` operation's result) for the workbench's interactive node-link view.
 
 :func:`graph_view` sends the nodes and links of the graph pruned at any node and edge threshold: the graph's own
-masks at the thresholds it was built with, else :func:`uncover.graphs.prune.prune` rerun on its stored adjacency
-(the same rule and logit weights as :func:`uncover.graphs.attribute.attribution_graph`, so the view at other
+masks at the thresholds it was built with, else :meth:`~uncover.graphs.graph.AttributionGraph.pruned_masks` (the
+same rule and logit weights as :func:`uncover.graphs.attribute.attribution_graph`, so the view at other
 thresholds is the graph that building it with those thresholds gives). The page draws it, lets the user move
 the thresholds, and group nodes into supernodes by hand (kept in circuit-tracer's ``[name, node_id, ...]`` form).
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from uncover.core.errors import UsageError
 
@@ -31,27 +29,6 @@ def _share(value: Any, default: float, name: str) -> float:
     return float(value)
 
 
-def graph_masks(g: AttributionGraph, node_threshold: float, edge_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(node_mask [n], edge_mask [n, n])`` of ``g`` pruned at these shares of the influence.
-
-    >>> import uncover as uc
-    >>> g = uc.run("graph", model, prompt="The capital of France is", target=" Paris", quick_layers=[3],
-    ...            quick_steps=10, max_feature_nodes=16)
-    >>> nodes, edges = graph_masks(g, g.node_threshold, g.edge_threshold)
-    >>> torch.equal(nodes, g.node_mask), torch.equal(edges, g.edge_mask)
-    (True, True)
-    """
-    from uncover.graphs.prune import prune
-
-    if (node_threshold, edge_threshold) == (g.node_threshold, g.edge_threshold):
-        return g.node_mask, g.edge_mask
-    n, n_t = len(g.adjacency), len(g.targets)
-    weights = torch.zeros(n)
-    weights[n - n_t :] = torch.tensor(g.target_probs)  # the logit nodes, weighed by their probability
-    nodes, edges, _ = prune(g.adjacency, weights, g.n_features, g.n_pos + n_t, node_threshold, edge_threshold)
-    return nodes, edges
-
-
 def graph_view(
     g: AttributionGraph, node_threshold: Any = None, edge_threshold: Any = None, max_links: int = MAX_LINKS
 ) -> dict[str, Any]:
@@ -62,7 +39,7 @@ def graph_view(
     """
     nt = _share(node_threshold, g.node_threshold, "node_threshold")
     et = _share(edge_threshold, g.edge_threshold, "edge_threshold")
-    node_mask, edge_mask = graph_masks(g, nt, et)
+    node_mask, edge_mask = g.pruned_masks(nt, et)
     kept = node_mask.nonzero().flatten().tolist()
     info = {i: g.node(i) for i in kept}
     nodes = [
