@@ -34,9 +34,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from uncover.core.errors import UncoverError, UsageError
 from uncover.serve import cells, edits, features, prompt, views
+from uncover.serve import server as server_module
 from uncover.serve.jobs import Job, error_line, new_id
 from uncover.serve.security import LOOPBACK_NAMES, BodyTooLarge, Guard, confine_config, inside
-from uncover.serve.server import VIEW_TIMEOUT, Server
+from uncover.serve.server import Server
 
 log = logging.getLogger("uncover.serve")
 STATIC = Path(__file__).parent / "static"
@@ -80,7 +81,9 @@ def create_app(
     @app.exception_handler(TimeoutError)
     async def _busy(request: Request, e: TimeoutError) -> JSONResponse:
         return err(
-            503, f"the model is busy with queued work (waited {VIEW_TIMEOUT:.0f} s); try again later or cancel a job"
+            503,
+            f"the model is busy with queued work (waited {server_module.VIEW_TIMEOUT:.0f} s); try again later or "
+            "cancel a job",
         )
 
     @app.exception_handler(HTTPException)
