@@ -190,6 +190,20 @@ def contexts_sweep(
     return run
 
 
+def corpus_blocks(model: HookedModel, cfg: Any) -> torch.Tensor:
+    """The token blocks ``[n, block_len]`` a corpus sweep's config names (its ``corpus``, ``field``, ``tokens`` and
+    ``block_len``), refusing a corpus shorter than one block."""
+    from uncover.scale.corpora import Corpus, token_blocks
+
+    max_blocks = None if cfg.tokens is None else cfg.tokens // cfg.block_len
+    blocks = list(token_blocks(model, Corpus.open(cfg.corpus, cfg.field), cfg.block_len, max_blocks))
+    if not blocks:
+        raise UsageError(
+            f"the corpus holds fewer tokens than one block of {cfg.block_len}; use a smaller --block-len or more text"
+        )
+    return torch.stack(blocks)
+
+
 @dataclass(frozen=True)
 class ContextsSweepConfig(Config):
     """Top-activating contexts of units at a hook over a whole corpus, as a sweep over shards of token blocks."""
@@ -259,20 +273,13 @@ class ContextsSweepConfig(Config):
 )
 def contexts_sweep_op(model: HookedModel, cfg: ContextsSweepConfig, progress: Progress) -> TopActivations:
     """Top-activating contexts over a corpus, sharded (the same contexts as ``neurons`` over the same blocks)."""
-    from uncover.scale.corpora import Corpus, token_blocks
-
-    max_blocks = None if cfg.tokens is None else cfg.tokens // cfg.block_len
-    blocks = list(token_blocks(model, Corpus.open(cfg.corpus, cfg.field), cfg.block_len, max_blocks))
-    if not blocks:
-        raise UsageError(
-            f"the corpus holds fewer tokens than one block of {cfg.block_len}; use a smaller --block-len or more text"
-        )
+    blocks = corpus_blocks(model, cfg)
     with open_engine(model, cfg) as eng:
         run = contexts_sweep(
             eng,
             model,
             cfg.hook,
-            torch.stack(blocks),
+            blocks,
             cfg.units,
             k=cfg.k,
             batch_size=cfg.batch_size,

@@ -19,7 +19,7 @@ from uncover.core.config import Config, param
 from uncover.core.errors import UsageError
 from uncover.core.results import Result
 from uncover.ops.registry import operation
-from uncover.scale.ops.corpus import perplexity_sweep
+from uncover.scale.ops.corpus import corpus_blocks, perplexity_sweep
 from uncover.scale.ops.engine import engine_param, open_engine, ray_address_param, threads_param, workers_param
 
 if TYPE_CHECKING:
@@ -119,17 +119,9 @@ class PerplexityConfig(Config):
            example={"tokens": 1024, "block_len": 128, "shard_blocks": 4})
 def perplexity_op(model: HookedModel, cfg: PerplexityConfig, progress: Progress) -> CorpusPerplexity:
     """Perplexity over a corpus, sharded (e.g. of a pruned model saved with ``prune --out``)."""
-    import torch
-
-    from uncover.scale.corpora import Corpus, token_blocks
-
-    max_blocks = None if cfg.tokens is None else cfg.tokens // cfg.block_len
-    blocks = list(token_blocks(model, Corpus.open(cfg.corpus, cfg.field), cfg.block_len, max_blocks))
-    if not blocks:
-        raise UsageError(f"the corpus holds fewer tokens than one block of {cfg.block_len}; use a smaller "
-                         "--block-len or more text")
+    blocks = corpus_blocks(model, cfg)
     with open_engine(model, cfg) as eng:
-        run = perplexity_sweep(eng, torch.stack(blocks), shard_size=cfg.shard_blocks, progress=progress)
+        run = perplexity_sweep(eng, blocks, shard_size=cfg.shard_blocks, progress=progress)
     shards = [{"shard": i, "blocks": n // (cfg.block_len - 1), "perplexity": math.exp(nll / n),
                "seconds": round(s, 4)} for i, ((nll, n), s) in enumerate(zip(run.partials, run.seconds, strict=True))]
     return CorpusPerplexity(run.value, sum(n for _, n in run.partials), len(blocks), cfg.block_len,
