@@ -259,8 +259,9 @@ class Edit(Result):
     def apply(self) -> Edit:
         """Add the deltas to the model, all-or-nothing (no-op when already applied)."""
         if not self.is_applied:
-            self.originals = apply_deltas(self._model(), self.deltas)
-            self.is_applied = True
+            with weights.interrupts_deferred():  # the record says "applied" whenever the deltas are in
+                self.originals = apply_deltas(self._model(), self.deltas)
+                self.is_applied = True
         return self
 
     def apply_to(self, model: HookedModel) -> Edit:
@@ -275,7 +276,8 @@ class Edit(Result):
         """
         e = Edit(self.method, [dict(r) for r in self.requests], list(self.layers), dict(self.deltas),
                  dict(self.options), self.seconds, model=model)
-        return e.apply()
+        with weights.undone_on_error(e.revert):  # the copy is returned, or the model is as it was
+            return e.apply()
 
     def revert(self) -> None:
         """Put every touched tensor back, bit-exactly. Idempotent."""
@@ -287,8 +289,8 @@ class Edit(Result):
     def applied(self) -> Iterator[HookedModel]:
         """``with edit.applied(): ...`` runs the block with the edit on, then restores the prior state."""
         was = self.is_applied
-        self.apply()
         try:
+            self.apply()
             yield self.model
         finally:
             if not was:
@@ -333,7 +335,10 @@ class Edit(Result):
             raise EditError(f"{path / DELTA_FILE} holds new weight values (mode {mode!r}), not edit deltas")
         e = cls(meta["method"], meta["requests"], meta["layers"], deltas, meta.get("options", {}),
                 meta.get("seconds", 0.0), model=model)
-        return e.apply() if apply else e
+        if apply:
+            with weights.undone_on_error(e.revert):  # the edit is returned, or the model is as it was
+                e.apply()
+        return e
 
 
 def make_edit(model: HookedModel, method: str, requests: Sequence[Request], layers: Sequence[int],

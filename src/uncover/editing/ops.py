@@ -98,9 +98,10 @@ def edit_fact(model: HookedModel, cfg: EditConfig, progress: Progress) -> EditRe
                  mom2_samples=cfg.mom2_samples, **options)
         after = prediction_rows(model, prompts, cfg.target, "after", cfg.gen_tokens)
         saved = str(e.save(cfg.save)) if cfg.save is not None else None
+        rows = [r for pair in zip(before, after) for r in pair]
+        report = EditReport(e, rows, saved)
     except BaseException:  # the model is left as it was, whatever failed (Ctrl-C included)
         if e is not None:
             e.revert()
         raise
-    rows = [r for pair in zip(before, after) for r in pair]
-    return EditReport(e, rows, saved)
+    return report

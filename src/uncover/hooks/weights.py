@@ -14,6 +14,8 @@ change. Both do it through this module:
 - :func:`transaction` gives the same guarantee to algorithms that write parameter after
   parameter as they go (sequential pruning): record each original with
   :meth:`Transaction.remember` before writing it;
+- :func:`undone_on_error` covers what follows a write (building the change object, measuring it, stamping
+  provenance): if that fails the change is undone, so a caller gets the change object or an unchanged model;
 - :func:`restore` puts originals back (with Ctrl-C held off until it is done, so an interrupt
   cannot leave a half-restored model);
 - :func:`save_change` / :func:`load_change` store a change as safetensors with its mode and
@@ -277,6 +279,35 @@ def transaction(model: Any) -> Iterator[Transaction]:
         yield tx
     except BaseException:
         restore(model, tx.originals)
+        raise
+
+
+@contextlib.contextmanager
+def undone_on_error(undo: Any) -> Iterator[None]:
+    """Finish a change that is already in the model: if the block raises (``KeyboardInterrupt`` included),
+    ``undo()`` (a change object's ``revert``) runs, Ctrl-C held off, before the exception propagates.
+
+    The last step of every weight change: between the write and handing back the object that reverts it
+    (building it, measuring it, stamping provenance) nothing may leave a changed model with no way back.
+    ``undo=None``: nothing to undo (the block runs as is).
+
+    >>> lin = torch.nn.Linear(2, 2, bias=False)
+    >>> before = lin.weight.detach().clone()
+    >>> old = apply_change(lin, {"weight": torch.ones(2, 2)}, "add")
+    >>> try:
+    ...     with undone_on_error(lambda: restore(lin, old)):
+    ...         raise KeyboardInterrupt  # before the change object is returned
+    ... except KeyboardInterrupt:
+    ...     pass
+    >>> torch.equal(lin.weight, before)
+    True
+    """
+    try:
+        yield
+    except BaseException:
+        if undo is not None:
+            with interrupts_deferred():
+                undo()
         raise
 
 

@@ -179,6 +179,7 @@ def execute(op: Operation | str, config: Config, model: HookedModel | None = Non
     >>> r.provenance.operation
     'lens'
     """
+    from uncover.hooks import weights
     from uncover.ops.provenance import record
 
     op = get_operation(op) if isinstance(op, str) else op
@@ -202,10 +203,12 @@ def execute(op: Operation | str, config: Config, model: HookedModel | None = Non
     t0 = time.perf_counter()
     result = op.run(model if op.needs_model else None, config, prog)
     seconds = time.perf_counter() - t0
-    if not isinstance(result, op.result):
-        raise UncoverError(f"operation {op.name!r} returned a {type(result).__name__}, "
-                           f"not the declared {op.result.__name__}")
-    result.provenance = record(op, config, model if op.needs_model else None, seed, started, seconds)
+    # a weight change is handed back with its provenance, or undone (a failure or Ctrl-C while stamping it)
+    with weights.undone_on_error(getattr(result, "revert", None) if op.changes_weights else None):
+        if not isinstance(result, op.result):
+            raise UncoverError(f"operation {op.name!r} returned a {type(result).__name__}, "
+                               f"not the declared {op.result.__name__}")
+        result.provenance = record(op, config, model if op.needs_model else None, seed, started, seconds)
     return result
 
 

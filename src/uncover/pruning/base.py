@@ -342,10 +342,11 @@ class Pruning(Result):
 
     def reapply(self, pruned: dict[str, torch.Tensor]) -> None:
         """Write ``pruned`` tensors (``{param path: tensor}``) into the model, all-or-nothing, keeping the originals."""
-        old = weights.apply_change(self._model(), pruned, "set", what="pruning record", error=PruningError)
-        for k, v in old.items():
-            self.originals.setdefault(k, v)
-        self.applied = True
+        with weights.interrupts_deferred():  # the record says "applied" whenever the pruned tensors are in
+            old = weights.apply_change(self._model(), pruned, "set", what="pruning record", error=PruningError)
+            for k, v in old.items():
+                self.originals.setdefault(k, v)
+            self.applied = True
 
     def pruned_tensors(self) -> dict[str, torch.Tensor]:
         """The current (pruned) values of every touched parameter."""
@@ -380,7 +381,8 @@ class Pruning(Result):
             raise PruningError(f"{path}: not a saved uncover pruning (no 'method' metadata)")
         rec = cls(meta["method"], float(meta["sparsity"]), meta["pattern"] or None, json.loads(meta["options"]),
                   json.loads(meta["rows"]), float(meta.get("seconds", 0.0)), model=model, applied=False)
-        rec.reapply(tensors)
+        with weights.undone_on_error(rec.revert):  # the record is returned, or the model is as it was
+            rec.reapply(tensors)
         return rec
 
 

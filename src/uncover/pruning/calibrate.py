@@ -239,10 +239,12 @@ def prune_linears(
                 do(s, None)
         else:
             sequential(model, tokens, stats, block)
-        rows = measured_rows(sites, model)  # inside the transaction: an interrupt here still restores the model
-    pat = None if nm is None else f"{nm[0]}:{nm[1]}"
-    options = dict(options or {})
-    if idle:
-        options["uncalibrated_experts"] = idle  # "layer.expert"
-    return Pruning(method, target, pat, options, rows, time.perf_counter() - t0, model=model,
-                   originals=tx.originals)
+        # the record is built inside the transaction: an interrupt before it exists still restores the model
+        rows = measured_rows(sites, model)
+        pat = None if nm is None else f"{nm[0]}:{nm[1]}"
+        options = dict(options or {})
+        if idle:
+            options["uncalibrated_experts"] = idle  # "layer.expert"
+        record = Pruning(method, target, pat, options, rows, time.perf_counter() - t0, model=model,
+                         originals=tx.originals)
+    return record

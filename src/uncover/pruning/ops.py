@@ -102,8 +102,9 @@ def prune(model: HookedModel, cfg: PruneConfig, progress: Progress) -> PruneRepo
             p = prune_fn(model, method, None if cfg.pattern else target, cfg.pattern, **opts)
         evaluation = before + evaluate(model, p, tokens=ev_tokens) if before is not None else None
         saved = str(save_pretrained(model, cfg.out)) if cfg.out is not None else None
+        report = PruneReport(p, evaluation, saved)
     except BaseException:  # the model is left as it was, whatever failed (Ctrl-C included)
         if p is not None:
             p.revert()
         raise
-    return PruneReport(p, evaluation, saved)
+    return report

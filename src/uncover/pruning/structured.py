@@ -230,8 +230,10 @@ def prune_structured(
                         zero(a.mlp_part(layer, name), "bias", rows=ids, path=p)
                 zero(a.mlp_part(layer, f.mlp_out), "weight", cols=ids,
                      path=f"{base}.{f.mlp}.{f.mlp_out}".replace("..", "."))
-        rows = measured_rows(linear_sites(model), model)  # inside the transaction: an interrupt here still restores
-    pruned = [[int(i), int(j)] for i, j in chosen.nonzero().tolist()]
-    name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
-    return Pruning(unit, s, None, {"scorer": "given" if given else name, "scope": scope, "pruned": pruned},
-                   rows, time.perf_counter() - t0, model=model, originals=tx.originals)
+        # the record is built inside the transaction: an interrupt before it exists still restores the model
+        rows = measured_rows(linear_sites(model), model)
+        pruned = [[int(i), int(j)] for i, j in chosen.nonzero().tolist()]
+        name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
+        record = Pruning(unit, s, None, {"scorer": "given" if given else name, "scope": scope, "pruned": pruned},
+                         rows, time.perf_counter() - t0, model=model, originals=tx.originals)
+    return record
