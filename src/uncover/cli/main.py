@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        build_app()(args=args, standalone_mode=True)
+        code = build_app()(args=args, prog_name="uncover", standalone_mode=False)
+    except typer.TyperException as e:  # the command line itself: unknown option, a number that is not one ...
+        raise SystemExit(_command_line_error(e)) from None
     except UncoverError as e:
         print(f"uncover: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -79,6 +81,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"uncover: error: {type(e).__name__}: {first} (an unexpected failure; rerun with --debug for the "
               "traceback and report it)", file=sys.stderr)
         raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _command_line_error(e: typer.TyperException) -> int:
+    """Print a command-line parsing error (click's) as one ``uncover: error:`` line; return the exit code.
+
+    Without arguments a group prints its help, which is all it says (typer's own behaviour).
+    """
+    if type(e).__name__ == "NoArgsIsHelpError":
+        return int(getattr(e, "exit_code", 2))
+    if type(e).__name__ == "Abort":
+        print("uncover: aborted", file=sys.stderr)
+        return 1
+    message = " ".join((e.format_message() if hasattr(e, "format_message") else str(e)).split())
+    ctx = getattr(e, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    print(f"uncover: error: {where}{message}{hint}", file=sys.stderr)
+    return int(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":
