@@ -196,6 +196,11 @@ def run_command(op: Operation, values: dict[str, Any]) -> None:
     from uncover.cli.common import emit, load_model
 
     config = build_config(op, values)
+    if op.needs_model:  # a device or dtype this machine cannot use is refused before the model loads
+        from uncover.models.load import _dtype, check_device
+
+        check_device(values.get("device"))
+        _dtype(values.get("dtype"))
     if values.get("seed") is not None and values["seed"] < 0:
         raise UsageError(f"--seed must be >= 0, got {values['seed']}")
     html, result_path = values.get("html"), values.get("result_path")

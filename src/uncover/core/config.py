@@ -193,7 +193,10 @@ def _number(f: FieldInfo, owner: str, v: Any, tp: type) -> Any:
 def _path(f: FieldInfo, owner: str, v: Any) -> Path:
     if not isinstance(v, str | os.PathLike):
         raise UsageError(f"{owner}: {f.label} must be a path, got {v!r}")
-    p = Path(_text(f, owner, os.fspath(v)))
+    text = _text(f, owner, os.fspath(v))
+    if not text.strip():  # Path("") is the current folder: never what an empty answer meant
+        raise UsageError(f"{owner}: {f.label} is an empty path; give a file or folder name")
+    p = Path(text)
     kind = f.spec.path
     if kind in ("in", "in_dir", "in_any"):
         if not p.exists():

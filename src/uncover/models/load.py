@@ -202,6 +202,40 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype | None, device: str 
     return model.to(device), tok
 
 
+def check_device(device: str | torch.device | None) -> str | torch.device | None:
+    """Refuse a device this machine does not have, before any weights are read.
+
+    >>> check_device("cpu")
+    'cpu'
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+    ...
+    uncover.core.errors.UncoverError: unknown device 'gpu'; valid: cpu, cuda, cuda:N, mps (e.g. --device cpu)
+    """
+    if device is None or isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str) or not device.strip():
+        raise UncoverError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N, mps (e.g. --device cpu)")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UncoverError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N, mps (e.g. --device cpu)") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UncoverError(f"device {device!r}: this machine has no CUDA GPU (or torch was built without CUDA); "
+                               "use --device cpu")
+        if d.index is not None and d.index >= n:
+            raise UncoverError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0..cuda:{n - 1}")
+    elif d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UncoverError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise UncoverError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N, mps (e.g. --device cpu)")
+    elif d.type == "cpu" and d.index not in (None, 0):
+        raise UncoverError(f"unknown device {device!r}; the CPU is 'cpu'")
+    return device
+
+
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -238,7 +272,7 @@ def load_pretrained(
     30
     """
     dtype = _dtype(dtype)
-    device = _placement(device, device_map, max_memory, offload_folder)
+    device = _placement(check_device(device), device_map, max_memory, offload_folder)
     if name is None:
         model, tok = _from_pretrained(gguf_entry(embedded_gguf()), dtype, device)
     else:
