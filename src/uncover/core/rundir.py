@@ -7,7 +7,8 @@ checkpoints and outputs. :func:`resolve_run` decides, before any work:
 - ``resume`` continues with the stored settings: a setting left at its default takes the stored
   value, and one given explicitly with another value is refused, listing every difference.
 
-:func:`start_run` then clears an overwritten run's files and records the settings.
+:func:`begin_run` then, when the run starts, clears an overwritten run's files and records the settings
+(a resumed run that has no record yet, from an older version, gets one, so its next resume is checked too).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def resolve_run(out: Path, settings: dict[str, Any], defaults: dict[str, Any], *
 resume without them (the run's are used), or start a new run in another folder
     """
     stored = stored_settings(out)
+    if resume and not holds_run and stored is None:
+        raise UsageError(f"{owner}: resume (--resume): {out} holds no run to continue; run without --resume first")
     if not resume:
         if (holds_run or stored is not None) and not overwrite:
             raise UsageError(f"{owner}: {out} already holds a run; --resume to continue it, --overwrite to replace "
@@ -81,3 +84,20 @@ def start_run(out: Path, settings: dict[str, Any], clear: Iterable[str]) -> None
         elif p.exists():
             p.unlink()
     (out / RUN_FILE).write_text(json.dumps({"settings": settings}, indent=1), encoding="utf-8")
+
+
+def begin_run(out: Path, settings: dict[str, Any], clear: Iterable[str], *, resume: bool) -> None:
+    """Start (or continue) the run in ``out``: a new run clears ``clear`` and records ``settings``
+    (:func:`start_run`); a resumed run without ``run.json`` gets one, so a later resume is checked against it.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> begin_run(out, {"k": 32}, [], resume=True); stored_settings(out)
+    {'k': 32}
+    >>> begin_run(out, {"k": 8}, [], resume=True); stored_settings(out)  # a record is never replaced by a resume
+    {'k': 32}
+    """
+    if not resume:
+        start_run(out, settings, clear)
+    elif stored_settings(out) is None:
+        start_run(out, settings, [])

@@ -250,12 +250,11 @@ CC_FILES = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "sae", "metrics.cs
                     "expansion": 1, "checkpoint_every": 3})
 def crosscoder(model: HookedModel, cfg: CrosscoderConfig, progress: Progress) -> CrosscoderAnalysis:
     """Train a crosscoder on two models (resumable) and classify its latents: shared, base-only, changed-only."""
-    from uncover.core.rundir import start_run
+    from uncover.core.rundir import begin_run
     from uncover.diffing.analysis import analyse_crosscoder, block_context, train_crosscoder
     from uncover.sae.train import TrainConfig
 
-    if not cfg.resume:
-        start_run(cfg.out, cfg.run_settings(), CC_FILES)
+    begin_run(cfg.out, cfg.run_settings(), CC_FILES, resume=cfg.resume)
     change, hook = changed_of(model, cfg, progress)
     blocks = corpus_blocks(model, cfg.tokens, cfg.seed)
     progress.message(f"harvesting {blocks.numel()} tokens at {hook} from both models, then training ...")

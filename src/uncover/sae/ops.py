@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from uncover.core.config import Config, fields_of, param
 from uncover.core.errors import UsageError
-from uncover.core.rundir import resolve_run, start_run, stored_settings
+from uncover.core.rundir import begin_run, resolve_run
 from uncover.heads.ops import max_positions
 from uncover.neurons.ops import check_corpus
 from uncover.ops.registry import operation
@@ -129,8 +129,8 @@ def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> Tr
     from uncover.data.corpus import corpus_texts, token_blocks
     from uncover.sae import ARCHITECTURES, SAEConfig, ShardSource, TensorSource, TrainConfig, harvest, train_sae
 
-    if not cfg.resume:  # an overwritten run's files go before anything new is written
-        start_run(cfg.out, cfg.run_settings(), RUN_FILES)
+    # an overwritten run's files go before anything new is written; an older run gets its record
+    begin_run(cfg.out, cfg.run_settings(), RUN_FILES, resume=cfg.resume)
     acts_dir = cfg.out / "acts"
     if cfg.harvest is not None:  # an `uncover harvest` directory: streamed shard by shard
         from uncover.scale.reader import ShardSource as HarvestSource
@@ -157,8 +157,6 @@ def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> Tr
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, sparsity_coeff=cfg.sparsity_coeff,
                        resample_every=cfg.resample_every, aux_coeff=cfg.aux_coeff,
                        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
-    if stored_settings(cfg.out) is None:  # an older run without a record: record what it resumes with
-        start_run(cfg.out, cfg.run_settings(), [])
     result = train_sae(sae, source, tcfg, out_dir=cfg.out, resume=cfg.resume, progress=bool(progress),
                        tensorboard=cfg.tensorboard)
     progress.message(f"SAE written to {(cfg.out / 'sae').resolve()}")

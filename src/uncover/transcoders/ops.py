@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from uncover.core.config import Config, fields_of, param
 from uncover.core.errors import UsageError
-from uncover.core.rundir import resolve_run, start_run
+from uncover.core.rundir import begin_run, resolve_run
 from uncover.neurons.ops import check_corpus
 from uncover.ops.registry import operation
 from uncover.transcoders.evaluate import TranscoderEval
@@ -97,8 +97,8 @@ def transcoder_train(model: HookedModel, cfg: TranscoderTrainConfig, progress: P
     from uncover.sae.train import TrainConfig
     from uncover.transcoders.train import train_transcoders
 
-    if not cfg.resume:
-        start_run(cfg.out, cfg.run_settings(), [*RUN_FILES, *(p.name for p in cfg.out.glob("layer_*"))])
+    begin_run(cfg.out, cfg.run_settings(), [*RUN_FILES, *(p.name for p in cfg.out.glob("layer_*"))],
+              resume=cfg.resume)
     texts = corpus_texts(cfg.corpus) if cfg.corpus is not None else None
     blocks = token_blocks(model, texts, block_len=cfg.block_len)
     n_blocks = min(len(blocks), -(-cfg.tokens // (cfg.block_len - 1)))
