@@ -110,6 +110,7 @@ def _fake_gguf(tmp_path: Path, content: bytes = b"GGUF fake tiny model") -> Path
 
 
 def test_gguf_entry_converts_once_and_rebuilds_bad_entries(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "check_gguf_complete", lambda p: None)  # a stand-in file, not a real GGUF
     calls = []
 
     def fake_convert(gguf: Path, entry: Path) -> None:
@@ -136,6 +137,7 @@ def test_gguf_entry_converts_once_and_rebuilds_bad_entries(model_dir, tmp_path, 
 
 
 def test_gguf_entry_raises_when_conversion_stays_bad(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "check_gguf_complete", lambda p: None)  # a stand-in file, not a real GGUF
     monkeypatch.setattr(L, "convert_gguf", lambda gguf, entry: entry.mkdir(parents=True, exist_ok=True))
     with pytest.raises(CacheError):
         L.gguf_entry(_fake_gguf(tmp_path))
@@ -175,6 +177,7 @@ def test_convert_gguf_writes_a_verified_entry_atomically(model_dir, tmp_path, mo
 
 
 def test_load_gguf_goes_through_the_cache(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "check_gguf_complete", lambda p: None)  # a stand-in file, not a real GGUF
     calls = []
 
     def fake_convert(gguf: Path, entry: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from uncover.core.errors import CacheError, ModelNotFound, UncoverError
+from uncover.core.locks import cache_lock
 from uncover.models.checks import (
     WRITER,
     check_config_json,
@@ -104,16 +105,21 @@ def verify_entry(entry: Path) -> None:
     try:
         files = json.loads(man.read_text())["files"]
         listed = {str(name): (int(meta["size"]), str(meta["blake2b"])) for name, meta in files.items()}
+    except OSError as e:
+        raise CacheError(f"{man} cannot be read ({e.strerror or e})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CacheError(f"{man} is unreadable: {e!r}") from e
     if "config.json" not in listed or not any(n.endswith(".safetensors") for n in listed):
         raise CacheError(f"{man} does not list config.json and the safetensors weights")
     for name, (size, digest) in listed.items():
         p = entry / name
-        if not p.is_file() or p.stat().st_size != size:
-            raise CacheError(f"{p} is missing or has the wrong size")
-        if file_digest(p) != digest:
-            raise CacheError(f"{p} does not match its digest")
+        try:
+            if not p.is_file() or p.stat().st_size != size:
+                raise CacheError(f"{p} is missing or has the wrong size")
+            if file_digest(p) != digest:
+                raise CacheError(f"{p} does not match its digest")
+        except OSError as e:  # unreadable (permissions, I/O error): as unusable as a missing file
+            raise CacheError(f"{p} cannot be read ({e.strerror or e})") from None
 
 
 def convert_gguf(gguf: Path, entry: Path) -> None:
@@ -164,13 +170,32 @@ def gguf_entry(gguf: Path) -> Path:
     clean_stale(entry.parent)
     try:
         verify_entry(entry)
-    except CacheError as e:
-        check_entry_path(entry)
-        if entry.exists():
-            _progress(f"uncover: cache entry unusable ({e}); rebuilding")
+        return entry
+    except CacheError:
+        check_entry_path(entry)  # a file in its place, an unwritable cache: refused before any work
+        check_gguf_complete(gguf)  # a damaged GGUF too (and it leaves no lock file behind)
+    # one conversion at a time per entry: a second process waits, then finds the first one's entry
+    with cache_lock(entry):
+        try:
+            verify_entry(entry)
+            return entry
+        except CacheError as e:
+            if entry.exists():
+                _progress(f"uncover: cache entry unusable ({e}); rebuilding")
+                _remove_bad(entry)
         convert_gguf(gguf, entry)
         verify_entry(entry)
     return entry
+
+
+def _remove_bad(entry: Path) -> None:
+    """Remove an unusable cache entry before converting again (an entry that cannot go is refused now, not after
+    the conversion)."""
+    try:
+        shutil.rmtree(entry)
+    except OSError as e:
+        raise CacheError(f"the cache entry {entry} is unusable and cannot be removed ({e.strerror or e}); "
+                         f"remove it by hand (rm -r {entry}) or point UNCOVER_CACHE elsewhere") from None
 
 
 def _default_device() -> str:
