@@ -22,7 +22,7 @@ PREFIX = "uncover|"
 ATTR = "_uncover_attn_hook"
 """Attribute set on an attention module while pattern hooks are active:
 a callable ``(scores, sinks or None) -> (pattern, changed)``, with a method
-``defer(scores_fn, sinks, inputs) -> bool`` that takes the scores as a recipe instead when every
+``defer(scores_fn, [q, k, mask, sinks]) -> bool`` that takes the scores as a recipe instead when every
 hook only caches them (see ``hooks/cache.py``)."""
 
 _registered: set[str] = set()
@@ -115,14 +115,13 @@ def _make_wrapper(impl: str) -> Callable[..., Any]:
         softcap, window = kwargs.get("softcap"), kwargs.get("sliding_window")
         sinks = kwargs.get("s_aux")  # gpt-oss passes its sink logits as s_aux
 
-        def scores() -> torch.Tensor:
-            return attention_scores(query, key, attention_mask, scaling, softcap, window)
+        def scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            return attention_scores(q, k, mask, scaling, softcap, window)
 
         defer = getattr(hook, "defer", None)  # only cache readers: they keep the recipe, nothing is computed now
-        inputs = [t for t in (query, key, attention_mask, sinks) if t is not None]
-        if defer is not None and defer(scores, sinks, inputs):
+        if defer is not None and defer(scores, [query, key, attention_mask, sinks]):
             return original(module, query, key, value, attention_mask, *args, **kwargs)
-        pattern, changed = hook(scores(), sinks)
+        pattern, changed = hook(scores(query, key, attention_mask), sinks)
         if not changed:
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         v = _repeat_kv(value, query.shape[1] // value.shape[1])

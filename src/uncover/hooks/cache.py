@@ -30,6 +30,7 @@ from uncover.core.names import act_name, head_label
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
+    from uncover.hooks.pool import PoolSession
     from uncover.hooks.tokens import Batch
 
 
@@ -64,29 +65,31 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
 
 
 class Lazy:
-    """A recipe for cached values not computed yet: ``compute()`` gives ``{name: tensor}``.
+    """A recipe for cached values not computed yet: ``compute(*inputs)`` gives ``{name: tensor}``.
 
-    ``inputs`` are the tensors the recipe reads (kept alive until it runs). Their in-place
+    ``inputs`` are the tensors the recipe reads (kept alive until it runs; ``None`` entries are passed
+    as they are). The recipe gets them as arguments, so a recorder can hand it its own copies. Their in-place
     modification counters are recorded, so a recipe whose inputs were changed in place (a cached
     tensor edited before its derived values were read) refuses instead of computing a wrong value.
     One recipe can give several names (a layer's scores and pattern), computed together once.
     """
 
-    def __init__(self, compute: Callable[[], dict[str, torch.Tensor]], inputs: Sequence[torch.Tensor],
+    def __init__(self, compute: Callable[..., dict[str, torch.Tensor]], inputs: Sequence[torch.Tensor | None],
                  device: torch.device | str | None = None):
         self.compute = compute
         self.inputs = tuple(inputs)
-        self.versions = tuple(_version(t) for t in self.inputs)
+        self.versions = tuple(None if t is None else _version(t) for t in self.inputs)
         self.device = device
 
     def __call__(self) -> dict[str, torch.Tensor]:
         for t, v in zip(self.inputs, self.versions):
-            if v is not None and _version(t) != v:
+            if v is not None and t is not None and _version(t) != v:
                 raise UncoverError(
                     "a cached value was modified in place before the values derived from it were read; read "
                     "them first (or change a .clone() of the cached value)"
                 )
-        out = self.compute()
+        with torch.no_grad():  # as during the forward pass (and inference tensors may be read outside one)
+            out = self.compute(*self.inputs)
         return out if self.device is None else {n: v.to(self.device) for n, v in out.items()}
 
 
@@ -98,10 +101,12 @@ class Recorder:
     hook there is a saver of this recorder.
     """
 
-    def __init__(self, device: torch.device | str | None = None):
+    def __init__(self, device: torch.device | str | None = None, pool: PoolSession | None = None):
         self.store: dict[str, torch.Tensor] = {}
         self.pending: dict[str, Lazy] = {}
         self.device = device
+        self.pool = pool if device is None else None
+        """Where values are kept: copied into buffers of dropped caches when it has some (``hooks/pool.py``)."""
         self._held: set[tuple[str, int]] = set()
         """Storages the cache keeps alive (stored values and recipe inputs)."""
         self._formulas: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor], dict, object]] = {}
@@ -121,12 +126,15 @@ class Recorder:
         """The hook function storing ``name`` (detached, moved to ``device`` if one was given)."""
         return _Saver(self, name)
 
-    def put(self, name: str, v: torch.Tensor) -> None:
+    def put(self, name: str, v: torch.Tensor, reuse: bool = True) -> None:
+        """Store ``name``'s value (in a pooled buffer unless ``reuse`` is false), or its formula's recipe."""
         if name in self._formulas and self._by_formula(name, v.detach()):
             return
         v = v.detach()
         if self.device is not None:
             v = v.to(self.device)
+        elif reuse:
+            v = self._keep(v)
         self.store[name] = v
         self.pending.pop(name, None)
         self._held.add(_storage_key(v))
@@ -140,26 +148,34 @@ class Recorder:
             checked[key] = bool(torch.equal(fn(*xs), v))
         if not checked[key]:
             return False
-        self.pending[name] = Lazy(lambda: {name: fn(*xs)}, xs)
+        self.pending[name] = Lazy(lambda *xs: {name: fn(*xs)}, xs)
         return True
 
-    def defer(self, names: Sequence[str], compute: Callable[[], dict[str, torch.Tensor]],
-              inputs: Sequence[torch.Tensor], nbytes: int) -> bool:
-        """Take ``names`` as a recipe reading ``inputs``, if that keeps no more memory alive than ``nbytes``
+    def _keep(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if t is None or self.pool is None else self.pool.keep(t)
+
+    def defer(self, names: Sequence[str], compute: Callable[..., dict[str, torch.Tensor]],
+              inputs: Sequence[torch.Tensor | None], nbytes: int) -> bool:
+        """Take ``names`` as the recipe ``compute(*inputs)``, if that keeps no more memory alive than ``nbytes``
         (what the eager values would take). Returns whether it did; if not, the hooks get the values."""
         new: dict[tuple[str, int], int] = {}
         for t in inputs:
+            if t is None:
+                continue
             if self.device is not None and t.device != torch.device(self.device):
                 return False  # the cache was asked to live elsewhere: don't keep tensors here
+            copy = self.pool.kept(t) if self.pool is not None else None  # a value stored already: its copy
+            t = t if copy is None else copy
             key = _storage_key(t)
             if key not in self._held:
                 new[key] = t.untyped_storage().nbytes()
         if sum(new.values()) > nbytes:
             return False
+        inputs = [self._keep(t) for t in inputs]
+        self._held.update(_storage_key(t) for t in inputs if t is not None)
         lazy = Lazy(compute, inputs)
         for n in names:
             self.pending[n] = lazy
-        self._held.update(new)
         return True
 
 

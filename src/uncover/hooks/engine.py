@@ -214,7 +214,7 @@ def _fwd_hook(entries: list, state: ForwardState, adapter: Any) -> Callable:
             elif site.kind == "mid":
                 pre = _here(state.stash[hp.layer], t)
                 attn = site.extract(t)  # (Granite's residual multiplier is in extract/insert)
-                if _defer([entry], _adder(hp.name, pre, attn), [pre, attn], pre.nbytes):
+                if _defer([entry], _adder(hp.name), [pre, attn], pre.nbytes):
                     continue
                 mid = pre + attn
                 new = fn(mid, hp)
@@ -268,20 +268,25 @@ def _defer(entries: list, compute: Callable[[], dict[str, torch.Tensor]], inputs
     return bool(owner.defer([e[3].name for e in entries], compute, inputs, nbytes))
 
 
-def _adder(name: str, pre: torch.Tensor, attn: torch.Tensor) -> Callable[[], dict[str, torch.Tensor]]:
-    """``resid_mid`` as a recipe: the same addition as the eager path."""
-    return lambda: {name: pre + attn}
+def _adder(name: str) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    """``resid_mid`` as a recipe of ``(resid_pre, attn_out)``: the same addition as the eager path."""
+    return lambda pre, attn: {name: pre + attn}
 
 
 def _attn_callable(entries: list) -> Callable:
-    def defer(scores: Callable[[], torch.Tensor], sinks: torch.Tensor | None, inputs: list[torch.Tensor]) -> bool:
-        """Scores and pattern as one recipe from the attention's inputs (``inputs[:2]``: post-rotary q and k)."""
+    def defer(scores: Callable[..., torch.Tensor], inputs: list[torch.Tensor | None]) -> bool:
+        """Scores and pattern as one recipe of the attention's inputs ``[q, k, mask, sinks]``.
+
+        ``q`` ``[batch, head, q, d_head]`` and ``k`` ``[batch, kv_head, k, d_head]`` are post-rotary; ``mask`` and
+        ``sinks`` may be ``None``; ``scores(q, k, mask)`` gives ``[batch, head, q, k]``.
+        """
         names = [(site.order, hp.name) for _, site, _, hp in entries]  # now: entries change when hooks detach
-        q, k = inputs[0], inputs[1]  # [batch, head, q, d_head], [batch, kv_head, k, d_head]
+        q, k = inputs[0], inputs[1]
         nbytes = len(names) * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.element_size()
 
-        def compute() -> dict[str, torch.Tensor]:
-            s = scores()  # [batch, head, q, k]
+        def compute(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None,
+                    sinks: torch.Tensor | None) -> dict[str, torch.Tensor]:
+            s = scores(q, k, mask)  # [batch, head, q, k]
             out = {n: s for o, n in names if o == 0}
             if any(o == 1 for o, _ in names):
                 p = attention.pattern_from_scores(s, sinks)

@@ -23,6 +23,7 @@ from uncover.hooks.cache import ActivationCache, Lazy, Recorder
 from uncover.hooks.engine import Attachment, ForwardState, HookFn
 from uncover.hooks.interventions import Intervention
 from uncover.hooks.offload import OffloadedAdapter, execution_device, is_offloaded
+from uncover.hooks.pool import CachePool
 from uncover.hooks.sites import Site, resolve
 from uncover.hooks.tokens import Batch, check_texts, check_token_ids
 from uncover.models.adapter import Adapter, ModelConfig
@@ -56,6 +57,9 @@ class HookedModel(nn.Module):
         self.state = self.adapter.forward_state = ForwardState()  # sites of flattened tensors read its batch
         self._sites: dict[str, Site] = {}
         self._formulas_checked: dict = {}  # which cache formulas reproduced this model's values (cache.Recorder)
+        self.cache_pool = CachePool()
+        """Buffers of dropped caches that ``run_with_cache`` copies values into (``hooks/pool.py``);
+        ``model.cache_pool.clear()`` gives their memory back, ``.enabled = False`` turns reuse off."""
         self._names = self._all_names()
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -231,18 +235,19 @@ class HookedModel(nn.Module):
         z_for = {n: n.replace(".attn.hook_result", ".attn.hook_z") for n in lazy}
         aux = sorted({z for z in z_for.values() if z not in wanted})
         wanted = [n for n in wanted if n not in z_for] + aux
-        rec = Recorder(device)
-        chosen = set(wanted)
-        for n in wanted:
-            if n.endswith(".mlp.hook_post"):
-                self._neuron_formula(rec, int(n.split(".")[1]), chosen)
-        hooks = [(n, rec.saver(n)) for n in wanted if n != "logits"]
-        with torch.no_grad(), self.hooks(hooks):
-            logits = self.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-            ).logits
+        with self.cache_pool.session() as pool:
+            rec = Recorder(device, pool)
+            chosen = set(wanted)
+            for n in wanted:
+                if n.endswith(".mlp.hook_post"):
+                    self._neuron_formula(rec, int(n.split(".")[1]), chosen)
+            hooks = [(n, rec.saver(n)) for n in wanted if n != "logits"]
+            with torch.no_grad(), self.hooks(hooks):
+                logits = self.model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+                ).logits
         if "logits" in wanted:
-            rec.put("logits", logits)
+            rec.put("logits", logits, reuse=False)
         store, pending = rec.store, rec.pending
         hidden = {z: store.pop(z) for z in aux}
         for n, z in z_for.items():
@@ -287,7 +292,7 @@ class HookedModel(nn.Module):
         """
         layer = int(name.split(".")[1])
 
-        def compute() -> dict[str, torch.Tensor]:
+        def compute(z: torch.Tensor) -> dict[str, torch.Tensor]:
             w_o = self.W_O(layer)  # [head, d_head, d_model]
             return {name: torch.einsum("bphd,hdm->bphm", z, w_o.to(device=z.device, dtype=z.dtype))}
 
