@@ -30,7 +30,7 @@ class CircuitConfig(PairConfig):
 
     task: Task = param("ioi", help="The task whose pairs are used (ignored with --clean ...)")
     method: Literal["eap", "eap-ig", "acdc"] = param("eap", help="Discovery method")
-    edges: int | None = param(None, help="Keep the N edges with the largest |score|", ge=0)
+    edges: int | None = param(None, help="Keep the N edges with the largest |score|", ge=1)
     threshold: float | None = param(None, help="Keep edges with |score| ≥ this", ge=0)
     n_prompts: int = param(8, flag="--prompts", help="Number of task pairs (the model must get them right)", ge=1)
     metric: Literal["logit_diff", "prob", "logprob", "kl"] | None = param(

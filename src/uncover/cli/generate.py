@@ -73,6 +73,8 @@ def _parser(f: FieldInfo) -> Any:
             def parse(text: str, item: type = item) -> list[Any]:
                 from uncover.core.errors import UsageError
 
+                if not split_list(text):
+                    raise UsageError(f"{f.option} is empty; give comma-separated {item.__name__}s, e.g. 0,1")
                 try:
                     return [item(t) for t in split_list(text)]
                 except ValueError:

@@ -276,6 +276,11 @@ def _coerce(f: FieldInfo, owner: str, value: Any, tp: Any) -> Any:
             raise UsageError(f"{owner}: {f.label} must be a list, got {value!r}")
         (item,) = get_args(tp)[:1] or (Any,)
         out = [_coerce(f, owner, v, item) for v in value]
+        if item in (int, float):  # a repeated index (layer, neuron, feature ...) or level is a typo, never a request
+            twice = sorted({v for v in out if out.count(v) > 1})
+            if twice:
+                raise UsageError(f"{owner}: {f.label} lists {', '.join(f'{v:g}' for v in twice)} more than once; "
+                                 "give each value once")
         if len(out) < f.spec.min_items:
             raise UsageError(f"{owner}: {f.label} needs at least {f.spec.min_items} item(s), got {len(out)}")
         return out if origin is list else tuple(out)

@@ -209,7 +209,8 @@ class ContextsSweepConfig(Config):
     """Top-activating contexts of units at a hook over a whole corpus, as a sweep over shards of token blocks."""
 
     hook: str = param("blocks.10.mlp.hook_post", help="Hook name (blocks.L.mlp.hook_post: MLP neurons)", unit="hook")
-    units: list[int] | None = param(None, help="Unit indices at the hook, comma-separated (default: all)", ge=0)
+    units: list[int] | None = param(None, help="Unit indices at the hook, comma-separated (default: all)",
+                                    ge=0, min_items=1)
     k: int = param(10, help="Contexts kept per unit", ge=1)
     corpus: Path | None = param(
         None,

@@ -128,7 +128,7 @@ class CircuitSweepConfig(PairsSweepConfig):
     method: Literal["eap", "eap-ig"] = param("eap", help="Edge attribution patching, or with integrated gradients")
     metric: Metric = param("logit_diff", help="Metric at the last position (mean over the pairs)")
     steps: int = param(5, help="EAP-IG interpolation steps", ge=1)
-    edges: int = param(200, help="Keep the N edges with the largest |score|", ge=0)
+    edges: int = param(200, help="Keep the N edges with the largest |score|", ge=1)
 
 
 @operation(
