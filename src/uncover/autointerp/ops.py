@@ -10,7 +10,6 @@ analysed, or ``--explainer``: any model :func:`uncover.load` opens.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -47,7 +46,8 @@ class ExplainConfig(Config):
     n_holdout: int = param(8, help="Held-out activating (and as many non-activating) contexts to score with", ge=1)
     mark: float = param(0.25, help="Tokens above this fraction of the feature's top activation are marked", gt=0,
                         lt=1)
-    explainer: str | None = param(None, help="Model that explains and scores (default: the model analysed)")
+    explainer: str | None = param(None, help="Model that explains and scores (default: the model analysed)",
+                                  nonempty=True)
     seed: int = param(0, help="Seed of the held-out samples")
 
     def validate(self) -> None:
@@ -76,10 +76,13 @@ class ExplainConfig(Config):
             from uncover.sae.quick import QuickSAESpec
 
             return QuickSAESpec().expansion * model.cfg.d_model
+        from uncover.core.userfiles import fields_from, read_json
         from uncover.sae.base import CFG_FILE
         from uncover.sae.sites import sae_dir
 
-        return int(json.loads((sae_dir(self.path) / CFG_FILE).read_text(encoding="utf-8"))["d_sae"])
+        cfg = sae_dir(self.path) / CFG_FILE
+        with fields_from(f"SAE config {cfg}"):
+            return int(read_json(cfg, "SAE config", keys=["d_sae"])["d_sae"])
 
 
 @operation("explain", ExplainConfig, Explanations, long=True,

@@ -132,8 +132,9 @@ class Task:
                     f"{self.name} pair {i}: clean has {n_clean} tokens but corrupt has {n_corrupt}; "
                     "patching needs equal lengths"
                 )
-            model.to_single_token(p.answer)
-            model.to_single_token(p.wrong)
+            if model.to_single_token(p.answer) == model.to_single_token(p.wrong):
+                raise UncoverError(f"{self.name} pair {i}: answer and wrong are the same token {p.answer!r}; "
+                                   "the metric compares two different tokens")
         return self
 
     def filter_correct(self, model: HookedModel, margin: float = 0.0) -> Task:
@@ -283,19 +284,20 @@ def repeated_tokens(model: HookedModel, n: int = 8, seq_len: int = 20, *, seed: 
 
 def from_jsonl(path: str | Path) -> Task:
     """Pairs from a JSONL file with ``clean``, ``corrupt``, ``answer``, ``wrong`` (and optional ``meta``)."""
+    from uncover.core.userfiles import parse_json, read_text, require_fields
+
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UncoverError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            missing = [k for k in ("clean", "corrupt", "answer", "wrong") if k not in d]
-            if missing:
-                raise UncoverError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            pairs.append(PromptPair(d["clean"], d["corrupt"], d["answer"], d["wrong"], d.get("meta", {})))
+    fields = ("clean", "corrupt", "answer", "wrong")
+    for lineno, line in enumerate(read_text(path, "pairs file").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        d = require_fields(parse_json(line, where), fields, where)
+        bad = [k for k in fields if not isinstance(d[k], str) or not d[k].strip()]
+        if bad:
+            raise UncoverError(f"{where}: {', '.join(bad)} must be non-empty text, got "
+                               f"{', '.join(repr(d[k])[:40] for k in bad)}")
+        pairs.append(PromptPair(d["clean"], d["corrupt"], d["answer"], d["wrong"], d.get("meta") or {}))
     return Task(Path(path).stem, pairs)
 
 

@@ -134,13 +134,15 @@ class Crosscoder(SAE):
         >>> torch.equal(back.W_dec, cc.W_dec)
         True
         """
-        from safetensors.torch import load_file
+
+        from uncover.core.userfiles import fields_from, load_tensors, read_json
 
         p = crosscoder_dir(path)
-        meta = json.loads((p / CROSSCODER_CFG).read_text(encoding="utf-8"))
-        cc = Crosscoder.create(int(meta["d_model"]), int(meta["d_sae"]), meta.get("hook_name", ""),
-                               tuple(meta.get("models", ["", ""])))  # type: ignore[arg-type]
-        cc.load_weights(load_file(p / CROSSCODER_FILE))
+        meta = read_json(p / CROSSCODER_CFG, "crosscoder config", keys=["d_model", "d_sae"])
+        with fields_from(f"crosscoder config {p / CROSSCODER_CFG}"):
+            cc = Crosscoder.create(int(meta["d_model"]), int(meta["d_sae"]), meta.get("hook_name", ""),
+                                   tuple(meta.get("models", ["", ""])))  # type: ignore[arg-type]
+        cc.load_weights(load_tensors(p / CROSSCODER_FILE, "crosscoder weights"))
         return cc
 
 

@@ -145,7 +145,6 @@ class TunedLens(nn.Module):
         >>> lens = TunedLens.load(path, model)
         """
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         path = Path(path)
         if not path.is_file():
@@ -157,9 +156,25 @@ class TunedLens(nn.Module):
             raise UncoverError(f"{path}: not a safetensors file ({e})") from None
         if meta.get("format") != FORMAT:
             raise UncoverError(f"{path}: not a tuned lens saved by uncover (format={meta.get('format')!r})")
-        lens = cls(int(meta["n_layers"]), int(meta["d_model"]), meta.get("model_name", ""))
-        lens.info = json.loads(meta.get("info") or "{}")
-        lens.load_state_dict(load_file(str(path)))
+        from uncover.core.userfiles import fields_from, load_tensors, parse_json
+
+        where = f"tuned lens {path}: metadata"
+        with fields_from(where):
+            lens = cls(int(meta["n_layers"]), int(meta["d_model"]), meta.get("model_name", ""))
+            if lens.n_layers < 1 or lens.d_model < 1:
+                raise UncoverError(f"{where}: n_layers and d_model must be >= 1, got {lens.n_layers}, {lens.d_model}")
+        lens.info = parse_json(meta.get("info") or "{}", f"{where} 'info'")
+        tensors = load_tensors(path, "tuned lens")
+        want, got = set(lens.state_dict()), set(tensors)
+        if want != got:
+            raise UncoverError(f"tuned lens {path}: its tensors do not match n_layers={lens.n_layers}, "
+                               f"d_model={lens.d_model} (missing {sorted(want - got)[:3]}, unexpected "
+                               f"{sorted(got - want)[:3]}); train it again with uncover train-lens")
+        try:
+            lens.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise UncoverError(f"tuned lens {path}: tensor shapes do not match its metadata "
+                               f"({' '.join(str(e).split())[:150]}); train it again with uncover train-lens") from None
         if model is not None:
             lens.check(model)
             lens.to(model.device)

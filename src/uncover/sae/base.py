@@ -282,21 +282,22 @@ class SAE(SAELensWeights, nn.Module):
         >>> type(back).__name__, torch.equal(back.W_dec, sae.W_dec)
         ('TopKSAE', True)
         """
-        from safetensors.torch import load_file
+        from uncover.core.userfiles import fields_from, load_tensors, read_json
 
         path = Path(path)
         if not (path / CFG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise SAEError(f"{path}: not an SAE directory (needs {CFG_FILE} and {WEIGHTS_FILE})")
-        raw = json.loads((path / CFG_FILE).read_text(encoding="utf-8"))
+        raw = read_json(path / CFG_FILE, "SAE config", obj=True)
         scaled = raw.get("normalize_activations") in ("expected_average_only_in", True)
         if norm_scaling_factor is not None and not scaled:
             raise SAEError("norm_scaling_factor is for SAEs with normalize_activations='expected_average_only_in'; "
                            f"{path} has {raw.get('normalize_activations', 'none')!r}")
         if scaled and norm_scaling_factor is not None:
             raw = {**raw, "normalize_activations": "none"}
-        cfg = SAEConfig.from_saelens(raw)
-        sae = ARCHITECTURES[cfg.architecture](cfg)
-        weights = load_file(path / WEIGHTS_FILE)
+        with fields_from(f"SAE config {path / CFG_FILE}"):
+            cfg = SAEConfig.from_saelens(raw)
+            sae = ARCHITECTURES[cfg.architecture](cfg)
+        weights = load_tensors(path / WEIGHTS_FILE, "SAE weights")
         if "log_threshold" in weights and "threshold" not in weights:
             weights["threshold"] = weights.pop("log_threshold").exp()
         missing = [k for k in sae.state_keys if k not in weights]

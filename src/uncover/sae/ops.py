@@ -14,7 +14,6 @@ first use, then cached), so that they run right away.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -165,9 +164,12 @@ def sae_train(model: HookedModel, cfg: SAETrainConfig, progress: Progress) -> Tr
 
 def _saved_config(path: Path) -> SAEConfig:
     """The :class:`SAEConfig` of the SAE at ``path`` (run or SAE directory), without loading its weights."""
+    from uncover.core.userfiles import fields_from, read_json
     from uncover.sae.base import CFG_FILE, SAEConfig
 
-    return SAEConfig.from_saelens(json.loads((sae_dir(path) / CFG_FILE).read_text(encoding="utf-8")))
+    cfg = sae_dir(path) / CFG_FILE
+    with fields_from(f"SAE config {cfg}"):
+        return SAEConfig.from_saelens(read_json(cfg, "SAE config", obj=True))
 
 
 def _check_sae_fits(owner: str, path: Path | None, model: HookedModel) -> int:

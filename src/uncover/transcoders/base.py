@@ -263,14 +263,15 @@ class Transcoder(SAELensWeights, nn.Module):
         >>> back.cfg.architecture, torch.equal(back.W_dec, tc.W_dec)
         ('skip_transcoder', True)
         """
-        from safetensors.torch import load_file
+        from uncover.core.userfiles import fields_from, load_tensors, read_json
 
         path = Path(path)
         if not (path / CFG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise TranscoderError(f"{path}: not a transcoder directory (needs {CFG_FILE} and {WEIGHTS_FILE})")
-        cfg = TranscoderConfig.from_saelens(json.loads((path / CFG_FILE).read_text(encoding="utf-8")))
-        tc = Transcoder(cfg)
-        w = load_file(path / WEIGHTS_FILE)
+        with fields_from(f"transcoder config {path / CFG_FILE}"):
+            cfg = TranscoderConfig.from_saelens(read_json(path / CFG_FILE, "transcoder config", obj=True))
+            tc = Transcoder(cfg)
+        w = load_tensors(path / WEIGHTS_FILE, "transcoder weights")
         missing = [k for k in tc.state_keys if k not in w]
         if missing:
             raise TranscoderError(f"{path / WEIGHTS_FILE}: missing {', '.join(missing)}; found {', '.join(w)}")

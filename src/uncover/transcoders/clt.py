@@ -218,13 +218,15 @@ class CrossLayerTranscoder(nn.Module):
         >>> back.cfg.layers, torch.equal(back.W_dec[0], clt.W_dec[0])
         ([0, 2], True)
         """
-        from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / CFG_FILE).is_file() or not (path / CLT_FILE).is_file():
             raise TranscoderError(f"{path}: not a CLT directory (needs {CFG_FILE} and {CLT_FILE})")
-        clt = CrossLayerTranscoder(CLTConfig.from_dict(json.loads((path / CFG_FILE).read_text(encoding="utf-8"))))
-        w = load_file(path / CLT_FILE)
+        from uncover.core.userfiles import fields_from, load_tensors, read_json
+
+        with fields_from(f"CLT config {path / CFG_FILE}"):
+            clt = CrossLayerTranscoder(CLTConfig.from_dict(read_json(path / CFG_FILE, "CLT config", obj=True)))
+        w = load_tensors(path / CLT_FILE, "CLT weights")
         with torch.no_grad():
             for k, v in w.items():
                 p = clt.W_dec[int(k[6:])] if k.startswith("W_dec_") else getattr(clt, k)

@@ -193,7 +193,9 @@ model's are 576 wide (it was trained on another model)
 
         path = Path(path)
         if (path / CFG_FILE).is_file():
-            cfg = json.loads((path / CFG_FILE).read_text(encoding="utf-8"))
+            from uncover.core.userfiles import read_json
+
+            cfg = read_json(path / CFG_FILE, "transcoder config", obj=True)
             if cfg.get("architecture") == "clt":
                 return TranscoderSet(clt=CrossLayerTranscoder.load(path))
             tc = Transcoder.load(path)
