@@ -45,6 +45,7 @@ def rerun(
     from uncover.core.persist import load_result
     from uncover.ops.reproduce import rerun as rerun_fn
 
+    _check_outputs(html=html, result=result_path)
     old = load_result(path)
     m = load_model(model, device=device) if model is not None else None
     verdict, new = rerun_fn(old, m, device=device, progress=True)
@@ -65,4 +66,14 @@ def compare(
     from uncover.core.persist import load_result
     from uncover.ops.reproduce import compare as compare_fn
 
+    _check_outputs(html=html)
     emit(compare_fn(load_result(a), load_result(b)), as_json, html)
+
+
+def _check_outputs(**paths: Path | None) -> None:
+    """Refuse unwritable output paths (``--html``, ``--result``) before any work, as the generated commands do."""
+    from uncover.core.config import check_writable
+
+    for option, p in paths.items():
+        if p is not None:
+            check_writable(p, what=f"--{option}")

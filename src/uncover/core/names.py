@@ -39,6 +39,11 @@ class HookName:
     @staticmethod
     def parse(name: str) -> HookName:
         """Split ``name`` into layer and point; does not check that it exists."""
+        if not isinstance(name, str):
+            from uncover.core.errors import UnknownHookName
+
+            raise UnknownHookName(f"a hook name is a string such as 'blocks.0.hook_resid_post', got "
+                                  f"{type(name).__name__} {name!r}")
         m = _BLOCK.match(name)
         if m:
             return HookName(int(m.group(1)), m.group(2))

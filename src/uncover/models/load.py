@@ -296,6 +296,9 @@ def load_pretrained(
     >>> hf_model.config.num_hidden_layers
     30
     """
+    if name is not None and not str(name).strip():  # Path("") would be the current folder
+        raise ModelNotFound(f"the model name {str(name)!r} is empty; give a .gguf file, a model directory or a hub id "
+                            "(or leave it out for the embedded model)")
     dtype = _dtype(dtype)
     device = _placement(check_device(device), device_map, max_memory, offload_folder)
     if name is None:
