@@ -226,6 +226,8 @@ class HookedModel(nn.Module):
         ``mlp.hook_post`` when ``hook_pre`` (and ``hook_pre_linear``) are cached and its formula was
         checked against the model (see :class:`~uncover.hooks.cache.Recorder`); either way
         ``cache[name]`` is bit-identical, and hooks that could write these names always see eager values.
+        On the CPU, values are copies in buffers that dropped caches left (:attr:`cache_pool`), so a loop
+        of calls does not take fresh memory from the kernel each time.
         """
         batch = self.tokenize(inputs)
         if device is None and self.device_map is not None:
