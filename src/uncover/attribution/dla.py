@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from uncover.core.errors import UncoverError
+from uncover.core.errors import UncoverError, UsageError
 from uncover.core.names import act_name, attn_bias_label, head_label, mlp_label
 from uncover.core.results import Result
 from uncover.hooks.cache import norm_scale
@@ -158,6 +158,10 @@ def direct_logit_attribution(
     n = len(prompts)
     a_ids = target_ids(model, _per_prompt(answer, n, "answer"))
     w_ids = target_ids(model, _per_prompt(wrong, n, "wrong"))
+    same = [i for i, (a, w) in enumerate(zip(a_ids, w_ids, strict=True)) if a == w]
+    if same:
+        raise UsageError(f"answer and wrong are the same token in prompt(s) {same}; the logit difference needs two "
+                         "different tokens")
     cfg, ad = model.cfg, model.adapter
     cols = batch.columns(position)[:, 0]
     if (cols < 0).any():

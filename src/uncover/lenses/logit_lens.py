@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
+from uncover.core.errors import UsageError
 from uncover.core.names import act_name
 from uncover.core.results import Result
 from uncover.hooks.decode import decode_resid, target_ids
@@ -125,6 +126,8 @@ def run_lens(
     lens: str = "logit",
 ) -> LensResult:
     """Decode the residual stream at every layer boundary (shared by logit and tuned lens)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= model.cfg.d_vocab:
+        raise UsageError(f"k must be an integer in 1..{model.cfg.d_vocab} (the vocabulary), got {k!r}")
     batch = model.tokenize(prompts)
     texts = model.prompt_texts(prompts)
     tids = target_ids(model, targets)

@@ -85,6 +85,14 @@ class Operation:
     def __call__(self, model: HookedModel | None = None, /, *, progress: bool | Progress = False,
                  seed: int | None = None, **fields: Any) -> Result:
         """Build the config from ``fields`` and :func:`execute` it; the result carries provenance."""
+        from uncover.core.config import fields_of
+
+        names = [f.name for f in fields_of(self.config)]
+        for k in fields:
+            if k not in names:
+                msg = did_you_mean(k, names, "field")
+                raise UsageError(f"operation {self.name!r}: {msg}"
+                                 + (f" (its fields: {', '.join(names)})" if "did you mean" in msg else ""))
         return execute(self, self.config(**fields), model, progress=progress, seed=seed)
 
     def example_code(self) -> str:
@@ -186,8 +194,13 @@ def execute(op: Operation | str, config: Config, model: HookedModel | None = Non
     if not isinstance(config, op.config):
         raise UsageError(f"operation {op.name!r} takes a {op.config.__name__}, not a {type(config).__name__}")
     if op.needs_model:
+        from uncover.hooks.hooked import HookedModel
+
         if model is None:
             raise UsageError(f"operation {op.name!r} needs a model: pass one (uncover.load())")
+        if not isinstance(model, HookedModel):
+            raise UsageError(f"operation {op.name!r} needs a HookedModel (uncover.load(...)), got "
+                             f"{type(model).__name__}; load it first: model = uncover.load({model!r:.60})")
         named = config.model_source()
         if named is not None and model.source != named:
             raise UsageError(f"operation {op.name!r}: the config names the base model {named!r}, but the model "

@@ -282,6 +282,8 @@ def causal_trace(
         raise UncoverError(f"window must be ≥ 1 layer, got {window}")
     if samples < 1:
         raise UncoverError(f"samples must be ≥ 1, got {samples}")
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not math.isfinite(noise) or noise <= 0:
+        raise UncoverError(f"noise must be a finite number > 0 (a multiple of the embeddings' std), got {noise!r}")
     batch = model.tokenize(prompt)
     n_pos = batch.input_ids.shape[1]
     if isinstance(subject, str):

@@ -26,6 +26,7 @@ never left modified, even on error), and :func:`generate` runs steered generatio
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -263,6 +264,11 @@ def actadd(model: Any, positive: str, negative: str, *, layer: int, coeff: float
     >>> steer = actadd(model, "Love", "Hate", layer=6, coeff=5)
     """
     _layer_ok(model, layer)
+    for what, text in (("positive", positive), ("negative", negative)):
+        if not isinstance(text, str) or not text.strip():
+            raise UncoverError(f"ActAdd's {what} prompt must be non-empty text, got {text!r}")
+    if isinstance(coeff, bool) or not isinstance(coeff, int | float) or not math.isfinite(coeff):
+        raise UncoverError(f"coeff must be a finite number, got {coeff!r}")
     tok = model.tokenizer
     a = tok(positive)["input_ids"]
     b = tok(negative)["input_ids"]
