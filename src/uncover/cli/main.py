@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if debug:
             raise
+        from uncover.core.memory import out_of_memory
+
+        oom = out_of_memory(e)  # a size the estimates let through: still a usage error, with the fix
+        if oom is not None:
+            print(f"uncover: error: {oom}", file=sys.stderr)
+            raise SystemExit(2) from None
         first = (str(e).strip().splitlines() or [""])[0][:300]
         print(f"uncover: error: {type(e).__name__}: {first} (an unexpected failure; rerun with --debug for the "
               "traceback and report it)", file=sys.stderr)

@@ -186,7 +186,7 @@ def _number(f: FieldInfo, owner: str, v: Any, tp: type) -> Any:
     for bound, ok, word in ((s.ge, lambda b: v >= b, ">="), (s.gt, lambda b: v > b, ">"),
                             (s.le, lambda b: v <= b, "<="), (s.lt, lambda b: v < b, "<")):
         if bound is not None and not ok(bound):
-            raise UsageError(f"{owner}: {f.label} must be {word} {bound:g}, got {v:g}")
+            raise UsageError(f"{owner}: {f.label} must be {word} {bound:g}, got {v if tp is int else format(v, 'g')}")
     return v
 
 

@@ -107,6 +107,7 @@ vector) or --edit-subject and --edit-target (an edit made on the spot), not neit
 
     def validate(self) -> None:
         super().validate()
+        _check_crosscoder_hook(self)
         if self.subject not in self.subject_prompt:
             raise UsageError(f"DiffConfig: subject (--subject) {self.subject!r} is not in the subject prompt "
                              f"{self.subject_prompt!r}")
@@ -114,6 +115,14 @@ vector) or --edit-subject and --edit-target (an edit made on the spot), not neit
     def check_model(self, model: HookedModel) -> None:
         super().check_model(model)
         check_tokenizer(model, type(self).__name__)
+
+
+def _check_crosscoder_hook(cfg: Any) -> None:
+    """A crosscoder reads one vector per token, as an SAE does: refuse logits, patterns, per-head q/k/v."""
+    if cfg.hook is not None:
+        from uncover.sae.sites import check_sae_hook
+
+        check_sae_hook(cfg.hook, f"{type(cfg).__name__}: hook (--hook)")
 
 
 def check_tokenizer(model: HookedModel, owner: str) -> None:
@@ -217,6 +226,7 @@ class CrosscoderConfig(ChangeSpec):
         from uncover.core.rundir import resolve_run
 
         super().validate()
+        _check_crosscoder_hook(self)
         ckpt = self.out / "checkpoint"
         has_ckpt = any((d / "trainer_state.json").is_file() for d in (ckpt, ckpt.with_name("checkpoint.old")))
         if self.resume and not has_ckpt:
@@ -237,8 +247,17 @@ class CrosscoderConfig(ChangeSpec):
                                                         "top")}
 
     def check_model(self, model: HookedModel) -> None:
+        from uncover.core.memory import check_fits
+
         super().check_model(model)
         check_tokenizer(model, type(self).__name__)
+        d = model.cfg.d_model
+        d_sae = self.expansion * d
+        # encoder and decoder of both models with gradients and Adam, a batch's latents, both harvests
+        check_fits(4 * (16 * d * d_sae + 3 * self.batch_size * d_sae + 2 * self.tokens * d),
+                   f"CrosscoderConfig: d_sae {d_sae} (--expansion {self.expansion} x d_model {d}), "
+                   f"--batch-size {self.batch_size}, --tokens {self.tokens}",
+                   "lower --expansion, --batch-size or --tokens", model.device)
 
 
 CC_FILES = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "sae", "metrics.csv", "metrics.jsonl")

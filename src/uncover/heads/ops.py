@@ -105,6 +105,13 @@ q|k|v (got 2)
         if self.mode != "compose" and self.detect != "copying" and longest and 1 + 2 * self.seq_len > longest:
             raise UsageError(f"HeadsConfig: seq_len (--seq-len) {self.seq_len} makes sequences of "
                              f"{1 + 2 * self.seq_len} tokens; this model takes at most {longest}")
+        if self.detect is not None and self.detect != "copying":
+            from uncover.core.memory import check_fits
+
+            t = 1 + 2 * self.seq_len  # one forward over all n sequences: every pattern and the logits
+            check_fits(4 * self.n * t * (c.n_layers * c.n_heads * t + c.d_vocab + 4 * c.d_model * c.n_layers),
+                       f"HeadsConfig: --n {self.n} sequences of {t} tokens", "lower --n or --seq-len",
+                       model.device)
 
 
 @dataclass

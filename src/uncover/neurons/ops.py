@@ -153,6 +153,12 @@ class SuperpositionConfig(Config):
     seed: int = param(0, help="Seed of the initialisation and the data")
 
     def validate(self) -> None:
+        from uncover.core.memory import check_fits
+
+        # the batched W [instance, m, n] with Adam, and batches of 1024 feature vectors per instance
+        check_fits(4 * len(self.sparsity) * self.features * (4 * self.dims + 3 * 1024),
+                   f"SuperpositionConfig: --features {self.features} x --dims {self.dims}",
+                   "lower --features (a toy model has tens of features)")
         if self.dims >= self.features:
             raise UsageError(f"SuperpositionConfig: dims (--dims) must be fewer than features (--features) "
                              f"to need superposition, got {self.dims} >= {self.features}")

@@ -54,7 +54,7 @@ class CCSConfig(DatasetLayers):
     data: str = param("truth-pairs", help=f"Contrast pairs with labels: {DATA_HELP} (positive,negative,label)",
                       nonempty=True)
     layers: list[int] | str | None = param(None, help="Layers: 0,4,8 or start:stop:step (default every third)")
-    restarts: int = param(10, help="Random restarts", ge=1)
+    restarts: int = param(10, help="Random restarts", ge=1, le=1000)
     seed: int = param(0, help="Seed of the train/test split and the restarts", ge=0)
 
     def validate(self) -> None:

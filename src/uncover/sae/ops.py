@@ -107,8 +107,18 @@ blocks.15.attn.hook_z
         return {k: v for k, v in d.items() if k not in RUN_CONTROL}
 
     def check_model(self, model: HookedModel) -> None:
+        from uncover.core.memory import check_fits
+
         super().check_model(model)
-        d_sae = self.expansion * sae_input_width(model, self.hook)
+        d_in = sae_input_width(model, self.hook)
+        d_sae = self.expansion * d_in
+        # W_enc, W_dec with their gradients and two Adam moments, a batch's latents, the harvest held in memory
+        held = 0 if self.shards or self.harvest is not None else self.tokens * d_in
+        check_fits(4 * (8 * d_in * d_sae + 3 * self.batch_size * d_sae + held),
+                   f"SAETrainConfig: d_sae {d_sae} (--expansion {self.expansion} x d_in {d_in}), "
+                   f"--batch-size {self.batch_size}, --tokens {self.tokens}",
+                   "lower --expansion, --batch-size or --tokens (or keep the activations on disk with --shards)",
+                   model.device)
         if self.arch == "topk" and self.k > d_sae:
             raise UsageError(f"SAETrainConfig: k (--k) must be at most d_sae = expansion x d_in = {d_sae}, "
                              f"got {self.k}")

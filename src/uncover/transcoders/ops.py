@@ -80,7 +80,17 @@ class TranscoderTrainConfig(Config):
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
 
     def check_model(self, model: HookedModel) -> None:
+        from uncover.core.memory import check_fits
+
         super().check_model(model)
+        d, n = model.cfg.d_model, len(self.layers) if self.layers else model.cfg.n_layers
+        d_feat = self.expansion * d
+        # per layer: W_enc, W_dec (all later layers for a CLT) with gradients and Adam; the MLP inputs and outputs
+        writes = n if self.cross_layer else 1
+        check_fits(4 * (n * 4 * d * d_feat * (1 + writes) + 3 * self.batch_size * d_feat * n + 2 * self.tokens * d * n),
+                   f"TranscoderTrainConfig: {n} layer(s) of {d_feat} features (--expansion {self.expansion}), "
+                   f"--batch-size {self.batch_size}, --tokens {self.tokens}",
+                   "lower --expansion, --batch-size or --tokens, or train fewer --layers", model.device)
         if self.activation == "topk" and self.k > self.expansion * model.cfg.d_model:
             raise UsageError(f"TranscoderTrainConfig: k (--k) must be at most expansion x d_model = "
                              f"{self.expansion * model.cfg.d_model}, got {self.k}")
