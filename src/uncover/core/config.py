@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
 
 _MISSING = dataclasses.MISSING
-UNITS = ("layer", "neuron", "head", "hook", "token", "tokens")
+UNITS = ("layer", "neuron", "head", "hook", "token", "tokens", "context")
 PATHS = ("in", "in_dir", "in_any", "out", "out_dir")
 
 
@@ -70,7 +70,8 @@ def param(default: Any = _MISSING, *, help: str, positional: bool = False, flag:
         nonempty: text must hold a non-whitespace character (prompts, tokens).
         unit: a model-dependent check: ``layer``, ``neuron``, ``head`` (an index in range), ``hook`` (a
             hook name of the model), ``token`` (text that is exactly one token), ``tokens`` (text that is
-            at least one token).
+            at least one token), ``context`` (a number of tokens the model's context can hold, such as
+            the tokens to generate).
         path: ``in`` (an existing readable file), ``in_dir`` (an existing directory), ``in_any`` (either),
             ``out`` (a file to write: not a directory, its folder exists and is writable), ``out_dir``
             (a directory to write into: not an existing file, its parent exists and is writable).
@@ -332,6 +333,9 @@ class Config:
         owner = type(self).__name__
         c = model.cfg
         limits = {"layer": c.n_layers, "neuron": c.d_mlp, "head": c.n_heads}
+        hf = getattr(getattr(model, "model", None), "config", None)
+        context = next((v for v in (getattr(hf, k, None) for k in ("max_position_embeddings", "n_positions", "n_ctx"))
+                        if isinstance(v, int) and v > 0), None)
         for f in fields_of(type(self)):
             unit, value = f.spec.unit, getattr(self, f.name)
             if unit is None or value is None:
@@ -341,6 +345,9 @@ class Config:
                 if unit in limits and isinstance(v, int) and not 0 <= v < limits[unit]:
                     raise UsageError(f"{owner}: {f.label} {v} is out of range; this model has "
                                      f"{unit}s 0..{limits[unit] - 1}")
+                if unit == "context" and context is not None and isinstance(v, int) and v > context:
+                    raise UsageError(f"{owner}: {f.label} {v} is more tokens than this model's context holds "
+                                     f"({context}); give at most {context}")
                 if unit == "hook" and isinstance(v, str):
                     model.site(v)
                 if unit == "token" and isinstance(v, str):

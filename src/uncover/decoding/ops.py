@@ -27,7 +27,7 @@ class DolaConfig(Config):
     prompts: list[str] = param(help="One or more prompts", positional=True, nonempty=True, min_items=1)
     layers: str = param("high", help=f"Premature-layer bucket ({', '.join(BUCKETS)}) or layers like 16,18,20",
                         nonempty=True)
-    max_new_tokens: int = param(20, help="Tokens to generate", ge=1)
+    max_new_tokens: int = param(20, help="Tokens to generate", ge=1, unit="context")
     alpha: float = param(0.1, help="Adaptive plausibility threshold in (0, 1]", gt=0, le=1)
     repetition_penalty: float = param(1.0, help="1 = none; the paper uses 1.2", gt=0)
 

@@ -44,7 +44,7 @@ class EditConfig(Config):
     mom2_samples: int = param(20_000, help="Corpus tokens for the key statistics (rome, memit)", ge=1)
     margin: float | None = param(None, help="kn only: nats by which the new object must beat the old (default 1)",
                                  gt=0)
-    gen_tokens: int = param(20, help="Tokens generated before/after (0: none)", ge=0)
+    gen_tokens: int = param(20, help="Tokens generated before/after (0: none)", ge=0, unit="context")
     save: Path | None = param(None, help="Save the edit (delta.safetensors + edit.json) in this directory",
                               path="out_dir")
 

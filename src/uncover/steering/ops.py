@@ -81,7 +81,7 @@ class SteerConfig(Config):
     vector: Path | None = param(None, help="Steer with a saved vector (.safetensors or .gguf) as CAA, at its own "
                                            "layers (instead of --method)", path="in")
     save: Path | None = param(None, help="Save the CAA/ablate vector (.safetensors or .gguf)", path="out")
-    max_new_tokens: int = param(20, help="Tokens to generate", ge=1)
+    max_new_tokens: int = param(20, help="Tokens to generate", ge=1, unit="context")
     neutral_blocks: int = param(2, help="Blocks of 64 held-out corpus tokens on which KL(unsteered || steered) is "
                                         "measured (0: no KL)", ge=0, le=64)
 
