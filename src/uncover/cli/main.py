@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as e:  # the command line itself: unknown option, a number that is not one ...
         raise SystemExit(_command_line_error(e)) from None
     except UncoverError as e:
-        print(f"uncover: error: {e}", file=sys.stderr)
+        print(f"uncover: error: {one_line(str(e))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("uncover: interrupted", file=sys.stderr)
@@ -90,6 +90,22 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
+def one_line(message: str, limit: int = 400) -> str:
+    """An error message as one readable line: newlines folded, long echoed values (a 5,000-character
+    prompt, a list of 150 tokens) cut in the middle, the whole at most ``limit`` characters with its end
+    (where the fix is) kept.
+
+    >>> one_line("'" + "x" * 500 + "' is 125 tokens, not one")
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...(443 more)...xxxxxxxxxxxxxxxxxx' is 125 tokens, not one"
+    """
+    import re
+
+    text = " ".join(message.split())
+    text = re.sub(r"\[[^\[\]]{120,}\]", lambda m: m.group(0)[:60] + " ...]", text)
+    text = " ".join(w if len(w) <= 80 else f"{w[:40]}...({len(w) - 59} more)...{w[-19:]}" for w in text.split(" "))
+    return text if len(text) <= limit else text[: limit - 150] + " ... " + text[-145:]
+
+
 def _command_line_error(e: typer.TyperException) -> int:
     """Print a command-line parsing error (click's) as one ``uncover: error:`` line; return the exit code.
 
@@ -100,7 +116,7 @@ def _command_line_error(e: typer.TyperException) -> int:
     if type(e).__name__ == "Abort":
         print("uncover: aborted", file=sys.stderr)
         return 1
-    message = " ".join((e.format_message() if hasattr(e, "format_message") else str(e)).split())
+    message = one_line(e.format_message() if hasattr(e, "format_message") else str(e))
     ctx = getattr(e, "ctx", None)
     where = f"{ctx.command_path}: " if ctx is not None else ""
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
