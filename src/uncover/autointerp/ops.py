@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from uncover.autointerp.explain import Explanations
-from uncover.core.config import Config, param
+from uncover.core.config import SEED_MAX, Config, param
 from uncover.core.errors import UsageError
 from uncover.ops.registry import operation
 
@@ -48,7 +48,7 @@ class ExplainConfig(Config):
                         lt=1)
     explainer: str | None = param(None, help="Model that explains and scores (default: the model analysed)",
                                   nonempty=True)
-    seed: int = param(0, help="Seed of the held-out samples")
+    seed: int = param(0, help="Seed of the held-out samples", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         if self.source == "neuron" and self.layer is None:

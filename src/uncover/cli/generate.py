@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import typer
 
-from uncover.core.config import FieldInfo, _optional, check_writable, fields_of
+from uncover.core.config import SEED_MAX, FieldInfo, _optional, check_writable, fields_of
 from uncover.core.errors import UsageError
 from uncover.core.progress import Progress
 from uncover.ops.registry import Operation, execute
@@ -203,8 +203,8 @@ def run_command(op: Operation, values: dict[str, Any]) -> None:
 
         check_device(values.get("device"))
         _dtype(values.get("dtype"))
-    if values.get("seed") is not None and values["seed"] < 0:
-        raise UsageError(f"--seed must be >= 0, got {values['seed']}")
+    if values.get("seed") is not None and not 0 <= values["seed"] <= SEED_MAX:
+        raise UsageError(f"--seed must be in 0..{SEED_MAX}, got {values['seed']}")
     html, result_path = values.get("html"), values.get("result_path")
     if html is not None:
         check_writable(html, what="--html")

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 _MISSING = dataclasses.MISSING
 UNITS = ("layer", "neuron", "head", "hook", "token", "tokens", "context")
 PATHS = ("in", "in_dir", "in_any", "out", "out_dir")
+#: the largest seed every generator takes (torch.manual_seed overflows beyond it)
+SEED_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ def _number(f: FieldInfo, owner: str, v: Any, tp: type) -> Any:
     for bound, ok, word in ((s.ge, lambda b: v >= b, ">="), (s.gt, lambda b: v > b, ">"),
                             (s.le, lambda b: v <= b, "<="), (s.lt, lambda b: v < b, "<")):
         if bound is not None and not ok(bound):
-            raise UsageError(f"{owner}: {f.label} must be {word} {bound:g}, got {v if tp is int else format(v, 'g')}")
+            shown = bound if float(bound).is_integer() else format(bound, "g")
+            raise UsageError(f"{owner}: {f.label} must be {word} {shown}, got {v if tp is int else format(v, 'g')}")
     return v
 
 

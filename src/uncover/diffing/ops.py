@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import Config, fields_of, param
+from uncover.core.config import SEED_MAX, Config, fields_of, param
 from uncover.core.errors import UsageError
 from uncover.diffing.analysis import CrosscoderAnalysis
 from uncover.diffing.diff import ModelDiff
@@ -103,7 +103,7 @@ vector) or --edit-subject and --edit-target (an edit made on the spot), not neit
                                         "middle layer's)", unit="hook")
     tokens: int = param(8192, help="Corpus tokens for the crosscoder", ge=64)
     top: int = param(8, help="Features to list", ge=1)
-    seed: int = param(0, help="Seed of the traces' noise and of the crosscoder")
+    seed: int = param(0, help="Seed of the traces' noise and of the crosscoder", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         super().validate()
@@ -220,7 +220,7 @@ class CrosscoderConfig(ChangeSpec):
     resume: bool = param(False, help="Continue from out/checkpoint (with the run's settings)")
     overwrite: bool = param(False, help="Replace a run already in --out")
     top: int = param(10, help="Latents to list", ge=1)
-    seed: int = param(0, help="Seed of the corpus sample, the initialisation and the batches")
+    seed: int = param(0, help="Seed of the corpus sample, the initialisation and the batches", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         from uncover.core.rundir import resolve_run

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import Config, fields_of, param
+from uncover.core.config import SEED_MAX, Config, fields_of, param
 from uncover.core.errors import UncoverError, UsageError
 from uncover.core.threads import torch_threads
 from uncover.dynamics.grokking.config import GrokConfig
@@ -51,7 +51,7 @@ class GrokOpConfig(Config):
     train_frac: float = param(0.3, help="Fraction of pairs used for training", gt=0, lt=1)
     weight_decay: float = param(1.0, help="AdamW weight decay (0: memorize only)", ge=0)
     lr: float = param(1e-3, help="AdamW learning rate", gt=0)
-    seed: int = param(0, help="Seed of the split and the initialisation")
+    seed: int = param(0, help="Seed of the split and the initialisation", ge=0, le=SEED_MAX)
     init_scale: float = param(4.0, help="Multiplier on GPT-2's initial weights (4 ≈ Nanda et al.: memorize at "
                                         "once, generalise later; 1: no delay)", gt=0)
     eval_every: int = param(100, help="Steps between metric rows", ge=1)
@@ -222,7 +222,7 @@ class MemTrainConfig(Config):
                                   min_items=1, parse=int_list)
     per_count: int = param(8, help="Canaries and duplicated texts per copy count", ge=1)
     k_prefix: int = param(32, help="Prefix length of k-extractable memorization", flag="--k", ge=1)
-    seed: int = param(0, help="Seed of data and initialisation")
+    seed: int = param(0, help="Seed of data and initialisation", ge=0, le=SEED_MAX)
     localize: bool = param(False, help="Also attribute and ablate (a second report)")
     threads: int | None = param(None, help="CPU threads for torch (1 on a shared machine)", ge=1)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uncover.core.config import Config, param
+from uncover.core.config import SEED_MAX, Config, param
 from uncover.core.errors import UsageError
 from uncover.core.modes import ModeResult
 from uncover.hooks.contexts import TopActivations
@@ -150,7 +150,7 @@ class SuperpositionConfig(Config):
                                   min_items=1)
     decay: float = param(0.7, help="Importance of feature i is decay**i", gt=0, le=1)
     steps: int = param(3000, help="Adam steps", ge=1)
-    seed: int = param(0, help="Seed of the initialisation and the data")
+    seed: int = param(0, help="Seed of the initialisation and the data", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         from uncover.core.memory import check_fits

@@ -211,6 +211,10 @@ def execute(op: Operation | str, config: Config, model: HookedModel | None = Non
     if seed is None:
         seed = getattr(config, "seed", None)
     if seed is not None:
+        from uncover.core.config import SEED_MAX
+
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+            raise UsageError(f"seed must be an integer in 0..{SEED_MAX}, got {seed!r}")
         _seed(int(seed))
     started = time.time()
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from uncover.core.config import Config, param
+from uncover.core.config import SEED_MAX, Config, param
 from uncover.core.errors import UncoverError, UsageError
 from uncover.core.progress import Progress
 from uncover.ops.registry import operation
@@ -174,7 +174,7 @@ class TraceConfig(Config):
     window: int = param(10, help="Layers restored together for mlp and attn", ge=1)
     samples: int = param(10, help="Noise samples per prompt", ge=1)
     noise: float = param(3.0, help="Noise std as a multiple of the embeddings' std at hook_embed", gt=0)
-    seed: int = param(0, help="Noise seed", ge=0)
+    seed: int = param(0, help="Noise seed", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         super().validate()

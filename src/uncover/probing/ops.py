@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from uncover.core.config import param
+from uncover.core.config import SEED_MAX, param
 from uncover.core.errors import UncoverError, UsageError
 from uncover.data.activations import collect, resid_hooks
 from uncover.data.labelled import BUILTIN, DATA_HELP, PAIRS_WITH_LABELS, load_labelled, load_pairs
@@ -33,7 +33,7 @@ class ProbeConfig(DatasetLayers):
     kind: Literal["logistic", "mlp"] = param("logistic", help="Probe kind")
     folds: int = param(5, help="Cross-validation folds", ge=2)
     where: Literal["last", "mean"] = param("last", help="Position reduction: the last token or the mean of all")
-    seed: int = param(0, help="Seed of the folds, the control labels and the probes", ge=0)
+    seed: int = param(0, help="Seed of the folds, the control labels and the probes", ge=0, le=SEED_MAX)
 
 
 @operation("probe", ProbeConfig, ProbeCurve, example={"data": "sentiment", "layers": [3, 6], "folds": 2})
@@ -55,7 +55,7 @@ class CCSConfig(DatasetLayers):
                       nonempty=True)
     layers: list[int] | str | None = param(None, help="Layers: 0,4,8 or start:stop:step (default every third)")
     restarts: int = param(10, help="Random restarts", ge=1, le=1000)
-    seed: int = param(0, help="Seed of the train/test split and the restarts", ge=0)
+    seed: int = param(0, help="Seed of the train/test split and the restarts", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         super().validate()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import Config, fields_of, param
+from uncover.core.config import SEED_MAX, Config, fields_of, param
 from uncover.core.errors import UsageError
 from uncover.core.rundir import begin_run, resolve_run
 from uncover.heads.ops import max_positions
@@ -77,7 +77,7 @@ blocks.15.attn.hook_z
     harvest: Path | None = param(None, help="Train on the shards of an `uncover harvest` directory (streamed, "
                                  "one shard in memory) instead of harvesting --tokens from the corpus",
                                  path="in_dir")
-    seed: int = param(0, help="Seed of the initialisation, the corpus sample and the batches")
+    seed: int = param(0, help="Seed of the initialisation, the corpus sample and the batches", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         check_sae_hook(self.hook, "SAETrainConfig: hook (--hook)")
@@ -269,7 +269,7 @@ class SAEShowConfig(Config):
     feature: list[int] | None = param(None, help="Feature indices, comma-separated", ge=0, min_items=1)
     n_random: int = param(12, help="Without --feature: this many random live features", flag="--random", ge=1)
     blocks: int = param(128, help="Held-out corpus blocks of 64 tokens to stream", ge=1)
-    seed: int = param(0, help="Seed of the random choice of features")
+    seed: int = param(0, help="Seed of the random choice of features", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         if self.path is not None:

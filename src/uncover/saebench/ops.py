@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uncover.core.config import Config, param
+from uncover.core.config import SEED_MAX, Config, param
 from uncover.core.errors import UsageError
 from uncover.data.labelled import DATA_HELP, check_dataset
 from uncover.ops.registry import operation
@@ -40,7 +40,7 @@ class SAEBenchConfig(Config):
     k: list[int] = param([1, 2, 5], help="Latents kept by the sparse probes", ge=1, min_items=1)
     per_letter: int = param(40, help="Vocabulary words per first letter for absorption (0: skip absorption)",
                             ge=0)
-    seed: int = param(0, help="Seed of the splits and of the word sample")
+    seed: int = param(0, help="Seed of the splits and of the word sample", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         for d in self.datasets:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from uncover.core.config import Config, param
+from uncover.core.config import SEED_MAX, Config, param
 from uncover.core.errors import UsageError
 from uncover.data.activations import collect, resid_hooks
 from uncover.data.labelled import DATA_HELP, check_dataset, load_pairs
@@ -48,7 +48,7 @@ class ReadConfig(DatasetLayers):
     layers: list[int] | str | None = param(None, help="Layers: 0,4,8 or start:stop:step (default all but layer 0, "
                                                       "where both texts of a pair look alike)")
     save: Path | None = param(None, help="Save the LAT reading vectors (.safetensors or .gguf)", path="out")
-    seed: int = param(0, help="Seed of the train/test split and of LAT's sign flips", ge=0)
+    seed: int = param(0, help="Seed of the train/test split and of LAT's sign flips", ge=0, le=SEED_MAX)
 
 
 @operation("read", ReadConfig, ReadingResult, example={"data": "sentiment", "layers": [3, 6]})

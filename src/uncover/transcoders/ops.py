@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import Config, fields_of, param
+from uncover.core.config import SEED_MAX, Config, fields_of, param
 from uncover.core.errors import UsageError
 from uncover.core.rundir import begin_run, resolve_run
 from uncover.neurons.ops import check_corpus
@@ -59,7 +59,7 @@ class TranscoderTrainConfig(Config):
     resume: bool = param(False, help="Continue the run in --out (with its settings)")
     overwrite: bool = param(False, help="Replace a run already in --out")
     corpus: Path | None = param(None, help=".txt or .jsonl corpus (default: embedded)", path="in")
-    seed: int = param(0, help="Seed of the initialisation, the corpus sample and the batches")
+    seed: int = param(0, help="Seed of the initialisation, the corpus sample and the batches", ge=0, le=SEED_MAX)
 
     def validate(self) -> None:
         check_corpus(self.corpus, "TranscoderTrainConfig")

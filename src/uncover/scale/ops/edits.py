@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import Config, param
+from uncover.core.config import SEED_MAX, Config, param
 from uncover.core.errors import UsageError
 from uncover.editing.evaluate import EditEval
 from uncover.editing.rome import RomeConfig
@@ -164,7 +164,7 @@ class EditSweepConfig(Config):
     workers: int = workers_param()
     threads: int = threads_param()
     ray_address: str | None = ray_address_param()
-    seed: int = param(0, help="Which generated counterfactuals (a seeded draw)")
+    seed: int = param(0, help="Which generated counterfactuals (a seeded draw)", ge=0, le=SEED_MAX)
 
 
 @operation(
