@@ -93,8 +93,8 @@ def _cli_type(f: FieldInfo) -> Any:
     elif origin in (list, tuple):
         base = list[str]
         return base
-    elif origin in (typing.Union, types.UnionType):
-        base = str
+    elif origin in (typing.Union, types.UnionType) or inner is Path:
+        base = str  # paths reach the config as typed, so "" is refused there (typer would make it ".")
     else:
         base = inner
     return base | None if optional else base

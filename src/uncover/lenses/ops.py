@@ -34,6 +34,8 @@ class LensConfig(Config):
         if self.k > model.cfg.d_vocab:
             raise UsageError(f"LensConfig: k (--k) must be at most the vocabulary size {model.cfg.d_vocab}, "
                              f"got {self.k}")
+        if self.tuned is not None:  # a broken or mismatched lens file is refused before the model runs
+            TunedLens.load(self.tuned, model)
 
 
 @operation("lens", LensConfig, LensResult,

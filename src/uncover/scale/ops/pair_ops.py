@@ -41,6 +41,19 @@ class PairsSweepConfig(Config):
     threads: int = threads_param()
     ray_address: str | None = ray_address_param()
 
+    def validate(self) -> None:
+        if self.pairs_file is not None:  # a broken pairs file is refused when the config is built, not mid-sweep
+            from uncover.data.tasks import from_jsonl
+
+            from_jsonl(self.pairs_file)
+
+    def check_model(self, model: HookedModel) -> None:
+        super().check_model(model)
+        if self.pairs_file is not None:
+            from uncover.data.tasks import from_jsonl
+
+            from_jsonl(self.pairs_file).check(model)
+
 
 def sweep_pairs(
     model: HookedModel, task: str = "ioi", n: int = 32, pairs_file: str | Path | None = None, *, chunk: int = 32
