@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from uncover.core.errors import UncoverError
+from uncover.core.errors import UncoverError, UsageError
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -295,7 +295,7 @@ def from_jsonl(path: str | Path) -> Task:
         d = require_fields(parse_json(line, where), fields, where)
         bad = [k for k in fields if not isinstance(d[k], str) or not d[k].strip()]
         if bad:
-            raise UncoverError(f"{where}: {', '.join(bad)} must be non-empty text, got "
+            raise UsageError(f"{where}: {', '.join(bad)} must be non-empty text, got "
                                f"{', '.join(repr(d[k])[:40] for k in bad)}")
         pairs.append(PromptPair(d["clean"], d["corrupt"], d["answer"], d["wrong"], d.get("meta") or {}))
     return Task(Path(path).stem, pairs)
