@@ -88,6 +88,9 @@ def files(tmp_path, real):
     (t / "number.jsonl").write_text(json.dumps({"clean": 1, "corrupt": "b", "answer": " a", "wrong": " b"}) + "\n")
     (t / "a_file").write_text("x")
     (t / "a_dir").mkdir()
+    for name, text in (("not-a-model", '{"p": 7, "d_model": 128}'), ("list-config", "[1, 2]")):
+        (t / name).mkdir()
+        (t / name / "config.json").write_text(text)
     tc = t / "tc-garbage"
     tc.mkdir()
     (tc / "cfg.json").write_text("{ not json")
@@ -112,6 +115,8 @@ def cases(files):
         # empty paths and model names (the current folder before)
         ["prune", "--out", ""], ["sae", "train", "--out", " "], ["neurons", "-l", "3", "--corpus", ""],
         ["lens", "x", "--tuned", ""], ["lens", "x", "--model", ""], ["lens", "x", "--model", "   "],
+        ["lens", "x", "--model", str(t / "not-a-model")], ["dla", "x", "-a", " a", "-w", " b", "--model",
+                                                            str(t / "list-config")],
         # lists that repeat an item or are empty; zero that means nothing
         ["neurons", "-l", "3", "--neuron", "0,0"], ["contexts-sweep", "--units", ""],
         ["contexts-sweep", "--units", ","], ["superposition", "--sparsity", "0.5,0.5"],

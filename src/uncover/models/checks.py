@@ -76,12 +76,15 @@ def check_safetensors(path: Path) -> None:
 
 
 def check_config_json(path: Path) -> None:
-    """A Hugging Face model directory's ``config.json`` must be JSON."""
+    """A Hugging Face model directory's ``config.json`` must be a JSON object naming its ``model_type``."""
     cfg = path / "config.json"
     try:
-        json.loads(cfg.read_text(encoding="utf-8"))
+        data = json.loads(cfg.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelNotFound(f"{cfg} is not valid JSON ({e}); fix or replace it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ModelNotFound(f"{cfg} is not a Hugging Face model config (no \"model_type\"): is {path} a model "
+                            "directory? Give one saved by save_pretrained, a .gguf file or a hub id")
 
 
 def check_weights(path: Path) -> None:
