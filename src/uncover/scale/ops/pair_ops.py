@@ -45,7 +45,9 @@ class PairsSweepConfig(Config):
         if self.pairs_file is not None:  # a broken pairs file is refused when the config is built, not mid-sweep
             from uncover.data.tasks import from_jsonl
 
-            from_jsonl(self.pairs_file)
+            if not from_jsonl(self.pairs_file).pairs:
+                raise UsageError(f"{type(self).__name__}: pairs_file (--pairs-file) {self.pairs_file} holds no pairs; "
+                                 "give one JSON object per line with clean, corrupt, answer, wrong")
 
     def check_model(self, model: HookedModel) -> None:
         super().check_model(model)
