@@ -286,6 +286,15 @@ def test_tokenizer_fixture_round_trips(gen_model):
     assert gen_model.to_str_tokens("w5 w9") == ["w5", "w9"]
 
 
+def test_generate_refuses_token_counts_it_cannot_produce(gen_model):
+    from uncover.core.errors import UncoverError
+
+    room = gen_model.model.config.max_position_embeddings
+    for bad in (0, -1, 2.5, True, room):
+        with pytest.raises(UncoverError, match="max_new_tokens"):
+            gen_model.generate("w5 w17", max_new_tokens=bad)
+
+
 def test_generate_under_intervention_differs_and_is_restored(gen_model):
     m = gen_model
     prompt = "w5 w17 w33 w40"

@@ -425,6 +425,14 @@ def test_intervention_errors_name_the_problem():
     with pytest.raises(UncoverError, match="Intervention"):
         with m.intervene(["blocks.0.hook_resid_pre"]):  # type: ignore[list-item]
             pass
+    for bad in (None, "blocks.0.hook_resid_pre", 3):
+        with pytest.raises(UncoverError, match="intervention or a list"):
+            with m.intervene(bad):  # type: ignore[arg-type]
+                pass
+    with m.intervene(Zero("blocks.0.hook_resid_pre")):  # one intervention needs no list
+        one = m(toks)
+    with m.intervene([Zero("blocks.0.hook_resid_pre")]):
+        assert torch.equal(one, m(toks))
     # the model is usable and unchanged afterwards
     torch.testing.assert_close(m(toks), plain(m, toks), rtol=0, atol=0)
 
@@ -658,3 +666,37 @@ def test_bad_intervention_values_are_refused(one_thread_no_grad):
         model(tokens())
     with pytest.raises(UncoverError, match="units"), model.intervene([Zero("hook_embed", units=[999])]):
         model(tokens())
+
+
+def test_replace_refuses_a_source_padded_otherwise_than_the_batch_it_patches():
+    """A cached value knows its batch's padding: patched into a batch padded otherwise it would put padding where
+    real tokens are (issue 13). Same padding, an explicit matching mask, or a tensor with no record all work."""
+    from uncover.hooks.tokens import Batch
+
+    m = tiny("llama")
+    ids = tokens(2, 6)
+    right = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    left = torch.tensor([[1] * 6, [0] * 2 + [1] * 4])
+    name = "blocks.1.hook_resid_pre"
+    _, cache = m.run_with_cache(Batch(ids, right), names=[name])
+    src = cache[name]
+    with pytest.raises(UncoverError, match="padded otherwise.*real lengths"):
+        with m.intervene([Replace(name, source=src)]):
+            m(Batch(ids, left))
+    with pytest.raises(UncoverError, match="padded otherwise"):  # a one-row source broadcast to padded rows
+        _, one = m.run_with_cache(Batch(ids[:1], right[:1]), names=[name])
+        with m.intervene([Replace(name, source=one[name])]):
+            m(Batch(ids, left))
+    with m.intervene([Replace(name, source=src)]):
+        same = m(Batch(ids, right))
+    ref = m(Batch(ids, right))  # patching a run with its own values changes nothing
+    assert torch.equal(same[right.bool()], ref[right.bool()])
+    iv = Replace(name, source=src.clone(), source_mask=right)
+    assert torch.equal(Intervention.from_dict(json.loads(json.dumps(iv.to_dict()))).source_mask, right)
+    with pytest.raises(UncoverError, match="padded otherwise"):
+        with m.intervene([iv]):
+            m(Batch(ids, left))
+    with m.intervene([Replace(name, source=src.clone())]):  # no record: the caller's responsibility, as before
+        m(Batch(ids, left))
+    with pytest.raises(UncoverError, match="source_mask"):
+        Replace(name, source=src, source_mask=torch.ones(6))

@@ -27,6 +27,7 @@ import torch
 
 from uncover.core.errors import UncoverError, UnknownHookName, did_you_mean
 from uncover.core.names import act_name, head_label
+from uncover.hooks.interventions import remember_padding
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
@@ -218,7 +219,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
-            return self.store[name]
+            v = self.store[name]
+            remember_padding(v, self.batch.attention_mask)  # a Replace made from it checks the padding it patches
+            return v
         except KeyError:
             lazy = self.pending.get(name)
             if lazy is not None:
@@ -226,7 +229,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                     if self.pending.get(n) is lazy:  # a recipe fills every name it gives that is still pending
                         self.store[n] = v
                         del self.pending[n]
-                return self.store[name]
+                return self[name]
             if name in self.model.hook_names():
                 raise UnknownHookName(f"{name!r} was not cached; pass it in names= to run_with_cache") from None
             valid = list(self) or self.model.hook_names()

@@ -201,8 +201,13 @@ class HookedModel(nn.Module):
             yield self
 
     @contextlib.contextmanager
-    def intervene(self, interventions: Sequence[Intervention]) -> Iterator[HookedModel]:
-        """Apply intervention values for the block (also inside ``generate``)."""
+    def intervene(self, interventions: Intervention | Sequence[Intervention]) -> Iterator[HookedModel]:
+        """Apply intervention values (one, or a list) for the block (also inside ``generate``)."""
+        if isinstance(interventions, Intervention):
+            interventions = [interventions]
+        elif not isinstance(interventions, Sequence) or isinstance(interventions, str):
+            raise UncoverError(f"intervene takes an intervention or a list of them (Zero, Mean, Replace, Add, "
+                               f"Project, Ablate), got {type(interventions).__name__}")
         with Attachment(self, hooks_for(list(interventions))):
             yield self
 
@@ -305,7 +310,13 @@ class HookedModel(nn.Module):
 
         Returns a string for a string prompt and a list for a list of prompts.
         """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise UncoverError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}")
         b = self.tokenize(inputs, padding_side="left")
+        room = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(room, int) and b.input_ids.shape[1] + max_new_tokens > room:
+            raise UncoverError(f"{b.input_ids.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} exceed the "
+                               f"model's context of {room} tokens; ask for at most {room - b.input_ids.shape[1]}")
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with torch.no_grad():

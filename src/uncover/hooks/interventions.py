@@ -12,6 +12,7 @@ Kinds: :class:`Zero`, :class:`Mean`, :class:`Replace`, :class:`Add`,
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,6 +24,30 @@ from uncover.core.names import HookName
 
 if TYPE_CHECKING:
     from uncover.hooks.apply import Selection
+
+
+_PADDING: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+
+def remember_padding(t: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """Note which batch padding ``t`` (a cached value) came from, so a :class:`Replace` built from it can check
+    that it patches a batch padded the same way. Forgotten when ``t`` dies.
+
+    >>> t = torch.zeros(2, 3)
+    >>> remember_padding(t, torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    >>> padding_of(t).tolist()
+    [[1, 1, 1], [0, 1, 1]]
+    """
+    if attention_mask is None or id(t) in _PADDING and _PADDING[id(t)][0]() is t:
+        return
+    key = id(t)
+    _PADDING[key] = (weakref.ref(t, lambda _: _PADDING.pop(key, None)), attention_mask)
+
+
+def padding_of(t: Any) -> torch.Tensor | None:
+    """The attention mask ``[batch, pos]`` recorded by :func:`remember_padding` for this very tensor, or ``None``."""
+    entry = _PADDING.get(id(t))
+    return entry[1] if entry is not None and entry[0]() is t else None
 
 
 def _tensor_field(x: Any, what: str, allow_inf: bool = False) -> torch.Tensor:
@@ -211,16 +236,50 @@ class Replace(Intervention):
     """
 
     source: torch.Tensor = None  # type: ignore[assignment]
+    source_mask: torch.Tensor | None = field(default=None, kw_only=True, repr=False)
+    """The attention mask ``[batch, pos]`` of the batch ``source`` was cached from (taken by itself when
+    ``source`` is a value read from an :class:`~uncover.hooks.cache.ActivationCache`): patching a batch padded
+    otherwise is refused, since it would put padding where real tokens are and the other way round."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.source is None:
             raise UncoverError("Replace needs a source tensor (for example a cached activation)")
+        mask = padding_of(self.source) if self.source_mask is None else self.source_mask
         # -inf is meaningful in attention scores; NaN never is
         object.__setattr__(self, "source", _tensor_field(self.source, "source", allow_inf=True))
+        if mask is not None:
+            if isinstance(mask, dict) and "data" in mask:  # to_dict form
+                mask = mask["data"]
+            mask = torch.as_tensor(mask).detach().clone()
+            if mask.dim() != 2 or mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+                raise UncoverError(f"source_mask must be an attention mask [batch, pos] of 0/1, got shape "
+                                   f"{tuple(mask.shape)}")
+            object.__setattr__(self, "source_mask", mask.long())
 
     def new_value(self, value: torch.Tensor, sel: Selection) -> torch.Tensor:
+        if self.source_mask is not None:
+            _same_padding(self, sel)
         return sel.select(self.source)
+
+
+def _same_padding(iv: Replace, sel: Selection) -> None:
+    """Refuse a source whose prompts were padded otherwise than this forward pass's (same shape, other padding)."""
+    src = iv.source_mask
+    st = sel.hp.state
+    tgt = st.attention_mask
+    rows = sel.full.shape[0]
+    if tgt is None:
+        tgt = torch.ones(rows, src.shape[-1], dtype=torch.long)
+    if src.shape[-1] != tgt.shape[-1] or src.shape[0] not in (1, tgt.shape[0]):
+        return  # other lengths or batches: the source does not broadcast, which select() reports
+    src, tgt = src.to(tgt.device).bool().expand(tgt.shape), tgt.bool()
+    if not torch.equal(src, tgt):
+        raise UncoverError(
+            f"Replace on {iv.hook!r}: the source was cached from prompts padded otherwise than this batch (real "
+            f"lengths {src.sum(-1).tolist()} against {tgt.sum(-1).tolist()}); patching it would mix padding and "
+            "real tokens. Cache the source from prompts of the same token lengths, or patch one pair at a time"
+        )
 
 
 @dataclass(frozen=True, eq=False)
