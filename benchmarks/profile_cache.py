@@ -11,10 +11,11 @@ minor page faults (``ru_minflt``: each is one fresh 4 KiB page the call wrote). 
 and their ratios to the floor, the MiB held per hook point (``lazy``: kept as a recipe, see
 ``hooks/cache.py``), and (``--profile``) torch.profiler's top operators.
 
-``--eager`` turns the recipes off (every derived value computed during the forward, as before issue 13's
-change), to compare the two in the same environment.
+``--no-pool`` keeps every value in the model's own tensors (no copies into buffers of dropped caches,
+``hooks/pool.py``), as before the pool. ``--eager`` turns the recipes off (every derived value computed
+during the forward, as before issue 13's change), to compare the two in the same environment.
 
-    python benchmarks/profile_cache.py [--config every|resid|fresh] [--rounds 5] [--eager] [--profile]
+    python benchmarks/profile_cache.py [--config every|resid|fresh] [--rounds 5] [--eager] [--no-pool] [--profile]
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/profile_cache.py   # torch's allocator on huge pages
 """
 
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--config", choices=("every", "resid", "fresh"), default="every",
                     help="what to time against the floor (default: every hook)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators")
+    ap.add_argument("--no-pool", action="store_true", help="no cache pool: values stay in the model's own tensors")
     args = ap.parse_args()
     import torch
 
@@ -97,6 +99,7 @@ def main() -> None:
         Recorder.formula = lambda self, *a, **k: None  # type: ignore[method-assign]
     torch.set_num_threads(args.threads)
     m = uncover.load()
+    m.cache_pool.enabled = not args.no_pool
     ids = common.make_input_ids(m.tokenizer, 8, 64)
     batch = Batch(ids, torch.ones_like(ids))
 
@@ -140,7 +143,7 @@ def main() -> None:
         base_f = statistics.median(faults["floor"])
         thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
         print(f"\nper call, median of {args.rounds} rounds ({args.threads} thread(s), recipes "
-              f"{'off' if args.eager else 'on'}, THP_MEM_ALLOC_ENABLE={thp}):")
+              f"{'off' if args.eager else 'on'}, pool {'off' if args.no_pool else 'on'}, THP_MEM_ALLOC_ENABLE={thp}):")
         for k in calls:
             c, fl = statistics.median(cpu[k]), statistics.median(faults[k])
             print(f"  {k:16s} {c * 1e3:7.0f} ms CPU  {c / base:.3f}x the floor  {fl:8.0f} minor faults "
