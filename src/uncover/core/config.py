@@ -36,6 +36,13 @@ UNITS = ("layer", "neuron", "head", "hook", "token", "tokens", "context")
 PATHS = ("in", "in_dir", "in_any", "out", "out_dir")
 #: the largest seed every generator takes (torch.manual_seed overflows beyond it)
 SEED_MAX = 2**63 - 1
+#: the largest multiplier a scale field takes: beyond it the square, which every norm of a model
+#: computes, overflows float32 (3.4e38) even for a unit vector, and the run gives NaN or nonsense
+SCALE_MAX = 1e18
+#: the largest log-probability gap (nats) a margin takes: e**-100 is below the smallest float32 (1.4e-45)
+NATS_MAX = 100.0
+#: the largest repetition penalty: the paper's 1.2, HF's usual range 1..2; past 10 every seen token is banned
+PENALTY_MAX = 10.0
 
 
 @dataclass(frozen=True)

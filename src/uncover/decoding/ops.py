@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from uncover.core.config import Config, param
+from uncover.core.config import PENALTY_MAX, Config, param
 from uncover.core.errors import UncoverError, UsageError
 from uncover.decoding.compare import DecodingComparison, compare_decoding
 from uncover.decoding.dola import BUCKETS, candidate_layers
@@ -29,7 +29,8 @@ class DolaConfig(Config):
                         nonempty=True)
     max_new_tokens: int = param(20, help="Tokens to generate", ge=1, unit="context")
     alpha: float = param(0.1, help="Adaptive plausibility threshold in (0, 1]", gt=0, le=1)
-    repetition_penalty: float = param(1.0, help="1 = none; the paper uses 1.2", gt=0)
+    repetition_penalty: float = param(1.0, help="1 = none; the paper uses 1.2; in (0, 10]", gt=0,
+                                      le=PENALTY_MAX)
 
     def validate(self) -> None:
         if self.layers not in BUCKETS and not all(x.strip().isdigit() for x in self.layers.split(",")):

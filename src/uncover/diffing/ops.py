@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import SEED_MAX, Config, fields_of, param
+from uncover.core.config import SCALE_MAX, SEED_MAX, Config, fields_of, param
 from uncover.core.errors import UsageError
 from uncover.diffing.analysis import CrosscoderAnalysis
 from uncover.diffing.diff import ModelDiff
@@ -53,7 +53,7 @@ class ChangeSpec(Config):
     edit_method: Literal["rome", "memit", "kn"] = param("rome", help="Editing method of the on-the-spot edit")
     edit_layer: int | None = param(None, help="Edited layer (default: from causal tracing)", ge=0, unit="layer")
     mom2_samples: int = param(20_000, help="Corpus tokens for ROME/MEMIT key statistics", ge=1)
-    steer_scale: float = param(4.0, help="Scale of a steering vector given as CHANGED", gt=0)
+    steer_scale: float = param(4.0, help="Scale of a steering vector given as CHANGED", gt=0, le=SCALE_MAX)
 
     @property
     def changed(self) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import SEED_MAX, Config, fields_of, param
+from uncover.core.config import SCALE_MAX, SEED_MAX, Config, fields_of, param
 from uncover.core.errors import UncoverError, UsageError
 from uncover.core.threads import torch_threads
 from uncover.dynamics.grokking.config import GrokConfig
@@ -53,7 +53,7 @@ class GrokOpConfig(Config):
     lr: float = param(1e-3, help="AdamW learning rate", gt=0)
     seed: int = param(0, help="Seed of the split and the initialisation", ge=0, le=SEED_MAX)
     init_scale: float = param(4.0, help="Multiplier on GPT-2's initial weights (4 ≈ Nanda et al.: memorize at "
-                                        "once, generalise later; 1: no delay)", gt=0)
+                                        "once, generalise later; 1: no delay)", gt=0, le=SCALE_MAX)
     eval_every: int = param(100, help="Steps between metric rows", ge=1)
     out: Path | None = param(None, help="Run directory (checkpoints, snapshots, metrics)", path="out_dir")
     resume: Path | None = param(None, help="Continue the run in this directory (only --steps may change)",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from uncover.core.config import Config, param
+from uncover.core.config import NATS_MAX, Config, param
 from uncover.core.errors import UsageError
 from uncover.editing import Edit, EditError, Request, edit
 from uncover.editing.base import check_request
@@ -42,8 +42,8 @@ class EditConfig(Config):
                                          "default: from causal tracing", ge=0, unit="layer")
     check: list[str] = param([], help="Another prompt to show before/after (repeatable)", nonempty=True)
     mom2_samples: int = param(20_000, help="Corpus tokens for the key statistics (rome, memit)", ge=1)
-    margin: float | None = param(None, help="kn only: nats by which the new object must beat the old (default 1)",
-                                 gt=0)
+    margin: float | None = param(None, help="kn only: nats by which the new object must beat the old (default 1; "
+                                 "at most 100)", gt=0, le=NATS_MAX)
     gen_tokens: int = param(20, help="Tokens generated before/after (0: none)", ge=0, unit="context")
     save: Path | None = param(None, help="Save the edit (delta.safetensors + edit.json) in this directory",
                               path="out_dir")

@@ -191,6 +191,22 @@ class TraceConfig(Config):
         if self.answer == "":
             raise UsageError("TraceConfig: answer (--answer) is empty; give one token (e.g. ' Paris') or leave it out")
 
+    def check_model(self, model: HookedModel) -> None:
+        super().check_model(model)
+        import torch
+
+        from uncover.patching.causal_tracing import noise_scale
+
+        # the noise must pass through the model's norms, which square it (in float32 at least), with room to spare
+        dtype = getattr(model, "dtype", torch.float32)
+        limit = min((torch.finfo(torch.float32).max / model.cfg.d_model) ** 0.5, torch.finfo(dtype).max) / 1e3
+        sigma = noise_scale(model, self.noise)
+        if sigma > limit:
+            most = self.noise * limit / sigma
+            raise UsageError(f"TraceConfig: noise (--noise) {self.noise:g} is a noise std of {sigma:.3g}, more than "
+                             f"this model's {str(dtype).removeprefix('torch.')} activations carry through its norms; "
+                             f"give at most {most:.3g} (the paper uses 3)")
+
 
 @operation("trace", TraceConfig, CausalTraceResult,
            example={"prompt": FACT, "subject": "The Eiffel Tower", "answer": " Paris", "kind": "hidden",

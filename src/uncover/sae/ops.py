@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from uncover.core.config import SEED_MAX, Config, fields_of, param
+from uncover.core.config import SCALE_MAX, SEED_MAX, Config, fields_of, param
 from uncover.core.errors import UsageError
 from uncover.core.rundir import begin_run, resolve_run
 from uncover.heads.ops import max_positions
@@ -311,7 +311,8 @@ class SAESteerConfig(Config):
     mode: Literal["ablate", "steer", "clamp"] = param(
         "steer", help="steer: add --scale to the latent; clamp: hold it at --scale; ablate: set it to 0 (at every "
         "position)")
-    scale: float = param(10.0, help="Amount added (steer) or value held (clamp); unused by ablate")
+    scale: float = param(10.0, help="Amount added (steer) or value held (clamp); unused by ablate",
+                         ge=-SCALE_MAX, le=SCALE_MAX)
     path: Path | None = param(None, help=_PATH_HELP, flag="--sae", path="in_dir")
     max_new_tokens: int = param(12, help="Tokens to generate with and without the edit (0: none)", ge=0, le=256)
     k: int = param(8, help="Top next tokens shown from each distribution", ge=1, le=100)

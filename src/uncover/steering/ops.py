@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from uncover.core.config import SEED_MAX, Config, param
+from uncover.core.config import SCALE_MAX, SEED_MAX, Config, param
 from uncover.core.errors import UsageError
 from uncover.data.activations import collect, resid_hooks
 from uncover.data.labelled import DATA_HELP, check_dataset, load_pairs
@@ -77,7 +77,8 @@ class SteerConfig(Config):
     negative: str = param("Hate", help="ActAdd: the negative prompt", nonempty=True, unit="tokens")
     pairs: str = param("sentiment", help=f"CAA/ablate: contrast pairs: {DATA_HELP}", nonempty=True)
     layer: int = param(6, help="Layer to steer at (not with --vector: a vector has its own layers)", ge=0)
-    scale: float = param(5.0, help="ActAdd coefficient / CAA multiplier (negative: the other way)")
+    scale: float = param(5.0, help="ActAdd coefficient / CAA multiplier (negative: the other way)",
+                         ge=-SCALE_MAX, le=SCALE_MAX)
     vector: Path | None = param(None, help="Steer with a saved vector (.safetensors or .gguf) as CAA, at its own "
                                            "layers (instead of --method)", path="in")
     save: Path | None = param(None, help="Save the CAA/ablate vector (.safetensors or .gguf)", path="out")
