@@ -19,11 +19,12 @@ from torch import nn
 from uncover.core.errors import TokenError, UncoverError
 from uncover.core.names import GLOBAL_POINTS, HookName, block_points, resid_name
 from uncover.hooks.apply import hooks_for
-from uncover.hooks.cache import ActivationCache, Lazy, Recorder
+from uncover.hooks.cache import ActivationCache, Recorder
 from uncover.hooks.engine import Attachment, ForwardState, HookFn
 from uncover.hooks.interventions import Intervention
 from uncover.hooks.offload import OffloadedAdapter, execution_device, is_offloaded
 from uncover.hooks.pool import CachePool
+from uncover.hooks.recipes import head_results, neuron_formula
 from uncover.hooks.sites import Site, resolve
 from uncover.hooks.tokens import Batch, check_texts, check_token_ids
 from uncover.models.adapter import Adapter, ModelConfig
@@ -247,7 +248,7 @@ class HookedModel(nn.Module):
             chosen = set(wanted)
             for n in wanted:
                 if n.endswith(".mlp.hook_post"):
-                    self._neuron_formula(rec, int(n.split(".")[1]), chosen)
+                    neuron_formula(self, rec, int(n.split(".")[1]), chosen)
             hooks = [(n, rec.saver(n)) for n in wanted if n != "logits"]
             with torch.no_grad(), self.hooks(hooks):
                 logits = self.model(
@@ -258,52 +259,8 @@ class HookedModel(nn.Module):
         store, pending = rec.store, rec.pending
         hidden = {z: store.pop(z) for z in aux}
         for n, z in z_for.items():
-            pending[n] = self._head_results(n, store.get(z, hidden.get(z)))
+            pending[n] = head_results(self, n, store.get(z, hidden.get(z)))
         return logits, ActivationCache(store, self, batch, pending=pending)
-
-    def _neuron_formula(self, rec: Recorder, layer: int, chosen: set[str]) -> None:
-        """Let ``mlp.hook_post`` of ``layer`` be kept as ``act(hook_pre) [* hook_pre_linear]`` when both are cached.
-
-        ``act`` is the MLP's one parameterless non-linear child module; the recorder checks the formula
-        against the model's own value the first time (per MLP and activation module) and uses it only if it
-        was bit-identical. Not while any other hook could write the value (hooks on the down projection or
-        the activation, or global module hooks).
-        """
-        a, c = self.adapter, self.cfg
-        post = resid_name(layer, "mlp.hook_post")
-        needs = [resid_name(layer, p) for p in ("mlp.hook_pre", "mlp.hook_pre_linear")[: 1 + c.gated_mlp]]
-        if c.n_experts or not set(needs) <= chosen:
-            return
-        mlp, down = a.mlp(layer), a.mlp_part(layer, a.family.mlp_out)
-        acts = [m for m in mlp.children()
-                if not isinstance(m, (nn.Linear, nn.Dropout)) and next(m.parameters(), None) is None]
-        if len(acts) != 1 or down is None:
-            return
-        act = acts[0]
-        everywhere = nn.modules.module  # hooks registered for every module
-        if (down._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks
-                or getattr(everywhere, "_global_forward_hooks", None)
-                or getattr(everywhere, "_global_forward_pre_hooks", None)):
-            return
-
-        def gated(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_mlp] each
-            return act.forward(gate) * up
-
-        key = ("mlp.hook_post", layer, id(mlp), id(act), type(act))
-        rec.formula(post, needs, gated if c.gated_mlp else act.forward, self._formulas_checked, key)
-
-    def _head_results(self, name: str, z: torch.Tensor) -> Lazy:
-        """``name`` (``blocks.{l}.attn.hook_result``) as a recipe from the cached ``z``.
-
-        ``z`` is ``[batch, pos, head, d_head]``; the value is ``[batch, pos, head, d_model]``.
-        """
-        layer = int(name.split(".")[1])
-
-        def compute(z: torch.Tensor) -> dict[str, torch.Tensor]:
-            w_o = self.W_O(layer)  # [head, d_head, d_model]
-            return {name: torch.einsum("bphd,hdm->bphm", z, w_o.to(device=z.device, dtype=z.dtype))}
-
-        return Lazy(compute, [z])
 
     def generate(self, inputs: str | Sequence[str], max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
         """Greedy (by default) continuation text; active hooks and interventions apply.
