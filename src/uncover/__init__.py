@@ -40,7 +40,7 @@ API = {
     "compare_attribution": "attribution.attribution_patching",
     # patching and circuits
     "activation_patching": "patching.activation", "path_patching": "patching.path",
-    "causal_trace": "patching.causal_tracing", "trace_facts": "patching.causal_tracing", "eap": "circuits.eap",
+    "causal_trace": "patching.causal_tracing", "trace_facts": "patching.trace_facts", "eap": "circuits.eap",
     "acdc": "circuits.acdc", "faithfulness": "circuits.faithfulness",
     "faithfulness_curve": "circuits.faithfulness",
     # heads

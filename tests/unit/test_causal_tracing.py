@@ -11,14 +11,13 @@ from uncover.core.errors import UncoverError
 from uncover.patching.causal_tracing import (
     CATEGORIES,
     CausalTraceResult,
-    average_traces,
     causal_trace,
     noise_hook,
     noise_scale,
     subject_noise,
-    token_categories,
     window_layers,
 )
+from uncover.patching.trace_facts import average_traces, token_categories
 
 SITE = {"hidden": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
 

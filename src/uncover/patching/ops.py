@@ -14,9 +14,10 @@ from uncover.core.errors import UncoverError, UsageError
 from uncover.core.progress import Progress
 from uncover.ops.registry import operation
 from uncover.patching.activation import PatchResult, activation_patching
-from uncover.patching.causal_tracing import CausalTraceResult, causal_trace, trace_facts
+from uncover.patching.causal_tracing import CausalTraceResult, causal_trace
 from uncover.patching.pair_config import PairConfig
 from uncover.patching.path import PathPatchResult, parse_receiver, path_patching
+from uncover.patching.trace_facts import trace_facts
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
