@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from uncover.core.diverge import check_finite
 from uncover.core.names import act_name
 from uncover.editing.base import (
     Edit,
@@ -273,7 +274,7 @@ def optimise_delta(
         for p in params:
             p.requires_grad_(False)
         kl_init = None
-        for _ in range(cfg.steps):
+        for step in range(cfg.steps):
             opt.zero_grad()
             logits = model.model(input_ids=ids, attention_mask=mask, use_cache=False, **kw).logits.float()
             logp = logits[:n_rw].log_softmax(-1)
@@ -285,6 +286,8 @@ def optimise_delta(
             kl = torch.nn.functional.kl_div(kl_logp, kl_init, log_target=True, reduction="sum")
             init_norm = state["init"].norm()
             loss = nll + cfg.kl_factor * kl + cfg.weight_decay * delta.norm() / init_norm**2
+            check_finite(step, loss=loss, lr=cfg.lr, what="the edit's value optimisation",
+                         fix="lower the ROME learning rate (RomeConfig.lr)")
             trace.append(float(nll.detach()))
             if trace[-1] < cfg.stop_loss:
                 break
@@ -294,6 +297,8 @@ def optimise_delta(
                 cap = cfg.clamp * init_norm
                 if delta.norm() > cap:
                     delta.mul_(cap / delta.norm())
+        check_finite(cfg.steps, params=[delta], lr=cfg.lr, what="the edit's value optimisation",
+                     fix="lower the ROME learning rate (RomeConfig.lr)")
     finally:
         handle.remove()
         for p in params:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from uncover.core.diverge import check_finite, check_improved
 from uncover.core.errors import UncoverError
 from uncover.core.names import act_name
 from uncover.hooks.decode import decode_resid
@@ -364,19 +365,26 @@ def train_tuned_lens(
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(cfg.steps, 1))))
     bar = tqdm(range(cfg.steps), desc="tuned lens", disable=not progress, leave=False)
-    for _ in bar:
-        idx = torch.randint(resid.shape[1], (cfg.batch_size,), generator=gen)
-        kl = _layer_kl(model, resid[:, idx], lens).mean(-1)  # [layer]
-        # gradients for the lens only: the model's parameters get no .grad and are never updated
-        grads = torch.autograd.grad(kl.sum(), params)
-        for p, g in zip(params, grads):
-            p.grad = g
-        opt.step()
-        sched.step()
-        bar.set_postfix(kl=f"{kl.detach().mean():.3f}")
-    bar.close()
+    try:
+        for step in bar:
+            idx = torch.randint(resid.shape[1], (cfg.batch_size,), generator=gen)
+            kl = _layer_kl(model, resid[:, idx], lens).mean(-1)  # [layer]
+            check_finite(step, loss=kl, lr=cfg.lr, what="tuned lens training")
+            # gradients for the lens only: the model's parameters get no .grad and are never updated
+            grads = torch.autograd.grad(kl.sum(), params)
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+            sched.step()
+            bar.set_postfix(kl=f"{kl.detach().mean():.3f}")
+    finally:  # before an error is printed, so that it gets a line of its own
+        bar.close()
+    check_finite(cfg.steps, params=params, lr=cfg.lr, what="tuned lens training")
+    kl_after = probe_kl()
+    # the lens feeds the final norm, so a step far too large leaves the KL finite but worse than the logit lens
+    check_improved(kl_before, kl_after, lr=cfg.lr, what="tuned lens training")
     lens.info = {"train": asdict(cfg), "tokens": int(resid.shape[1]), "kl_before": kl_before,
-                 "kl_after": probe_kl()}
+                 "kl_after": kl_after}
     return lens
 
 

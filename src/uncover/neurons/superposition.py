@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from uncover.core.diverge import check_finite
 from uncover.core.errors import UncoverError
 from uncover.core.results import Result
 
@@ -157,13 +158,15 @@ def train_toy_models(n_features: int = 20, m: int = 5, sparsities: Sequence[floa
     opt = torch.optim.Adam([w, b], lr=lr)
     loss_i = torch.zeros(k)
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(steps):
             x = toy_batch(n_features, batch, s, g)  # [batch, inst, n]
             h = torch.einsum("bin,imn->bim", x, w)
             out = torch.relu(torch.einsum("bim,imn->bin", h, w) + b)
             per = (imp * (x - out).pow(2)).mean(0).sum(-1)  # [inst]
+            check_finite(step, loss=per, lr=lr, what="superposition training")
             opt.zero_grad(set_to_none=True)
             per.sum().backward()
             opt.step()
             loss_i = per.detach()
+    check_finite(steps, params=[w, b], lr=lr, what="superposition training")
     return ToyModels(w.detach(), b.detach(), [float(v) for v in sparsities], imp, loss_i)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from uncover.core.diverge import check_finite
 from uncover.core.errors import UncoverError
 from uncover.core.names import HookName
 from uncover.core.results import Result
@@ -126,12 +127,15 @@ def fit_ccs(
         return ((pp - (1 - pn)) ** 2).mean(0) + (torch.minimum(pp, pn) ** 2).mean(0)
 
     with torch.enable_grad(), small_ops():
-        for _ in range(steps):
+        for step in range(steps):
             opt.zero_grad()
-            losses().sum().backward()
+            loss = losses().sum()
+            check_finite(step, loss=loss, lr=lr, what="CCS training")
+            loss.backward()
             opt.step()
     with torch.no_grad():
         final = losses()
+    check_finite(steps, loss=final, params=[w, b], lr=lr, what="CCS training")
     k = int(final.argmin())
     probe = CCSProbe(w[k].detach().clone(), float(b[k].detach()), mp, sp, mn, sn, 1, float(final[k]), basis)
     if labels is not None and probe.score(x_pos, x_neg, labels) < 0.5:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from uncover.core.diverge import check_finite
 from uncover.core.errors import UncoverError
 from uncover.core.threads import torch_threads
 
@@ -130,12 +131,15 @@ def _train(Z: torch.Tensor, y: torch.Tensor, kind: str, n_classes: int, l2: floa
 
         with torch.enable_grad():
             opt.step(closure)
+        check_finite(0, params=net.parameters(), what="probe training", fix="check the activations are finite")
     else:
         net = nn.Sequential(nn.Linear(Z.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
         opt2 = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=l2)
         with torch.enable_grad():
-            for _ in range(steps):
+            for step in range(steps):
                 opt2.zero_grad()
-                nn.functional.cross_entropy(net(Z), y).backward()
+                loss = nn.functional.cross_entropy(net(Z), y)
+                check_finite(step, loss=loss, lr=1e-2, what="probe training", fix="check the activations are finite")
+                loss.backward()
                 opt2.step()
     return net.eval()

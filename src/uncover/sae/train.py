@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from uncover.core.diverge import check_finite
 from uncover.core.errors import UncoverError
 from uncover.core.metrics_log import MetricsLog
 from uncover.core.results import Result
@@ -290,6 +291,7 @@ def _loop(sae: SAE, source: Source, cfg: TrainConfig, opt: torch.optim.Optimizer
         coeff = cfg.sparsity_coeff * min(1.0, (step + 1) / max(cfg.sparsity_warmup_steps, 1))
         dead = since_fired >= cfg.dead_steps
         loss, parts, f = sae.training_loss(x, coeff, dead, cfg.aux_coeff)
+        check_finite(step, loss=loss, lr=cfg.lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         unit = getattr(sae, "unit_decoder", False)
@@ -315,9 +317,11 @@ def _loop(sae: SAE, source: Source, cfg: TrainConfig, opt: torch.optim.Optimizer
             bar.update(1)
         done = step + 1
         if out is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps):
+            check_finite(done, params=sae.parameters(), lr=cfg.lr)  # never save weights that diverged
             _save_checkpoint(out / "checkpoint", sae, opt, {"step": done, "scale": scale, "train_cfg": asdict(cfg)},
                              {"since_fired": since_fired})
             log.flush()
+    check_finite(cfg.steps, params=sae.parameters(), lr=cfg.lr)
     sae.eval()
     sae.fold_scale(scale)
     if out is not None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from uncover.core.diverge import check_finite
 from uncover.core.errors import UncoverError
 from uncover.core.threads import torch_threads
 from uncover.hooks.harvest import hook_values
@@ -98,6 +99,7 @@ def letter_probe(X: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> tuple[to
 
     with torch.enable_grad(), torch_threads(1):
         opt.step(closure)
+    check_finite(0, params=[w, b], what="absorption probe training", fix="check the activations are finite")
     w_raw = w.detach() / scale
     return w_raw, b.detach() - mu @ w_raw
 

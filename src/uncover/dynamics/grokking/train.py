@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from uncover.core.diverge import check_finite
 from uncover.core.metrics_log import MetricsLog
 from uncover.core.threads import torch_threads
 from uncover.dynamics.grokking.config import GrokConfig, GrokConfigError
@@ -147,6 +148,9 @@ def _check_resume(out: Path, cfg: GrokConfig) -> None:
                               "only steps may change, or use a new --out directory")
 
 
+_FIX = "lower --lr (or --init-scale, --weight-decay)"
+
+
 def train(
     cfg: GrokConfig,
     out: str | Path | None = None,
@@ -193,25 +197,29 @@ def train(
             _record(run, log, 0, 0.0)
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, file=sys.stderr,
                    desc=f"grok p={cfg.p} {cfg.op}", dynamic_ncols=True)
-        for step in range(start, cfg.steps):
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with last_position_mlp(model):
-                loss = F.cross_entropy(last_logits(model, x, cfg.p).double(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            s = step + 1
-            bar.update(1)
-            if s % cfg.eval_every == 0 or s == cfg.steps:
-                row = _record(run, log, s, lr)
-                bar.set_postfix(train=f"{row['train_acc']:.3f}", test=f"{row['test_acc']:.3f}")
-            if cfg.snapshot_every and s % cfg.snapshot_every == 0 or s == cfg.steps:
-                _snapshot(run, s)
-            if outp is not None and (cfg.checkpoint_every and s % cfg.checkpoint_every == 0 or s == cfg.steps):
-                _save_checkpoint(outp, s, model, opt, run.rows)
-        bar.close()
+        try:
+            for step in range(start, cfg.steps):
+                lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with last_position_mlp(model):
+                    loss = F.cross_entropy(last_logits(model, x, cfg.p).double(), y)
+                check_finite(step, loss=loss, lr=cfg.lr, what="grok training", fix=_FIX)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                s = step + 1
+                check_finite(s, params=model.parameters(), lr=cfg.lr, what="grok training", fix=_FIX)
+                bar.update(1)
+                if s % cfg.eval_every == 0 or s == cfg.steps:
+                    row = _record(run, log, s, lr)
+                    bar.set_postfix(train=f"{row['train_acc']:.3f}", test=f"{row['test_acc']:.3f}")
+                if cfg.snapshot_every and s % cfg.snapshot_every == 0 or s == cfg.steps:
+                    _snapshot(run, s)
+                if outp is not None and (cfg.checkpoint_every and s % cfg.checkpoint_every == 0 or s == cfg.steps):
+                    _save_checkpoint(outp, s, model, opt, run.rows)
+        finally:  # before an error is printed, so that it gets a line of its own
+            bar.close()
     model.eval()
     if outp is not None:
         save_weights(model, outp / "model.safetensors")

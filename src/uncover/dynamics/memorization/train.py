@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import transformers as T
 from tqdm.auto import tqdm
 
+from uncover.core.diverge import check_finite
 from uncover.core.threads import torch_threads
 from uncover.dynamics.memorization.config import MemConfig
 from uncover.dynamics.memorization.data import VOCAB, MemData, make_data
@@ -90,24 +91,30 @@ def train_memorization(cfg: MemConfig, *, progress: bool = True, threads: int | 
         model.eval()
         rows += measure(model, data, cfg.k_prefix, 0)
         model.train()
-        for step in tqdm(range(cfg.steps), disable=not progress, file=sys.stderr, desc="memorization"):
-            if cursor + cfg.batch_size > len(order):
-                order, cursor = torch.randperm(len(data.train), generator=g), 0
-            x = data.train[order[cursor: cursor + cfg.batch_size]]
-            cursor += cfg.batch_size
-            warm = min(1.0, (step + 1) / 50)
-            cos = 0.1 + 0.45 * (1 + math.cos(math.pi * step / cfg.steps))
-            for grp in opt.param_groups:
-                grp["lr"] = cfg.lr * warm * cos
-            logits = model(input_ids=x).logits[:, :-1]
-            loss = F.cross_entropy(logits.transpose(1, 2), x[:, 1:])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                model.eval()
-                rows += measure(model, data, cfg.k_prefix, step + 1)
-                model.train()
+        bar = tqdm(range(cfg.steps), disable=not progress, file=sys.stderr, desc="memorization")
+        try:
+            for step in bar:
+                if cursor + cfg.batch_size > len(order):
+                    order, cursor = torch.randperm(len(data.train), generator=g), 0
+                x = data.train[order[cursor: cursor + cfg.batch_size]]
+                cursor += cfg.batch_size
+                warm = min(1.0, (step + 1) / 50)
+                cos = 0.1 + 0.45 * (1 + math.cos(math.pi * step / cfg.steps))
+                for grp in opt.param_groups:
+                    grp["lr"] = cfg.lr * warm * cos
+                logits = model(input_ids=x).logits[:, :-1]
+                loss = F.cross_entropy(logits.transpose(1, 2), x[:, 1:])
+                check_finite(step, loss=loss, lr=cfg.lr, what="memorization training")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                    model.eval()
+                    rows += measure(model, data, cfg.k_prefix, step + 1)
+                    model.train()
+        finally:  # before an error is printed, so that it gets a line of its own
+            bar.close()
+    check_finite(cfg.steps, params=model.parameters(), lr=cfg.lr, what="memorization training")
     model.eval()
     return MemRun(cfg, model, data, pd.DataFrame(rows))
