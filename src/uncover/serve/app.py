@@ -23,23 +23,20 @@ model runs on the single worker thread (:mod:`uncover.serve.jobs`). Routes:
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from uncover.core.errors import UncoverError, UsageError
+from uncover.core.errors import UsageError
 from uncover.serve import cells, edits, features, prompt, views
-from uncover.serve import server as server_module
-from uncover.serve.jobs import Job, error_line, new_id
-from uncover.serve.security import LOOPBACK_NAMES, BodyTooLarge, Guard, confine_config, inside
+from uncover.serve.errors import install_error_handlers, json_body
+from uncover.serve.jobs import Job, new_id
+from uncover.serve.security import LOOPBACK_NAMES, Guard, confine_config, inside
 from uncover.serve.server import Server
 
-log = logging.getLogger("uncover.serve")
 STATIC = Path(__file__).parent / "static"
 
 
@@ -63,55 +60,7 @@ def create_app(
     app.state.server = srv
     app.add_middleware(Guard, token=srv.token, hosts={*LOOPBACK_NAMES, *(hosts or set())})
 
-    def err(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    @app.exception_handler(UncoverError)
-    async def _usage(request: Request, e: UncoverError) -> JSONResponse:
-        return err(400, error_line(e))
-
-    @app.exception_handler(LookupError)
-    async def _missing(request: Request, e: LookupError) -> JSONResponse:
-        return err(404, str(e.args[0]) if e.args else "not found")
-
-    @app.exception_handler(BodyTooLarge)
-    async def _large(request: Request, e: BodyTooLarge) -> JSONResponse:
-        return err(413, str(e))
-
-    @app.exception_handler(TimeoutError)
-    async def _busy(request: Request, e: TimeoutError) -> JSONResponse:
-        return err(
-            503,
-            f"the model is busy with queued work (waited {server_module.VIEW_TIMEOUT:.0f} s); try again later or "
-            "cancel a job",
-        )
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, e: HTTPException) -> JSONResponse:
-        return err(e.status_code, str(e.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        return err(422, "invalid request")
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, e: Exception) -> JSONResponse:
-        log.exception("request %s failed", request.url.path)
-        return err(500, f"internal error ({type(e).__name__}); the server's log has the details")
-
-    async def body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if not raw:
-            return {}
-        import json
-
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise UsageError("the request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise UsageError("the request body must be a JSON object")
-        return data
+    install_error_handlers(app)
 
     # ---- pages -------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
@@ -159,7 +108,7 @@ def create_app(
     async def start(request: Request) -> dict[str, Any]:
         from uncover.ops.registry import execute, get_operation
 
-        data = await body(request)
+        data = await json_body(request)
         name = data.get("op")
         if not isinstance(name, str):
             raise UsageError('give the operation\'s name: {"op": "lens", "config": {...}}')
@@ -316,7 +265,7 @@ def create_app(
             raise HTTPException(409, f"job {job_id} is not an applied edit")
         if srv.applied and srv.applied[-1] != job_id:
             raise HTTPException(409, f"evaluate the latest edit {srv.applied[-1]} (edits stack)")
-        d = await body(request)
+        d = await json_body(request)
         cfg = get_operation("edit").config.from_dict(original.config)
         return await srv.call(
             lambda: edits.edit_generalisation(
@@ -328,7 +277,7 @@ def create_app(
     async def compare(request: Request) -> dict[str, Any]:
         from uncover.ops.reproduce import compare as compare_
 
-        data = await body(request)
+        data = await json_body(request)
         a, b = finished(str(data.get("a"))), finished(str(data.get("b")))
         job = Job(new_id(), "compare", {"a": a.id, "b": b.id})
         compare_(a.result, b.result)  # a usage error (two operations) is refused before queueing
@@ -339,7 +288,7 @@ def create_app(
     async def reopen(request: Request) -> dict[str, Any]:
         from uncover.core.persist import load_result
 
-        name = (await body(request)).get("name")
+        name = (await json_body(request)).get("name")
         path = inside(root, name)
         if not path.is_file():
             raise LookupError(f"no file {name!r} in the results folder")
@@ -370,7 +319,7 @@ def create_app(
         }
         if kinds.get(job.op) != type(job.result).__name__:
             raise HTTPException(409, f"job {job_id} is not a result of patch, attribute, path or trace")
-        data = await body(request)
+        data = await json_body(request)
         index = data.get("index")
         config = get_operation(job.op).config.from_dict(job.config)
         if job.op == "path":
@@ -388,13 +337,13 @@ def create_app(
         job = finished(job_id)
         if type(job.result).__name__ != "AttributionGraph":
             raise HTTPException(409, f"job {job_id} is not a result of graph")
-        d = await body(request)
+        d = await json_body(request)
         return await asyncio.to_thread(graph_view, job.result, d.get("node_threshold"), d.get("edge_threshold"))
 
     # ---- views -------------------------------------------------------------------------------
     @app.post("/api/prompt")
     async def prompt_route(request: Request) -> JSONResponse:
-        data = await body(request)
+        data = await json_body(request)
         text = data.get("prompt")
         if isinstance(text, str) and len(text) > 4000:
             raise UsageError(f"prompt is {len(text)} characters; the workbench takes at most 4000")
@@ -405,7 +354,7 @@ def create_app(
 
     @app.post("/api/features")
     async def features_route(request: Request) -> dict[str, Any]:
-        data = await body(request)
+        data = await json_body(request)
         return await srv.call(
             lambda: features.features_view(model, srv.sae(data.get("path")), data.get("prompt"), data.get("k", 5))
         )
