@@ -243,13 +243,18 @@ class ContextsSweepConfig(Config):
             )
 
     def check_model(self, model: HookedModel) -> None:
-        """The unit indices against the hook's width (one forward pass of two tokens, stopped at the hook)."""
+        """A hook with a value per position, the unit indices against its width (one forward pass of two tokens,
+        stopped at the hook), and the memory of one batch of values and of the top-k state."""
         super().check_model(model)
-        if self.units:
-            from uncover.hooks.harvest import capture
+        from uncover.scale.ops.checks import check_shard_memory, hook_widths
 
-            _, got = capture(model, torch.zeros(1, 2, dtype=torch.long), [self.hook])
-            d = next(iter(got.values()))[0, 0].numel()
+        d = hook_widths(model, [self.hook], "ContextsSweepConfig", "hook (--hook)")[model.select_names([self.hook])[0]]
+        units = len(self.units) if self.units else d
+        check_shard_memory(4 * self.batch_size * self.block_len * d + 12 * self.k * units,
+                           f"ContextsSweepConfig: batches of {self.batch_size} blocks x {self.block_len} positions at "
+                           f"{d} values per position ({self.hook}) and the top {self.k} contexts of {units} unit(s)",
+                           "lower --batch-size, --block-len or --k, or give --units")
+        if self.units:
             bad = [u for u in self.units if u >= d]
             if bad:
                 raise UsageError(

@@ -13,6 +13,7 @@ from uncover.core.config import Config, param
 from uncover.core.results import Result
 from uncover.ops.registry import operation
 from uncover.scale.harvest import harvest_corpus
+from uncover.scale.ops.checks import check_shard_memory, hook_widths, shard_blocks
 from uncover.scale.ops.engine import engine_param, ray_address_param, threads_param, workers_param
 
 if TYPE_CHECKING:
@@ -56,6 +57,20 @@ class HarvestConfig(Config):
     threads: int = threads_param()
     ray_address: str | None = ray_address_param()
     overwrite: bool = param(False, help="Delete what the folder holds first instead of resuming")
+
+    def check_model(self, model: HookedModel) -> None:
+        """Hooks with a value per position, and the memory of one shard (its pieces and their concatenation)."""
+        super().check_model(model)
+        widths = hook_widths(model, self.hooks, "HarvestConfig", "hooks (--hooks)")
+        blocks = shard_blocks(self.shard_blocks, self.block_len, self.tokens)
+        rows = blocks * max(self.block_len - self.skip_first, 0)
+        width = sum(widths.values())
+        size = {"float32": 4, "float16": 2, "bfloat16": 2}[self.store_dtype]
+        check_shard_memory(2 * rows * width * size,
+                           f"HarvestConfig: a shard of {blocks} blocks x {self.block_len - self.skip_first} positions "
+                           f"at {width} values per position ({', '.join(f'{h}: {w}' for h, w in widths.items())})",
+                           "lower --shard-blocks or --block-len, or harvest fewer or narrower hooks "
+                           "(logits holds the vocabulary's width per position)")
 
 
 @dataclass
