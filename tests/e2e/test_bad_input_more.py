@@ -156,6 +156,26 @@ def cases(files):
         # outputs of rerun and compare, before the work
         ["rerun", res, "--html", str(t / "a_dir")], ["rerun", res, "--result", str(t / "a_file" / "x")],
         ["compare", res, res, "--html", str(t / "a_dir")], ["compare", res, res, "--html", str(t / "no" / "x.html")],
+        # finite but absurd: past a natural bound (a scale whose square overflows float32, a margin beyond float32's
+        # log-probabilities, a repetition penalty past 10, noise the model's norms cannot carry)
+        ["dola", "x", "--repetition-penalty", "1e30"], ["dola", "x", "--repetition-penalty", "11"],
+        ["trace", "-p", "The Eiffel Tower is in", "-s", "The Eiffel Tower", "--noise", "1e30"],
+        ["trace", "-p", "The Eiffel Tower is in", "-s", "The Eiffel Tower", "--noise", "1e20"],
+        ["edit", "--prompt", "{} is in", "--subject", "The Eiffel Tower", "--target", " Rome", "--method", "kn",
+         "--margin", "1e30"],
+        ["steer", "x", "--scale", "1e30"], ["steer", "x", "--scale", "-1e19"], ["grok", "--init-scale", "1e30"],
+        ["sae", "steer", "x", "--sae", str(t / "sae-good"), "--latent", "0", "--scale", "-1e30"],
+        ["diff", "--edit-subject", "The Eiffel Tower", "--edit-target", " Rome", "--steer-scale", "1e30"],
+        ["crosscoder", "--out", str(t / "cc2"), "--edit-subject", "The Eiffel Tower", "--edit-target", " Rome",
+         "--steer-scale", "1e25"],
+        # scale operations: hooks without a value per position, shards and batches that cannot fit
+        ["contexts-sweep", "--hook", "blocks.0.attn.hook_pattern"],
+        ["contexts-sweep", "--hook", "blocks.2.attn.hook_attn_scores"],
+        ["harvest", "--hooks", "blocks.0.hook_resid_post,blocks.1.attn.hook_pattern", "--out", str(t / "hv1")],
+        ["harvest", "--hooks", "logits", "--out", str(t / "hv2"), "--shard-blocks", "100000"],
+        ["harvest", "--hooks", "blocks.3.attn.hook_result", "--out", str(t / "hv3"), "--shard-blocks", "999999"],
+        ["contexts-sweep", "--hook", "logits", "--batch-size", "8192", "--shard-blocks", "8192", "--block-len", "1024"],
+        ["contexts-sweep", "--hook", "logits", "--k", "99999999"],
         # a message that echoes a huge input stays one short line
         ["lens", "x", "--target", "x" * 600], ["dla", "x", "-a", "y" * 3000, "-w", " b"],
     ]
@@ -213,3 +233,16 @@ def test_every_bad_input_is_one_clear_line_before_any_work(real, files, monkeypa
     bad = [b for argv in cases(files) + generated() if (b := _check(argv, capsys)) is not None]
     assert not bad, "\n".join(map(repr, bad))
     assert not reached
+
+
+def test_training_that_diverges_is_one_clear_line_and_no_finished_run(tmp_path, capsys):
+    """A learning rate has no fixed bound: grok --lr 1e30 runs, the loss becomes NaN, and that is one exit-2 line
+    naming the step, the lr and the fix (it used to finish with NaN weights and exit 0)."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["grok", "--p", "7", "--steps", "5", "--eval-every", "5", "--lr", "1e30", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("uncover:")]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("uncover: error: grok training diverged: the loss became NaN at step ")
+    assert "(lr 1e+30); lower --lr" in err[0]
+    assert not (out / "model.safetensors").exists()
