@@ -246,3 +246,13 @@ def test_training_that_diverges_is_one_clear_line_and_no_finished_run(tmp_path, 
     assert err[0].startswith("uncover: error: grok training diverged: the loss became NaN at step ")
     assert "(lr 1e+30); lower --lr" in err[0]
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_threshold_that_keeps_no_edge_is_one_clear_line(real, monkeypatch, capsys):
+    """circuit --threshold past every |score| gave an empty circuit with exit 0; now one line naming the largest."""
+    monkeypatch.setattr(common, "load_model", lambda name=None, device=None, dtype=None, **placement: real)
+    with pytest.raises(SystemExit) as e:
+        main(["circuit", *IOI, "--threshold", "1e30"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("uncover: error")]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "threshold (--threshold) 1e+30 keeps no edge: the largest |score| is" in err[0]

@@ -65,6 +65,17 @@ def _prompts(model: HookedModel, cfg: CircuitConfig):
     return Prompts.from_task(model, t, cfg.n_prompts), cfg.task
 
 
+def _nonempty(full: Circuit, kept: Circuit, what: str) -> Circuit:
+    """``kept``, or a usage error naming the largest ``|score|`` when it holds no edge (an empty circuit)."""
+    if kept.n_edges or not full.n_edges:
+        return kept
+    import torch
+
+    top = float(torch.where(full.kept, full.scores.abs(), torch.zeros_like(full.scores)).max())
+    raise UsageError(f"CircuitConfig: {what} no edge: the largest |score| is {top:.3g}; give a lower --threshold "
+                     "(or --edges N)")
+
+
 @operation("circuit", CircuitConfig, Circuit, rtol=1e-3, atol=1e-4,
            example={"clean": IOI, "corrupt": IOI_CORRUPT, "answer": " Mary", "wrong": " John", "edges": 20})
 def circuit(model: HookedModel, cfg: CircuitConfig, progress: Progress) -> Circuit:
@@ -84,6 +95,9 @@ def circuit(model: HookedModel, cfg: CircuitConfig, progress: Progress) -> Circu
     if cfg.method == "acdc":
         cands = eap(model, prompts).top(cfg.candidates) if cfg.candidates else None
         c = acdc(model, prompts, tau=cfg.tau, metric=cfg.metric or "kl", ablation=cfg.ablation, candidates=cands)
+        if not c.n_edges:  # like --edges 0, an empty circuit answers nothing
+            raise UsageError(f"CircuitConfig: tau (--tau) {cfg.tau:g} removes every edge (each one's damage is below "
+                             "it); give a lower --tau")
     else:
         c = eap(model, prompts, method=cfg.method, metric=cfg.metric or "logit_diff", steps=cfg.steps)
     c.meta["task"] = task
@@ -93,7 +107,7 @@ def circuit(model: HookedModel, cfg: CircuitConfig, progress: Progress) -> Circu
     if cfg.edges is not None:
         c = c.top(cfg.edges)
     elif cfg.threshold is not None:
-        c = c.threshold(cfg.threshold)
+        c = _nonempty(c, c.threshold(cfg.threshold), f"threshold (--threshold) {cfg.threshold:g} keeps")
     elif cfg.method != "acdc":
         c = c.top(200)
     if cfg.faithfulness:
