@@ -34,7 +34,7 @@ PACKAGES = ("attribution", "circuits", "data", "decoding", "dynamics", "editing"
 #: public functions and classes, reachable as ``uc.<name>`` (module, attribute)
 API = {
     # lenses and attribution
-    "logit_lens": "lenses.logit_lens", "tuned_lens": "lenses.tuned_lens", "train_tuned_lens": "lenses.tuned_lens",
+    "logit_lens": "lenses.logit_lens", "tuned_lens": "lenses.tuned_lens", "train_tuned_lens": "lenses.tuned_lens_train",
     "TunedLens": "lenses.tuned_lens", "direct_logit_attribution": "attribution.dla",
     "attribution_patching": "attribution.attribution_patching",
     "compare_attribution": "attribution.attribution_patching",

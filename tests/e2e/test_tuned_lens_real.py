@@ -12,7 +12,8 @@ import torch
 from uncover.core.errors import UncoverError
 from uncover.data.corpus import token_blocks
 from uncover.lenses.logit_lens import logit_lens
-from uncover.lenses.tuned_lens import TunedLens, lens_kl, train_tuned_lens, tuned_lens
+from uncover.lenses.tuned_lens import TunedLens, tuned_lens
+from uncover.lenses.tuned_lens_train import lens_kl, train_tuned_lens
 
 pytestmark = pytest.mark.e2e
 

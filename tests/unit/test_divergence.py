@@ -93,7 +93,7 @@ def test_memorization_training_diverges():
 
 
 def test_tuned_lens_training_diverges(one_thread):
-    from uncover.lenses.tuned_lens import train_tuned_lens
+    from uncover.lenses.tuned_lens_train import train_tuned_lens
 
     m, blocks = tiny("llama"), tokens(2, 8)
     for init in ("identity", "lstsq"):  # the lens feeds the final norm: the KL stays finite but rises

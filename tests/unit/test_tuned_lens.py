@@ -13,7 +13,8 @@ from tests.conftest import tiny, tiny_config, tokens
 from uncover import HookedModel
 from uncover.core.errors import UncoverError
 from uncover.lenses.logit_lens import logit_lens
-from uncover.lenses.tuned_lens import TrainConfig, TunedLens, lens_kl, train_tuned_lens, tuned_lens
+from uncover.lenses.tuned_lens import TunedLens, tuned_lens
+from uncover.lenses.tuned_lens_train import TrainConfig, lens_kl, train_tuned_lens
 
 
 def randomize(lens: TunedLens, seed: int = 0, scale: float = 0.1) -> TunedLens:

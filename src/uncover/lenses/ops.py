@@ -10,7 +10,8 @@ from uncover.core.config import Config, param
 from uncover.core.errors import UsageError
 from uncover.core.results import Result
 from uncover.lenses.logit_lens import LensResult, logit_lens
-from uncover.lenses.tuned_lens import TunedLens, train_tuned_lens, tuned_lens
+from uncover.lenses.tuned_lens import TunedLens, tuned_lens
+from uncover.lenses.tuned_lens_train import train_tuned_lens
 from uncover.ops.registry import operation
 
 if TYPE_CHECKING:
