@@ -28,10 +28,10 @@ import torch
 from uncover.core.errors import UncoverError, UnknownHookName, did_you_mean
 from uncover.core.names import act_name, head_label
 from uncover.hooks.interventions import remember_padding
+from uncover.hooks.pool import PoolSession, version_of
 
 if TYPE_CHECKING:
     from uncover.hooks.hooked import HookedModel
-    from uncover.hooks.pool import PoolSession
     from uncover.hooks.tokens import Batch
 
 
@@ -53,14 +53,6 @@ def norm_scale(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
     return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
-def _version(t: torch.Tensor) -> int | None:
-    """``t``'s in-place modification counter (``None`` for inference-mode tensors, which have none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
-
-
 def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     return (str(t.device), t.untyped_storage().data_ptr())
 
@@ -79,12 +71,12 @@ class Lazy:
                  device: torch.device | str | None = None):
         self.compute = compute
         self.inputs = tuple(inputs)
-        self.versions = tuple(None if t is None else _version(t) for t in self.inputs)
+        self.versions = tuple(None if t is None else version_of(t) for t in self.inputs)
         self.device = device
 
     def __call__(self) -> dict[str, torch.Tensor]:
         for t, v in zip(self.inputs, self.versions):
-            if v is not None and t is not None and _version(t) != v:
+            if v is not None and t is not None and version_of(t) != v:
                 raise UncoverError(
                     "a cached value was modified in place before the values derived from it were read; read "
                     "them first (or change a .clone() of the cached value)"

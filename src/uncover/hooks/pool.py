@@ -43,10 +43,17 @@ def _physical_bytes() -> int:
         return 8 << 30
 
 
-def _version(t: torch.Tensor) -> int | None:
+def version_of(t: torch.Tensor) -> int | None:
+    """``t``'s in-place modification counter (``None`` for inference-mode tensors, which have none).
+
+    >>> t = torch.zeros(2)
+    >>> _ = t.add_(1)
+    >>> version_of(t)
+    1
+    """
     try:
         return t._version
-    except RuntimeError:  # inference tensors have no in-place counter
+    except RuntimeError:
         return None
 
 
@@ -151,7 +158,8 @@ class PoolSession:
         if (not self.pool.enabled or type(v) is not torch.Tensor or v.device.type != "cpu"
                 or v.requires_grad or v.numel() == 0):
             return v
-        again = self.kept(v)
+        key = _layout(v)
+        again = self._again(key, v)
         if again is not None:
             return again
         out = v
@@ -162,7 +170,7 @@ class PoolSession:
                 out = torch.empty(0, dtype=v.dtype).set_(storage, 0, v.shape, v.stride())
                 out.copy_(v)
                 self._kept[id(storage)] = storage
-        self._seen[_layout(v)] = (weakref.ref(v.untyped_storage()), _version(v), out)
+        self._seen[key] = (weakref.ref(v.untyped_storage()), version_of(v), out)
         return out
 
     def _new(self, nbytes: int) -> torch.UntypedStorage | None:
@@ -173,8 +181,11 @@ class PoolSession:
 
     def kept(self, v: torch.Tensor) -> torch.Tensor | None:
         """What :meth:`keep` gave for the same values (same storage and layout, unchanged since), or ``None``."""
-        seen = self._seen.get(_layout(v))
-        if seen is not None and seen[0]() is v.untyped_storage() and seen[1] is not None and seen[1] == _version(v):
+        return self._again(_layout(v), v) if self._seen else None
+
+    def _again(self, key: tuple, v: torch.Tensor) -> torch.Tensor | None:
+        seen = self._seen.get(key)
+        if seen is not None and seen[0]() is v.untyped_storage() and seen[1] is not None and seen[1] == version_of(v):
             return seen[2]
         return None
 
