@@ -343,9 +343,7 @@ class Config:
         owner = type(self).__name__
         c = model.cfg
         limits = {"layer": c.n_layers, "neuron": c.d_mlp, "head": c.n_heads}
-        hf = getattr(getattr(model, "model", None), "config", None)
-        context = next((v for v in (getattr(hf, k, None) for k in ("max_position_embeddings", "n_positions", "n_ctx"))
-                        if isinstance(v, int) and v > 0), None)
+        context = context_length(getattr(getattr(model, "model", None), "config", None))
         for f in fields_of(type(self)):
             unit, value = f.spec.unit, getattr(self, f.name)
             if unit is None or value is None:
@@ -387,6 +385,17 @@ class Config:
         """A JSON description of the fields (name, type, default, help, bounds, choices), for forms."""
         return {"title": cls.__name__, "description": (cls.__doc__ or "").strip().split("\n")[0],
                 "fields": [field_schema(f) for f in fields_of(cls)]}
+
+
+def context_length(hf_config: Any) -> int | None:
+    """The tokens a Hugging Face config's model can attend over (``None``: the config does not say).
+
+    >>> from types import SimpleNamespace
+    >>> context_length(SimpleNamespace(n_positions=1024)), context_length(None)
+    (1024, None)
+    """
+    return next((v for v in (getattr(hf_config, k, None) for k in ("max_position_embeddings", "n_positions", "n_ctx"))
+                 if isinstance(v, int) and v > 0), None)
 
 
 def _plain(v: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from uncover.core.config import context_length
 from uncover.core.errors import TokenError, UncoverError
 from uncover.core.names import GLOBAL_POINTS, HookName, block_points, resid_name
 from uncover.hooks.apply import hooks_for
@@ -270,8 +271,8 @@ class HookedModel(nn.Module):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise UncoverError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}")
         b = self.tokenize(inputs, padding_side="left")
-        room = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(room, int) and b.input_ids.shape[1] + max_new_tokens > room:
+        room = context_length(self.model.config)
+        if room is not None and b.input_ids.shape[1] + max_new_tokens > room:
             raise UncoverError(f"{b.input_ids.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} exceed the "
                                f"model's context of {room} tokens; ask for at most {room - b.input_ids.shape[1]}")
         kwargs.setdefault("do_sample", False)
